@@ -1,0 +1,164 @@
+"""The protocol every memory-limit mechanism implements.
+
+A **backend** is a mechanism (cgroup v2, cgroup v1, rlimit). It is *probed* by
+really trying it, and *creates* one cage per agent run.
+
+A **cage** is one agent's enclosure. Its life:
+
+1. ``Backend.create(label, limit)`` prepares it in the supervisor (mkdir, write the
+   limit, read it back, open the files the watchdog will read).
+2. ``child_steps()`` are run by the forked child *before exec*, so the agent is
+   capped from its first instruction. They must be raw system calls only (see
+   :mod:`agent_supervise.spawn` for why).
+3. ``attach(pid)`` tells the cage the agent's root pid once it exists.
+4. While it runs: ``usage()`` (bytes charged to the whole agent now), ``peak()``,
+   ``oom_kills()``, ``members()``, and ``notify_fd()`` to wake the loop on an OOM.
+5. ``signal(sig)`` reaches every process inside; ``kill()`` SIGKILLs them all.
+6. ``release()`` removes it once ``is_empty()``.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: A step the child runs before exec: (name of the system call, function).
+ChildStep = tuple[str, Callable[[], None]]
+
+CAGE_PREFIX = "agent-supervise"
+_NAME_RE = re.compile(rf"{CAGE_PREFIX}\.(\d+)-(\d+)\.(\d+)(?:\.[\w-]*)?")
+
+
+class Unavailable(Exception):
+    """Raised by ``Backend.probe()``: the mechanism cannot be used here, and why."""
+
+
+@dataclass(frozen=True)
+class StaleCage:
+    """A cage left behind by a supervisor that is no longer running."""
+
+    path: str
+    owner_pid: int
+    killed: int  # processes that were still inside and had to be killed
+    removed: bool
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``PID-STARTTIME`` of a process: unique even when pids are reused."""
+    pid = pid or os.getpid()
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    starttime = data[data.rindex(b")") + 2:].split()[19].decode()
+    return f"{pid}-{starttime}"
+
+
+def cage_name(owner: str, seq: int, label: str) -> str:
+    """A recognisable name: ``agent-supervise.<pid>-<start>.<seq>.<label>``."""
+    slug = re.sub(r"[^\w-]+", "_", label)[:40].strip("_")
+    return f"{CAGE_PREFIX}.{owner}.{seq}" + (f".{slug}" if slug else "")
+
+
+def stale_owner(name: str) -> int | None:
+    """If ``name`` is a cage whose supervisor is gone, that supervisor's pid."""
+    match = _NAME_RE.fullmatch(name)
+    if not match:
+        return None
+    pid = int(match.group(1))
+    try:
+        alive = owner_tag(pid) == f"{pid}-{match.group(2)}"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        alive = False
+    return None if alive else pid
+
+
+def is_cage_name(name: str) -> bool:
+    return _NAME_RE.fullmatch(name) is not None
+
+
+class Cage(abc.ABC):
+    """One agent's memory enclosure. See the module docstring for its life."""
+
+    backend: str
+    name: str
+    limit: int
+    #: Where the peak comes from: "kernel" when the mechanism records it,
+    #: "sampled" when only the watchdog's samples know it.
+    peak_source = "kernel"
+    #: Whether the kernel itself enforces the cap on the whole tree. When False
+    #: the watchdog is the only tree-wide enforcement (rlimit).
+    kernel_enforced = True
+
+    @abc.abstractmethod
+    def child_steps(self) -> list[ChildStep]: ...
+
+    def attach(self, pid: int) -> None:
+        self.pid = pid
+
+    @abc.abstractmethod
+    def usage(self) -> int: ...
+
+    @abc.abstractmethod
+    def peak(self) -> int | None: ...
+
+    @abc.abstractmethod
+    def oom_kills(self) -> int: ...
+
+    def refaults(self) -> int | None:
+        """Bytes the kernel has re-read after evicting them from this cage (thrashing
+        shows as a high rate). None when the mechanism cannot tell."""
+        return None
+
+    def notify_fd(self) -> tuple[int, int] | None:
+        """(fd, epoll event mask) that becomes ready when an OOM may have happened."""
+        return None
+
+    def on_notify(self) -> bool:
+        """Consume a notification; True when the kernel OOM-killed in the cage."""
+        return False
+
+    @abc.abstractmethod
+    def members(self) -> list[int]: ...
+
+    def signal(self, sig: int) -> int:
+        """Send ``sig`` to every process inside; return how many were signalled."""
+        sent = 0
+        for pid in self.members():
+            try:
+                os.kill(pid, sig)
+                sent += 1
+            except ProcessLookupError:
+                pass
+        return sent
+
+    def kill(self) -> int:
+        import signal
+        return self.signal(signal.SIGKILL)
+
+    def is_empty(self) -> bool:
+        return not self.members()
+
+    @abc.abstractmethod
+    def release(self) -> None: ...
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "name": self.name, "limit": self.limit}
+
+
+class Backend(abc.ABC):
+    """A mechanism that can cap an agent's memory."""
+
+    name: str
+
+    @abc.abstractmethod
+    def probe(self) -> str:
+        """Really try the mechanism. Return where cages go; raise :class:`Unavailable`."""
+
+    @abc.abstractmethod
+    def create(self, label: str, limit: int) -> Cage: ...
+
+    def clean_stale(self) -> list[StaleCage]:
+        """Remove cages left by supervisors that died. Default: nothing to clean."""
+        return []

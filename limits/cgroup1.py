@@ -1,0 +1,107 @@
+"""cgroup v1 memory controller: ``memory.limit_in_bytes`` then ``memory.memsw.limit_in_bytes``.
+
+Kernel behaviour this module relies on (Documentation/admin-guide/cgroup-v1/memory.rst,
+and measured on the project's machines, see ../shared/NOTES.md):
+
+* Set ``memory.limit_in_bytes`` first: ``memsw`` (memory+swap) below the memory
+  limit is EINVAL. Setting memsw equal to the limit means no swap at all.
+* v1 has neither ``memory.oom.group`` nor ``cgroup.kill``: the OOM killer kills only
+  the largest process (``sh -c 'python hog.py'``: python dies, sh lives on). The
+  supervisor therefore kills every remaining task when the cage reports an OOM.
+* An eventfd registered through ``cgroup.event_control`` on ``memory.oom_control``
+  fires once per OOM, *before* the victim dies: ``oom_kill`` in ``memory.oom_control``
+  may still read 0 at that moment, so the event itself is taken as the OOM.
+* ``memory.failcnt`` is unreliable (non-zero without any OOM); it is not used.
+* Removing a cgroup signals its registered eventfds once: unregister first.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+
+from ..errors import CageError, syscall_error
+from .base import Unavailable
+from .cgroupcage import CgroupBackend, CgroupCage, page_floor
+from .cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
+
+
+class Cgroup1Cage(CgroupCage):
+    usage_file = "memory.usage_in_bytes"
+
+    def configure(self) -> None:
+        self.notes: list[str] = []
+        rounded = str(page_floor(self.limit))
+        self.write_checked("memory.limit_in_bytes", str(self.limit), rounded)
+        if self.fs.exists(self._file("memory.memsw.limit_in_bytes")):
+            self.write_checked("memory.memsw.limit_in_bytes", str(self.limit), rounded)
+        else:
+            self.notes.append("memory.memsw.limit_in_bytes is missing (swap accounting "
+                              "off): the cap covers RAM only")
+
+    def open_files(self) -> None:
+        super().open_files()
+        self._oom_fd = self._keep_open("memory.oom_control")
+        try:
+            self._event_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except OSError as e:
+            raise syscall_error("eventfd", None, e, backend=self.backend) from e
+        self._fds.append(self._event_fd)
+        self.fs.write(self._file("cgroup.event_control"), f"{self._event_fd} {self._oom_fd}")
+
+    def oom_kills(self) -> int:
+        text = os.pread(self._oom_fd, 4096, 0).decode() if self._fds else \
+            self.fs.read(self._file("memory.oom_control"))
+        return parse_flat_keyed(text).get("oom_kill", 0)
+
+    def peak(self) -> int | None:
+        return int(self.fs.read(self._file("memory.max_usage_in_bytes")))
+
+    def notify_fd(self) -> tuple[int, int]:
+        return self._event_fd, select.EPOLLIN
+
+    def on_notify(self) -> bool:
+        try:
+            os.eventfd_read(self._event_fd)
+        except BlockingIOError:
+            return False
+        return True
+
+
+class Cgroup1Backend(CgroupBackend):
+    """Leaves under the supervisor's own memory cgroup (or ``root``)."""
+
+    name = "cgroup1"
+    cage_class = Cgroup1Cage
+
+    def __init__(self, fs=None, root=None, *, mountinfo: str = "/proc/self/mountinfo",
+                 cgroup_file: str = "/proc/self/cgroup") -> None:
+        super().__init__(fs, root)
+        self.mountinfo = mountinfo
+        self.cgroup_file = cgroup_file
+
+    def probe(self) -> str:
+        if self.parent is not None:
+            return self.parent
+        mounts = [m for m in cgroup_mounts(self.mountinfo)
+                  if m.fstype == "cgroup" and "memory" in m.options]
+        if not mounts:
+            raise Unavailable("no cgroup v1 hierarchy has the memory controller")
+        if self.requested_root:
+            parent = self.requested_root
+        else:
+            own = own_cgroups(self.cgroup_file).get("memory")
+            parent = cgroup_dir(mounts[0], own) if own else None
+            if parent is None:
+                raise Unavailable("this process's memory cgroup is not visible under "
+                                  f"{mounts[0].point}")
+        if not self.fs.exists(os.path.join(parent, "memory.limit_in_bytes")):
+            raise Unavailable(f"{parent} is not a cgroup v1 memory directory")
+        if not self.fs.writable(parent):
+            raise Unavailable(f"{parent} is not writable by uid {os.getuid()}")
+        try:
+            self.probe_leaf(parent)
+        except CageError as err:
+            raise Unavailable(f"{parent}: {err}") from err
+        self.parent = parent
+        return parent

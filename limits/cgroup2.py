@@ -1,0 +1,175 @@
+"""cgroup v2: a leaf with ``memory.max``, ``memory.swap.max=0``, ``memory.oom.group=1``.
+
+Kernel behaviour this module relies on (Documentation/admin-guide/cgroup-v2.rst):
+
+* The memory controller must be enabled in the parent's ``cgroup.subtree_control``
+  for a child to get ``memory.max``. A non-root cgroup that holds processes cannot
+  enable it (the "no internal processes" rule, EBUSY), so when the supervisor's own
+  cgroup holds processes the leaf goes under the nearest ancestor that can host it.
+* ``memory.oom.group=1`` makes the OOM killer kill every process of the cgroup at
+  once: the agent dies as one unit. ``memory.events`` then counts the victim twice
+  (``oom_kill`` 2, ``oom_group_kill`` 1 for a single process), so the number of OOM
+  kills of the agent is ``oom_group_kill``.
+* ``memory.events`` and ``cgroup.events`` signal changes with POLLPRI (kernfs
+  notify); the fd must be re-read after each wake-up to re-arm it.
+* ``cgroup.kill`` (5.14+) SIGKILLs the whole cgroup, including processes forked
+  while the kill runs. Right after it, ``cgroup.procs`` can still list the dying
+  process: wait for ``populated 0`` in ``cgroup.events`` before ``rmdir``.
+* Limits are stored in pages: ``memory.max`` reads back rounded down to a page.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+
+from ..errors import CageError
+from .base import Unavailable
+from .cgroupcage import CgroupBackend, CgroupCage, page_floor
+from .cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
+
+
+class Cgroup2Cage(CgroupCage):
+    usage_file = "memory.current"
+
+    def configure(self) -> None:
+        self.notes: list[str] = []
+        self.write_checked("memory.max", str(self.limit), str(page_floor(self.limit)))
+        if self.fs.exists(self._file("memory.swap.max")):
+            self.write_checked("memory.swap.max", "0")
+        else:
+            self.notes.append("memory.swap.max is missing (no swap accounting): "
+                              "the cap covers RAM only")
+        if self.fs.exists(self._file("memory.oom.group")):
+            self.write_checked("memory.oom.group", "1")
+        else:
+            self.notes.append("memory.oom.group is missing (kernel < 4.19): the "
+                              "supervisor kills the rest of the agent after an OOM kill")
+
+    def open_files(self) -> None:
+        super().open_files()
+        self._events_fd = self._keep_open("memory.events")
+        self._seen_kills = 0
+
+    def _events(self) -> dict[str, int]:
+        return parse_flat_keyed(os.pread(self._events_fd, 4096, 0).decode())
+
+    def oom_kills(self) -> int:
+        events = self._events() if self._fds else parse_flat_keyed(
+            self.fs.read(self._file("memory.events")))
+        return events.get("oom_group_kill") or events.get("oom_kill", 0)
+
+    def peak(self) -> int | None:
+        if not self.fs.exists(self._file("memory.peak")):
+            return None  # memory.peak arrived in Linux 5.19
+        return int(self.fs.read(self._file("memory.peak")))
+
+    def notify_fd(self) -> tuple[int, int]:
+        return self._events_fd, select.EPOLLPRI
+
+    def on_notify(self) -> bool:
+        kills = self.oom_kills()  # the read also re-arms the kernfs notification
+        fired, self._seen_kills = kills > self._seen_kills, kills
+        return fired
+
+    def is_empty(self) -> bool:
+        try:
+            events = parse_flat_keyed(self.fs.read(self._file("cgroup.events")))
+        except CageError:
+            return True
+        return events.get("populated", 0) == 0
+
+    def kill(self) -> int:
+        inside = len(self.members())
+        if self.fs.exists(self._file("cgroup.kill")):
+            self.fs.write(self._file("cgroup.kill"), "1")
+            return inside
+        return super().kill()
+
+
+class Cgroup2Backend(CgroupBackend):
+    """Leaves under the supervisor's own cgroup (or ``root``) on the unified hierarchy."""
+
+    name = "cgroup2"
+    cage_class = Cgroup2Cage
+
+    def __init__(self, fs=None, root=None, *, mountinfo: str = "/proc/self/mountinfo",
+                 cgroup_file: str = "/proc/self/cgroup") -> None:
+        super().__init__(fs, root)
+        self.mountinfo = mountinfo
+        self.cgroup_file = cgroup_file
+
+    def probe(self) -> str:
+        if self.parent is not None:
+            return self.parent
+        mount = self._memory_mount()
+        if self.requested_root:
+            candidates = [self.requested_root]
+        else:
+            own = cgroup_dir(mount, own_cgroups(self.cgroup_file).get("", "/"))
+            if own is None:
+                raise Unavailable("this process's cgroup is not visible under "
+                                  f"{mount.point}")
+            candidates = _self_and_ancestors(own, mount.point)
+        reasons = []
+        for candidate in candidates:
+            try:
+                self._prepare_parent(candidate, is_root=candidate == mount.point)
+                self.probe_leaf(candidate)
+            except (Unavailable, CageError) as err:
+                reasons.append(f"{candidate}: {err}")
+                continue
+            self.parent = candidate
+            return candidate
+        raise Unavailable("; ".join(reasons))
+
+    def _memory_mount(self):
+        mounts = [m for m in cgroup_mounts(self.mountinfo) if m.fstype == "cgroup2"]
+        if not mounts:
+            raise Unavailable("no cgroup2 filesystem is mounted")
+        for mount in mounts:
+            ctrls = self._controllers(mount.point)
+            if "memory" in ctrls:
+                return mount
+        point = mounts[0].point
+        ctrls = " ".join(sorted(self._controllers(point))) or "none"
+        raise Unavailable(f"cgroup2 at {point} offers controllers '{ctrls}' but not "
+                          "memory: the memory controller is bound to a cgroup v1 "
+                          "hierarchy (hybrid layout)")
+
+    def _controllers(self, path: str) -> set[str]:
+        try:
+            return set(self.fs.read(os.path.join(path, "cgroup.controllers")).split())
+        except CageError:
+            return set()
+
+    def _prepare_parent(self, path: str, is_root: bool) -> None:
+        """Make sure children of ``path`` can get memory.max."""
+        if not self.fs.exists(os.path.join(path, "cgroup.controllers")):
+            raise Unavailable("not a cgroup2 directory")
+        if not self.fs.writable(path) or not self.fs.writable(
+                os.path.join(path, "cgroup.procs")):
+            raise Unavailable(f"not writable by uid {os.getuid()}")
+        if "memory" not in self._controllers(path):
+            raise Unavailable("its parent does not delegate the memory controller")
+        subtree = os.path.join(path, "cgroup.subtree_control")
+        if "memory" in self.fs.read(subtree).split():
+            return
+        try:
+            self.fs.write(subtree, "+memory")
+        except CageError as err:
+            cause = err.__cause__
+            if isinstance(cause, OSError) and cause.errno == errno.EBUSY and not is_root:
+                raise Unavailable(
+                    "it holds processes, and cgroup v2 lets a non-root cgroup with "
+                    "processes enable no controller for its children") from err
+            raise
+
+
+def _self_and_ancestors(path: str, top: str) -> list[str]:
+    out = [path]
+    while path != top and path.startswith(top):
+        path = os.path.dirname(path)
+        out.append(path)
+    return out

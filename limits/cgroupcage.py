@@ -1,0 +1,192 @@
+"""What the cgroup v1 and v2 cages share: a leaf directory with a written-and-checked
+limit, a kept-open usage file, ``cgroup.procs`` for membership, and stale cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ..errors import CageError
+from ..proctree import PAGE_SIZE
+from .base import Backend, Cage, ChildStep, StaleCage, cage_name, stale_owner
+from .cgroupfs import CgroupFS, is_busy, parse_flat_keyed, pread_int
+
+#: How long release() and stale cleanup wait for a cgroup to empty and rmdir.
+RMDIR_PATIENCE_S = 3.0
+
+
+def page_floor(n: int) -> int:
+    """The kernel keeps memory limits as a number of pages and rounds down."""
+    return n - n % PAGE_SIZE
+
+
+class CgroupCage(Cage):
+    """A leaf cgroup holding one agent."""
+
+    usage_file = ""  # memory.current (v2) / memory.usage_in_bytes (v1)
+
+    def __init__(self, fs: CgroupFS, path: str, limit: int, backend: str) -> None:
+        self.fs = fs
+        self.path = path
+        self.name = os.path.basename(path)
+        self.limit = limit
+        self.backend = backend
+        self.pid: int | None = None
+        self._fds: list[int] = []
+        self._released = False
+
+    # -- set-up ---------------------------------------------------------------
+    def configure(self) -> None:
+        """Write the limits into the new directory and check the kernel took them."""
+        raise NotImplementedError
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def _keep_open(self, name: str, flags: int = os.O_RDONLY) -> int:
+        fd = self.fs.open(self._file(name), flags)
+        self._fds.append(fd)
+        return fd
+
+    def write_checked(self, name: str, value: str, expect: str | None = None) -> None:
+        """Write a control file and read it back: fail loudly if the kernel refused it."""
+        self.fs.write(self._file(name), value)
+        got = self.fs.read(self._file(name)).split()
+        want = (expect if expect is not None else value).split()
+        if got[:1] != want[:1]:
+            raise CageError(
+                f"{self._file(name)}: wrote {value!r} but the kernel reads back "
+                f"{' '.join(got)!r}", path=self._file(name), backend=self.backend)
+
+    def open_files(self) -> None:
+        self._usage_fd = self._keep_open(self.usage_file)
+        # Opened here, written by the child: "0" moves the writing process itself.
+        self._procs_fd = self._keep_open("cgroup.procs", os.O_WRONLY)
+
+    def child_steps(self) -> list[ChildStep]:
+        fd = self._procs_fd
+
+        def enter() -> None:
+            os.write(fd, b"0")
+
+        return [(f"write(0 > {self._file('cgroup.procs')})", enter)]
+
+    # -- while it runs --------------------------------------------------------
+    def usage(self) -> int:
+        return pread_int(self._usage_fd)
+
+    def refaults(self) -> int | None:
+        """workingset_refault_{file,anon} (pages, 5.9+) or workingset_refault (older)."""
+        stat = parse_flat_keyed(self.fs.read(self._file("memory.stat")))
+        pages = stat.get("workingset_refault_file", 0) + stat.get(
+            "workingset_refault_anon", 0) or stat.get("workingset_refault", 0)
+        return pages * PAGE_SIZE
+
+    def members(self) -> list[int]:
+        try:
+            return [int(p) for p in self.fs.read(self._file("cgroup.procs")).split()]
+        except CageError:
+            return []
+
+    def kill(self) -> int:
+        return self.signal(signal.SIGKILL)
+
+    # -- teardown -------------------------------------------------------------
+    def release(self) -> None:
+        """Close the files and remove the directory (retrying while it drains)."""
+        if self._released:
+            return
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        remove_when_empty(self.fs, self.path, self.members, self.kill)
+        self._released = True
+
+
+def remove_when_empty(fs: CgroupFS, path: str, members, kill) -> int:
+    """SIGKILL whatever is inside, wait for it to drain, rmdir. Returns kills sent.
+
+    A process that was just killed can still be listed (and the directory be busy)
+    for a few milliseconds: retry with a bounded wait, then give up loudly.
+    """
+    killed = 0
+    deadline = time.monotonic() + RMDIR_PATIENCE_S
+    while True:
+        if members():
+            killed += kill()
+        try:
+            fs.rmdir(path)
+            return killed
+        except CageError as err:
+            if not fs.exists(path):
+                return killed
+            if not is_busy(err) or time.monotonic() > deadline:
+                raise CageError(f"{err.message}; processes still inside: "
+                                f"{members() or 'none'}", path=path) from err
+        time.sleep(0.01)
+
+
+class CgroupBackend(Backend):
+    """Shared by cgroup1 and cgroup2: leaf naming, creation, stale cleanup."""
+
+    cage_class: type[CgroupCage]
+
+    def __init__(self, fs: CgroupFS | None = None, root: str | None = None) -> None:
+        self.fs = fs or CgroupFS()
+        self.requested_root = root
+        self.parent: str | None = None
+        self._seq = 0
+        self._owner: str | None = None
+
+    def owner(self) -> str:
+        if self._owner is None:
+            from .base import owner_tag
+            self._owner = owner_tag()
+        return self._owner
+
+    def next_path(self, label: str) -> str:
+        if self.parent is None:
+            self.probe()
+        self._seq += 1
+        return os.path.join(self.parent, cage_name(self.owner(), self._seq, label))
+
+    def clean_stale(self) -> list[StaleCage]:
+        if self.parent is None:
+            self.probe()
+        found = []
+        for entry in sorted(self.fs.listdir(self.parent)):
+            owner = stale_owner(entry)
+            if owner is None:
+                continue
+            path = os.path.join(self.parent, entry)
+            cage = self.cage_class(self.fs, path, 0, self.name)
+            try:
+                killed = remove_when_empty(self.fs, path, cage.members, cage.kill)
+                found.append(StaleCage(path, owner, killed, True))
+            except CageError:
+                found.append(StaleCage(path, owner, 0, False))
+        return found
+
+    def create(self, label: str, limit: int) -> CgroupCage:
+        """mkdir a leaf, write and check its limits, open the files the loop reads."""
+        path = self.next_path(label)
+        return self._make(path, limit, open_files=True)
+
+    def probe_leaf(self, parent: str) -> None:
+        """Really create a leaf with a limit in ``parent``, then remove it."""
+        self._seq += 1
+        path = os.path.join(parent, cage_name(self.owner(), 0, f"probe{self._seq}"))
+        self._make(path, 64 << 20, open_files=False).release()
+
+    def _make(self, path: str, limit: int, open_files: bool) -> CgroupCage:
+        self.fs.mkdir(path)
+        cage = self.cage_class(self.fs, path, limit, self.name)
+        try:
+            cage.configure()
+            if open_files:
+                cage.open_files()
+        except BaseException:
+            cage.release()
+            raise
+        return cage

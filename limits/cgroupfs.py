@@ -1,0 +1,150 @@
+"""File operations on cgroup filesystems, and where the hierarchies are mounted.
+
+Both cgroup backends touch the kernel only through :class:`CgroupFS`, a thin class
+over os calls, so the v2 backend can be unit-tested over a fake cgroupfs folder
+(this project's machines bind the memory controller to v1). Every failure is
+raised as :class:`~agent_supervise.errors.CageError` naming the call and the path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from ..errors import syscall_error
+
+
+class CgroupFS:
+    """The system calls the cgroup backends make. Override in tests."""
+
+    def mkdir(self, path: str) -> None:
+        try:
+            os.mkdir(path)
+        except OSError as e:
+            raise syscall_error("mkdir", path, e) from e
+
+    def rmdir(self, path: str) -> None:
+        try:
+            os.rmdir(path)
+        except OSError as e:
+            raise syscall_error("rmdir", path, e) from e
+
+    def read(self, path: str) -> str:
+        try:
+            with open(path, encoding="ascii") as f:
+                return f.read()
+        except OSError as e:
+            raise syscall_error("read", path, e) from e
+
+    def write(self, path: str, text: str) -> None:
+        """One write(2) of ``text``: cgroup files take a value per write call."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise syscall_error("open", path, e) from e
+        try:
+            os.write(fd, text.encode())
+        except OSError as e:
+            raise syscall_error(f"write {text.strip()!r} to", path, e) from e
+        finally:
+            os.close(fd)
+
+    def open(self, path: str, flags: int = os.O_RDONLY) -> int:
+        try:
+            return os.open(path, flags | os.O_CLOEXEC)
+        except OSError as e:
+            raise syscall_error("open", path, e) from e
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return os.listdir(path)
+        except OSError as e:
+            raise syscall_error("listdir", path, e) from e
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def writable(self, path: str) -> bool:
+        return os.access(path, os.W_OK)
+
+
+def pread_int(fd: int) -> int:
+    """Read a counter file from a kept-open fd: ~1 us, and the value stays fresh."""
+    return int(os.pread(fd, 64, 0))
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """Parse ``key value`` lines (memory.events, memory.oom_control, cgroup.events)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One cgroup mount from /proc/self/mountinfo."""
+
+    point: str        # where it is mounted
+    root: str         # which cgroup of the hierarchy appears at ``point``
+    fstype: str       # "cgroup" (v1) or "cgroup2"
+    options: tuple[str, ...]  # super options: v1 controllers are listed here
+
+
+def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
+    mounts = []
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return mounts
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        point = fields[4].replace("\\040", " ")
+        mounts.append(Mount(point, fields[3], tail[0], tuple(tail[2].split(","))))
+    return mounts
+
+
+def own_cgroups(cgroup_file: str = "/proc/self/cgroup") -> dict[str, str]:
+    """Map of hierarchy key to this process's cgroup path.
+
+    The v2 line (``0::/path``) is keyed ``""``; each v1 line is keyed by each of its
+    controllers (``memory``) and by ``name=...`` for named hierarchies.
+    """
+    paths: dict[str, str] = {}
+    try:
+        with open(cgroup_file) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return paths
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        for key in (controllers.split(",") if controllers else [""]):
+            paths[key] = path
+    return paths
+
+
+def cgroup_dir(mount: Mount, cgroup_path: str) -> str | None:
+    """The directory of ``cgroup_path`` inside ``mount``, or None if not visible there.
+
+    In a container the mount's root may be a sub-cgroup: strip it from the path.
+    """
+    root = mount.root.rstrip("/")
+    if root and not (cgroup_path == root or cgroup_path.startswith(root + "/")):
+        return None
+    rel = cgroup_path[len(root):].lstrip("/")
+    return os.path.join(mount.point, rel) if rel else mount.point
+
+
+def is_busy(err: BaseException) -> bool:
+    cause = err.__cause__ if isinstance(err.__cause__, OSError) else None
+    return cause is not None and cause.errno == errno.EBUSY

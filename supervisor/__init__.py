@@ -1,0 +1,24 @@
+"""agent-supervise: run AI-agent commands under hard per-agent memory limits.
+
+The installed package maps the repository's folders: ``supervisor/`` is this
+package (the loop, policies, CLI), ``limits/`` is :mod:`agent_supervise.limits`
+(one module per mechanism) and ``agents/`` is :mod:`agent_supervise.agents`
+(agent and fleet specs).
+"""
+
+__version__ = "0.1.0"
+
+from .errors import BackendUnavailable, BadInput, CageError, SuperviseError  # noqa: E402
+from .outcome import Outcome, Reason  # noqa: E402
+
+__all__ = ["__version__", "BackendUnavailable", "BadInput", "CageError", "Outcome",
+           "Reason", "SuperviseError", "RunOptions", "run_agent"]
+
+
+def __getattr__(name):
+    # The run path imports Linux-only modules; load it on first use so that
+    # ``import agent_supervise`` works everywhere (validate, schema, --help).
+    if name in ("RunOptions", "run_agent"):
+        from . import single
+        return getattr(single, name)
+    raise AttributeError(name)

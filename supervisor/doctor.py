@@ -1,0 +1,105 @@
+"""``agent-supervise doctor``: which backends work here, and why the others do not.
+
+Every backend is probed for real (a probe cage is created and removed), so what
+doctor says is what ``run`` will find.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from . import __version__, limits
+from .limits.cgroupfs import cgroup_mounts, own_cgroups
+from .linux import pidfd_supported
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _pid1() -> str:
+    try:
+        with open("/proc/1/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def _psi() -> dict:
+    try:
+        with open("/proc/pressure/memory") as f:
+            return {"available": True, "memory": f.readline().strip()}
+    except OSError as err:
+        return {"available": False, "reason": err.strerror or str(err)}
+
+
+def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
+    """Everything doctor reports, as plain data (``--json`` prints it as is)."""
+    probes = limits.probe_all(rlimit=rlimit, cgroup_root=cgroup_root)
+    chosen = next((p.name for p in probes if p.available), None)
+    mem = _meminfo()
+    is_root = os.geteuid() == 0
+    warnings = []
+    if is_root:
+        warnings.append("running as root: an agent that also runs as root can write its "
+                        "pid into another cgroup's cgroup.procs and leave its cage")
+    if not any(p.available for p in probes if p.name != "rlimit"):
+        warnings.append("no cgroup backend: caps are per-process rlimits plus the "
+                        "watchdog's RSS sampling, not a kernel-enforced tree cap")
+    return {
+        "version": __version__,
+        "system": {"kernel": platform.release(), "python": sys.version.split()[0],
+                   "root": is_root, "uid": os.getuid(), "pid1": _pid1(),
+                   "cpus": os.cpu_count(), "mem_total": mem.get("MemTotal"),
+                   "mem_available": mem.get("MemAvailable")},
+        "cgroups": {"mounts": [{"point": m.point, "type": m.fstype,
+                                "options": [o for o in m.options if o not in ("rw", "ro")]}
+                               for m in cgroup_mounts()],
+                    "own": own_cgroups()},
+        "psi": _psi(),
+        "pidfd": pidfd_supported(),
+        "backends": [{"name": p.name, "available": p.available, "detail": p.detail}
+                     for p in probes],
+        "auto": chosen,
+        "warnings": warnings,
+    }
+
+
+def render(report: dict) -> str:
+    """The human-readable form."""
+    s = report["system"]
+    lines = [f"agent-supervise {report['version']}",
+             f"kernel {s['kernel']}, python {s['python']}, "
+             f"{'root' if s['root'] else 'uid ' + str(s['uid'])}, pid 1 is {s['pid1']}, "
+             f"{s['cpus']} cpus, {_gib(s['mem_available'])} of {_gib(s['mem_total'])} "
+             "available", "", "backends (tried for real, in auto's order):"]
+    for b in report["backends"]:
+        mark = "yes" if b["available"] else "no "
+        lines.append(f"  {b['name']:8} {mark}  {b['detail']}")
+    lines.append(f"  auto picks: {report['auto'] or 'nothing'}")
+    lines += ["", "cgroup mounts:"]
+    for m in report["cgroups"]["mounts"] or [{"point": "none", "type": "", "options": []}]:
+        lines.append(f"  {m['point']:28} {m['type']:8} {','.join(m['options'])}")
+    own = report["cgroups"]["own"]
+    lines.append(f"  this process: v2 {own.get('', '-')}, v1 memory {own.get('memory', '-')}")
+    psi = report["psi"]
+    lines.append("")
+    lines.append(f"PSI: {psi['memory'] if psi['available'] else 'unavailable: ' + psi['reason']}")
+    lines.append(f"pidfd: {'yes' if report['pidfd'] else 'no (exits found by SIGCHLD)'}")
+    for w in report["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.1f} GiB"

@@ -1,0 +1,74 @@
+"""The few Linux calls Python's standard library lacks: prctl, behind one small module.
+
+``prctl`` is reached through ctypes. The function object is looked up once, at
+import, so that the child side of a fork (see :mod:`agent_supervise.spawn`) only
+performs the foreign call itself and takes no Python-level locks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) \
+    if sys.platform.startswith("linux") else None
+_prctl = _libc.prctl if _libc is not None else None
+if _prctl is not None:
+    _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                       ctypes.c_ulong]
+    _prctl.restype = ctypes.c_int
+
+
+def prctl(option: int, arg: int = 0) -> int:
+    """Call prctl(2); raise OSError naming the call on failure."""
+    if _prctl is None:
+        raise OSError(38, "prctl is only available on Linux")
+    result = _prctl(option, arg, 0, 0, 0)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+    return result
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Ask the kernel to send ``signum`` to this process when its parent *thread* dies.
+
+    Kernel detail: the signal fires when the thread that forked us exits, not the
+    whole parent process, so agents must be spawned from a long-lived thread.
+    """
+    prctl(PR_SET_PDEATHSIG, signum)
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants reparent to this process instead of init.
+
+    Needed to see and reap double-forked agent descendants (Linux >= 3.4).
+    """
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def is_subreaper() -> bool:
+    flag = ctypes.c_int(0)
+    if _libc is None:
+        return False
+    if _libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) < 0:
+        return False
+    return bool(flag.value)
+
+
+def pidfd_supported() -> bool:
+    """Whether pidfd_open(2) works here (Linux >= 5.3 and Python >= 3.9)."""
+    if not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except OSError:
+        return False
+    os.close(fd)
+    return True

@@ -1,0 +1,139 @@
+"""Exit reasons, their shell-style codes, and the outcome record of one agent run.
+
+The codes follow the conventions scripts already understand: timeout(1) exits 124,
+shells use 126 (not executable), 127 (not found) and 128+N (killed by signal N),
+and Kubernetes/Docker report an OOM kill as 137 (128 + SIGKILL).
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+import signal
+from dataclasses import asdict, dataclass, field
+
+from .units import format_duration, format_size
+
+
+class Reason(str, enum.Enum):
+    """Why an agent run ended. The value is what JSON and logs show."""
+
+    OK = "ok"                            # exited 0
+    FAILED = "failed"                    # exited non-zero on its own
+    SIGNALED = "signaled"                # killed by a signal nobody here sent
+    OOM_KILLED = "oom_killed"            # the kernel's OOM killer fired in the cage
+    MEMORY_EXCEEDED = "memory_exceeded"  # the watchdog saw the tree over its cap
+    TIMEOUT = "timeout"                  # ran longer than its timeout
+    INTERRUPTED = "interrupted"          # the supervisor got SIGINT/SIGTERM/SIGHUP
+    NOT_FOUND = "not_found"              # exec: no such file
+    NOT_EXECUTABLE = "not_executable"    # exec: permission denied / bad format
+    SETUP_FAILED = "setup_failed"        # the cage could not be made or entered
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Fixed codes; FAILED, SIGNALED and INTERRUPTED depend on the status or signal.
+FIXED_CODES = {
+    Reason.OK: 0,
+    Reason.OOM_KILLED: 128 + signal.SIGKILL,
+    Reason.MEMORY_EXCEEDED: 128 + signal.SIGKILL,
+    Reason.TIMEOUT: 124,
+    Reason.NOT_FOUND: 127,
+    Reason.NOT_EXECUTABLE: 126,
+    Reason.SETUP_FAILED: 125,
+}
+
+
+def exit_code_for(reason: Reason, status: int | None = None, signum: int | None = None) -> int:
+    """The shell-style exit code for a reason.
+
+    ``status`` is the agent's own exit status (FAILED); ``signum`` the signal that
+    killed it (SIGNALED) or that the supervisor received (INTERRUPTED).
+    """
+    if reason in FIXED_CODES:
+        return FIXED_CODES[reason]
+    if reason is Reason.FAILED:
+        return status if status else 1
+    return 128 + (signum or signal.SIGKILL)
+
+
+def signal_name(signum: int | None) -> str:
+    if signum is None:
+        return "?"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@dataclass
+class Outcome:
+    """How one agent run ended. ``to_json()`` is the documented JSON object."""
+
+    reason: Reason
+    exit_code: int
+    cmd: tuple[str, ...]
+    backend: str
+    limit_bytes: int
+    peak_bytes: int | None = None
+    duration_s: float = 0.0
+    pid: int | None = None
+    status: int | None = None          # the agent's own exit status, if it exited
+    signal: int | None = None          # the signal that ended it, if any
+    oom_kills: int = 0
+    peak_source: str = "kernel"        # "kernel" (cage counter) or "sampled" (watchdog)
+    detail: str = ""                   # extra facts for the message (leftovers killed…)
+    agent: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is Reason.OK
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["reason"] = self.reason.value
+        data["cmd"] = list(self.cmd)
+        data["duration_s"] = round(self.duration_s, 3)
+        data["signal"] = signal_name(self.signal) if self.signal else None
+        return data
+
+    def message(self) -> str:
+        """The one line printed to stderr when the run did not end ``ok``."""
+        cmd = shell_text(self.cmd)
+        limit = format_size(self.limit_bytes)
+        peak = format_size(self.peak_bytes)
+        sampled = " sampled" if self.peak_source == "sampled" else ""
+        facts = f"peak {peak}{sampled}, backend {self.backend}"
+        text = {
+            Reason.OK: f"{cmd} finished",
+            Reason.FAILED: f"{cmd} exited with status {self.status}",
+            Reason.SIGNALED: f"{cmd} was killed by {signal_name(self.signal)}",
+            Reason.OOM_KILLED: f"{cmd} killed by the kernel: memory limit {limit} reached "
+                               f"({facts})",
+            Reason.MEMORY_EXCEEDED: f"{cmd} killed: memory limit {limit} exceeded ({facts})",
+            Reason.TIMEOUT: f"{cmd} timed out after {format_duration(self.duration_s)}",
+            Reason.INTERRUPTED: f"{cmd} stopped: agent-supervise received "
+                                f"{signal_name(self.signal)}",
+            Reason.NOT_FOUND: f"{cmd}: command not found",
+            Reason.NOT_EXECUTABLE: f"{cmd}: not executable"
+                                   + (f" ({self.detail})" if self.detail else ""),
+            Reason.SETUP_FAILED: f"{cmd} not started",
+        }[self.reason]
+        if self.reason is Reason.FAILED and self.backend.startswith("rlimit"):
+            # An rlimit never kills: allocations past it fail inside the program,
+            # which then usually exits non-zero. Say so, since it looks like a crash.
+            text += (f" (under an rlimit of {limit} allocations past the limit fail "
+                     f"inside the program; {facts})")
+        if self.detail and self.reason is not Reason.NOT_EXECUTABLE:
+            text += f"; {self.detail}"
+        return text
+
+
+def shell_text(cmd, width: int = 80) -> str:
+    """The command quoted as a shell would show it, shortened for one line."""
+    text = shlex.join(cmd)
+    if len(text) > width:
+        text = text[: width - 3] + "..."
+    return f"'{text}'" if "'" not in text else text

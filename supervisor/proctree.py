@@ -1,0 +1,101 @@
+"""The process table: reading /proc for trees, memory and states.
+
+All /proc access of the supervisor goes through :class:`ProcessTable` so that the
+loop's tests can substitute a fake. Costs measured on the project's machines:
+``/proc/PID/statm`` ~10 us, one ``task/TID/children`` read a few us. Walking a
+tree through ``children`` files costs O(tree), unlike psutil's
+``children(recursive=True)`` which scans every process on the machine (3.4 ms).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/PID/stat the supervisor needs."""
+
+    pid: int
+    state: str      # R, S, D, Z, T, ...
+    ppid: int
+    pgrp: int
+    session: int
+    starttime: int  # clock ticks since boot; with pid, identifies a process uniquely
+
+
+class ProcessTable:
+    """Reads /proc. Every method returns None/empty for a process that is gone."""
+
+    def __init__(self, proc: str = "/proc") -> None:
+        self.proc = proc
+
+    def stat(self, pid: int) -> ProcStat | None:
+        try:
+            with open(f"{self.proc}/{pid}/stat", "rb") as f:
+                data = f.read()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return None
+        # The command name is in parentheses and may itself contain spaces and ')'.
+        rest = data[data.rindex(b")") + 2:].split()
+        return ProcStat(pid, rest[0].decode(), int(rest[1]), int(rest[2]), int(rest[3]),
+                        int(rest[19]))
+
+    def children(self, pid: int) -> list[int]:
+        """Direct children of ``pid``, over all its threads.
+
+        /proc/PID/task/TID/children lists the children forked by that thread, so a
+        multi-threaded parent (node, a Python agent using threads) needs every task.
+        """
+        kids: list[int] = []
+        try:
+            tids = os.listdir(f"{self.proc}/{pid}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            return kids
+        for tid in tids:
+            try:
+                with open(f"{self.proc}/{pid}/task/{tid}/children", "rb") as f:
+                    kids.extend(int(p) for p in f.read().split())
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return kids
+
+    def descendants(self, roots) -> list[int]:
+        """``roots`` (those alive) and all their descendants, parents first."""
+        seen: list[int] = []
+        stack = [r for r in roots if os.path.exists(f"{self.proc}/{r}")]
+        visited = set()
+        while stack:
+            pid = stack.pop()
+            if pid in visited:
+                continue
+            visited.add(pid)
+            seen.append(pid)
+            stack.extend(self.children(pid))
+        return seen
+
+    def rss(self, pid: int) -> int:
+        """Resident set size in bytes (0 if the process is gone)."""
+        try:
+            with open(f"{self.proc}/{pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * PAGE_SIZE
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return 0
+
+    def environ_has(self, pid: int, entry: bytes) -> bool:
+        """Whether ``KEY=value`` is in the process's initial environment."""
+        try:
+            with open(f"{self.proc}/{pid}/environ", "rb") as f:
+                return entry in f.read().split(b"\0")
+        except OSError:
+            return False
+
+    def own_children(self) -> list[int]:
+        return self.children(os.getpid())
+
+    def alive(self, pid: int) -> bool:
+        st = self.stat(pid)
+        return st is not None and st.state != "Z"

@@ -1,0 +1,107 @@
+"""Run one agent under a hard memory cap: the spawn -> cage -> watch -> reap path.
+
+:func:`run_agent` is the Python API behind ``agent-supervise run``; fleets use the
+same pieces (:class:`~agent_supervise.spawn.Spawner`, the cage, the :class:`Loop`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from . import limits
+from .errors import SuperviseError
+from .lifecycle import AgentRun, RunSpec
+from .linux import become_subreaper
+from .loop import Loop
+from .outcome import Outcome, Reason, exit_code_for
+from .reaper import CAGE_ENV
+from .spawn import Spawner, SpawnFailed
+from .units import parse_duration, parse_size
+
+
+@dataclass
+class RunOptions:
+    """Validated settings for one run. Build it with :meth:`parse` from user text."""
+
+    memory: int = 50 << 20
+    backend: str = "auto"
+    rlimit: str = "data"
+    cgroup_root: str | None = None
+    timeout: float | None = None
+    grace: float = 2.0
+    poll: float = 0.1
+    env: dict | None = None
+    cwd: str | None = None
+    stale_cleaned: list = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, *, memory="50M", backend="auto", rlimit="data", cgroup_root=None,
+              timeout=None, grace="2s", poll="100ms", env=None, cwd=None) -> RunOptions:
+        """Parse sizes and durations like systemd; raise BadInput naming the value."""
+        timeout_s = parse_duration(timeout, what="--timeout", allow_zero=True) \
+            if timeout is not None else None
+        return cls(memory=parse_size(memory, what="--memory"), backend=backend,
+                   rlimit=rlimit, cgroup_root=cgroup_root, timeout=timeout_s or None,
+                   grace=parse_duration(grace, what="--grace", allow_zero=True),
+                   poll=parse_duration(poll, what="--poll"), env=env, cwd=cwd)
+
+
+def prepare_backend(opts: RunOptions) -> limits.Backend:
+    """Choose and probe the backend, become a subreaper, clean stale cages."""
+    backend = limits.select_backend(opts.backend, rlimit=opts.rlimit,
+                                    cgroup_root=opts.cgroup_root)
+    become_subreaper()
+    opts.stale_cleaned = backend.clean_stale()
+    return backend
+
+
+def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
+              stderr=None, label: str | None = None, backend: limits.Backend | None = None,
+              clock=time.monotonic, on_started=None) -> Outcome:
+    """Run ``cmd`` in a cage until it and everything it started are gone.
+
+    Raises :class:`~agent_supervise.errors.BadInput` for bad settings (nothing is
+    started). Every other ending, including "command not found", is an
+    :class:`Outcome` with an exact reason and a shell-style exit code.
+    """
+    cmd = tuple(cmd)
+    if not cmd:
+        raise SuperviseError("no command given")
+    opts = opts or RunOptions()
+    backend = backend or prepare_backend(opts)
+    label = label or os.path.basename(cmd[0])
+    loop = Loop(clock=clock)  # signals are caught from here on, even during spawn
+    try:
+        cage = backend.create(label, opts.memory)
+        env = dict(os.environ if opts.env is None else opts.env)
+        env[CAGE_ENV] = cage.name
+        started = clock()
+        try:
+            proc = Spawner().spawn(cmd, cage, env=env, cwd=opts.cwd, stdin=stdin,
+                                   stdout=stdout, stderr=stderr)
+        except SpawnFailed as failed:
+            cage.release()
+            return _not_started(cmd, cage, opts, failed, clock() - started)
+        cage.attach(proc.pid)
+        spec = RunSpec(cmd, opts.memory, label, opts.timeout, opts.grace, opts.poll)
+        run = AgentRun(spec, cage, proc.pid, started)
+        loop.watch(run)
+        if on_started:
+            on_started(run)
+        while run.outcome is None:
+            loop.step()
+        proc.returncode = run.outcome.status if run.outcome.status is not None \
+            else -(run.outcome.signal or 0)  # reaped by us: keep Popen from waiting
+        return run.outcome
+    finally:
+        loop.close()
+
+
+def _not_started(cmd, cage, opts: RunOptions, failed: SpawnFailed, duration: float) -> Outcome:
+    return Outcome(reason=failed.reason, exit_code=exit_code_for(failed.reason), cmd=cmd,
+                   backend=cage.backend, limit_bytes=opts.memory, peak_bytes=None,
+                   duration_s=duration, detail={Reason.NOT_FOUND: "",
+                                                Reason.NOT_EXECUTABLE: failed.why}.get(
+                                                    failed.reason, failed.message))

@@ -1,0 +1,114 @@
+"""Sizes and durations, parsed the way systemd parses them.
+
+Sizes: ``50M``, ``1.5G``, ``512MiB``, ``52428800``. K, M, G and T are powers of
+1024 (``MiB`` is accepted as a synonym of ``M``). ``MB`` is refused rather than
+guessed: whether it means 10**6 or 2**20 is exactly the ambiguity a memory cap
+must not have.
+
+Durations: ``100ms``, ``2s``, ``10m``, ``1h``, combinations such as ``1h30m``, and
+a bare number meaning seconds (as ``timeout 10`` and ``sleep 10`` do).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import BadInput
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)(iB|B)?", re.IGNORECASE)
+#: The kernel stores limits as a count of pages in a signed 64-bit counter; anything
+#: above 8 EiB is a typo, not a limit.
+MAX_SIZE = (1 << 63) - 1
+
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0,
+                   "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|sec|min|s|m|h|d)")
+
+
+def parse_size(text: str | int, *, what: str = "size") -> int:
+    """Return a byte count from ``text``; raise :class:`BadInput` naming the value.
+
+    Zero and negative sizes are refused: a zero cap is never what anyone meant.
+    """
+    if isinstance(text, bool):
+        raise BadInput(f"{what}: {text!r} is not a size", hint="try 50M")
+    if isinstance(text, int):
+        value = text
+    else:
+        raw = str(text).strip()
+        match = _SIZE_RE.fullmatch(raw)
+        if not match or (match.group(3) and match.group(3).upper() == "B"
+                         and match.group(2)):
+            raise BadInput(f"{what}: {str(text)!r} is not a size",
+                           hint=f"try {_size_example(raw)}; K, M, G, T are powers of 1024")
+        number, unit, _ = match.groups()
+        value = float(number) * _SIZE_UNITS[unit.upper()]
+        if value != int(value) and not unit:
+            raise BadInput(f"{what}: {raw!r} is not a whole number of bytes", hint="try 50M")
+        value = int(value)
+    if value <= 0:
+        raise BadInput(f"{what}: {text!r} must be above zero", hint="try 50M")
+    if value > MAX_SIZE:
+        raise BadInput(f"{what}: {text!r} is too large (the kernel's limit is 8E)",
+                       hint="try 50M")
+    return value
+
+
+def _size_example(raw: str) -> str:
+    digits = re.match(r"-?\s*(\d+(?:\.\d+)?)", raw)
+    if digits and not raw.lstrip().startswith("-"):
+        unit = re.search(r"([kmgtKMGT])", raw[digits.end():])
+        return f"{digits.group(1)}{unit.group(1).upper() if unit else 'M'}"
+    return "50M"
+
+
+def parse_duration(text: str | int | float, *, what: str = "duration",
+                   allow_zero: bool = False) -> float:
+    """Return seconds from ``text``; raise :class:`BadInput` naming the value."""
+    if isinstance(text, bool):
+        raise BadInput(f"{what}: {text!r} is not a duration", hint="try 2s or 100ms")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        raw = str(text).strip().replace(" ", "")
+        if re.fullmatch(r"\d+(?:\.\d+)?", raw):
+            seconds = float(raw)
+        else:
+            parts = _DURATION_PART.findall(raw)
+            if not raw or "".join(n + u for n, u in parts) != raw:
+                raise BadInput(f"{what}: {str(text)!r} is not a duration",
+                               hint="try 100ms, 2s, 10m or 1h")
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise BadInput(f"{what}: {text!r} must be above zero", hint="try 2s or 100ms")
+    if seconds > 100 * 365 * 86400:
+        raise BadInput(f"{what}: {text!r} is too long", hint="try 10m or 1h")
+    return seconds
+
+
+def format_size(n: int | None) -> str:
+    """``52428800`` -> ``'50.0 MiB'``; None -> ``'-'``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float | None) -> str:
+    """``0.25`` -> ``'250ms'``, ``90`` -> ``'1m30s'``."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    text = f"{hours}h" if hours else ""
+    text += f"{minutes}m" if minutes else ""
+    return text + (f"{secs}s" if secs else "")

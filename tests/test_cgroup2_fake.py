@@ -1,0 +1,214 @@
+"""The cgroup v2 backend over a fake cgroupfs folder (the host binds memory to v1).
+
+The VM stage runs the real-kernel tests of test_run_backends.py for cgroup2; these
+pin down the backend's own decisions: where the leaf goes, what it writes, how it
+reads counters, and how it tears down.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agent_supervise.errors import CageError
+from agent_supervise.limits.base import Unavailable, cage_name
+from agent_supervise.limits.cgroup2 import Cgroup2Backend
+
+from fakes import FakeCgroup2FS
+
+MiB = 1 << 20
+
+
+def make(tmp_path, own="/", **fs_args):
+    """A fake hierarchy mounted at tmp/cg, with this process in cgroup ``own``."""
+    root = str(tmp_path / "cg")
+    fs = FakeCgroup2FS(root, **fs_args)
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+                         "31 25 0:27 / /proc rw - proc proc rw\n")
+    cgfile = tmp_path / "cgroup"
+    cgfile.write_text(f"0::{own}\n")
+    path = root
+    for part in [p for p in own.split("/") if p]:
+        path = os.path.join(path, part)
+        fs.write(os.path.join(os.path.dirname(path), "cgroup.subtree_control"), "+memory")
+        fs.mkdir(path)
+    backend = Cgroup2Backend(fs, mountinfo=str(mountinfo), cgroup_file=str(cgfile))
+    return fs, root, backend
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def test_leaf_under_root_cgroup_enables_memory(tmp_path):
+    fs, root, backend = make(tmp_path)
+    assert backend.probe() == root
+    assert "memory" in read(f"{root}/cgroup.subtree_control")
+    assert [e for e in os.listdir(root) if e.startswith("agent-supervise")] == []  # probe gone
+
+
+def test_writes_limits_and_reads_them_back(tmp_path):
+    fs, root, backend = make(tmp_path)
+    cage = backend.create("researcher", 50 * MiB + 123)
+    try:
+        assert os.path.dirname(cage.path) == root
+        assert cage.name.startswith("agent-supervise.") and cage.name.endswith(".researcher")
+        assert read(f"{cage.path}/memory.max") == str(50 * MiB)  # rounded to a page
+        assert read(f"{cage.path}/memory.swap.max") == "0"
+        assert read(f"{cage.path}/memory.oom.group") == "1"
+        assert cage.notes == []
+    finally:
+        cage.release()
+    assert not os.path.exists(cage.path)
+
+
+def test_readback_mismatch_fails_loudly(tmp_path):
+    fs, root, backend = make(tmp_path, ignore_writes=("memory.oom.group",))
+    with pytest.raises(Unavailable, match="memory.oom.group: wrote '1' but the kernel "
+                                          "reads back '0'"):
+        backend.probe()
+    fs.ignore_writes = ()
+    backend.probe()
+    fs.ignore_writes = ("memory.max",)
+    with pytest.raises(CageError, match="memory.max: wrote"):
+        backend.create("x", 50 * MiB)
+    assert [e for e in os.listdir(root) if e.startswith("agent-supervise")] == []
+
+
+def test_own_cgroup_with_processes_goes_to_nearest_ancestor(tmp_path):
+    fs, root, backend = make(tmp_path, own="/user.slice/term.scope")
+    fs.add_process(f"{root}/user.slice/term.scope", os.getpid())
+    parent = backend.probe()
+    assert parent == f"{root}/user.slice"
+
+
+def test_no_usable_parent_explains_each(tmp_path):
+    fs, root, backend = make(tmp_path, own="/a")
+    fs.add_process(f"{root}/a", os.getpid())
+    # As root everything is writable: let the fake say the top is not.
+    fs.writable = lambda path: path.startswith(f"{root}/a")
+    with pytest.raises(Unavailable) as info:
+        backend.probe()
+    text = str(info.value)
+    assert f"{root}/a: it holds processes" in text
+    assert f"{root}: not writable" in text
+
+
+def test_hybrid_layout_is_explained(tmp_path):
+    fs, root, backend = make(tmp_path)
+    with open(f"{root}/cgroup.controllers", "w") as f:
+        f.write("hugetlb\n")
+    with pytest.raises(Unavailable, match="offers controllers 'hugetlb' but not memory"):
+        backend.probe()
+
+
+def test_no_cgroup2_mount(tmp_path):
+    mountinfo = tmp_path / "mi"
+    mountinfo.write_text("31 25 0:27 / /proc rw - proc proc rw\n")
+    backend = Cgroup2Backend(mountinfo=str(mountinfo))
+    with pytest.raises(Unavailable, match="no cgroup2 filesystem is mounted"):
+        backend.probe()
+
+
+def test_oom_group_kill_counts_the_agent_once(tmp_path):
+    """With oom.group the victim is counted twice in oom_kill (seen on a real kernel)."""
+    fs, root, backend = make(tmp_path)
+    cage = backend.create("hog", 50 * MiB)
+    events = f"{cage.path}/memory.events"
+    try:
+        assert cage.oom_kills() == 0 and cage.on_notify() is False
+        with open(events, "w") as f:
+            f.write("low 0\nhigh 0\nmax 35\noom 1\noom_kill 2\noom_group_kill 1\n")
+        assert cage.oom_kills() == 1
+        assert cage.on_notify() is True
+        assert cage.on_notify() is False  # the same kill is reported once
+        with open(events, "w") as f:
+            f.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")  # kernel without the key
+        assert cage.oom_kills() == 1
+    finally:
+        cage.release()
+
+
+def test_usage_peak_and_refaults(tmp_path):
+    fs, root, backend = make(tmp_path)
+    cage = backend.create("x", 50 * MiB)
+    try:
+        fs._put(f"{cage.path}/memory.current", f"{10 * MiB}\n")
+        fs._put(f"{cage.path}/memory.peak", f"{20 * MiB}\n")
+        fs._put(f"{cage.path}/memory.stat",
+                "anon 1\nworkingset_refault_anon 3\nworkingset_refault_file 7\n")
+        assert cage.usage() == 10 * MiB  # through the kept-open fd
+        assert cage.peak() == 20 * MiB
+        assert cage.refaults() == 10 * 4096
+        os.unlink(f"{cage.path}/memory.peak")
+        assert cage.peak() is None  # before Linux 5.19
+    finally:
+        cage.release()
+
+
+def test_kill_uses_cgroup_kill_and_release_waits_for_empty(tmp_path):
+    fs, root, backend = make(tmp_path)
+    cage = backend.create("x", 50 * MiB)
+    fs.add_process(cage.path, 999999)
+    assert cage.members() == [999999] and not cage.is_empty()
+    assert cage.kill() == 1
+    assert cage.is_empty() and cage.members() == []
+    cage.release()
+    assert not os.path.exists(cage.path)
+
+
+def test_release_of_a_cage_that_stays_busy_names_the_pids(tmp_path, monkeypatch):
+    import agent_supervise.limits.cgroupcage as cc
+    monkeypatch.setattr(cc, "RMDIR_PATIENCE_S", 0.1)
+    fs, root, backend = make(tmp_path)
+    cage = backend.create("x", 50 * MiB)
+    fs.add_process(cage.path, 999999)
+    cage.kill = lambda: 0  # a process that will not die
+    with pytest.raises(CageError, match=r"rmdir\(.*\) failed: Device or resource busy; "
+                                        r"processes still inside: \[999999\]"):
+        cage.release()
+    fs.write(f"{cage.path}/cgroup.kill", "1")
+    fs.rmdir(cage.path)
+
+
+def test_missing_optional_files_become_notes(tmp_path):
+    fs, root, backend = make(tmp_path, missing=("memory.swap.max", "memory.oom.group"))
+    cage = backend.create("x", 50 * MiB)
+    try:
+        assert any("memory.swap.max is missing" in n for n in cage.notes)
+        assert any("memory.oom.group is missing" in n for n in cage.notes)
+    finally:
+        cage.release()
+
+
+def test_stale_cages_of_dead_supervisors_are_removed(tmp_path):
+    fs, root, backend = make(tmp_path)
+    backend.probe()
+    dead = os.path.join(root, cage_name("4194999-1", 3, "old"))  # no such pid
+    fs.mkdir(dead)
+    fs.add_process(dead, 999999)
+    mine = backend.create("live", 50 * MiB)
+    try:
+        stale = backend.clean_stale()
+        assert [(s.path, s.owner_pid, s.removed) for s in stale] == [(dead, 4194999, True)]
+        assert stale[0].killed == 1
+        assert os.path.exists(mine.path)
+    finally:
+        mine.release()
+
+
+def test_explicit_root_must_be_a_cgroup2_dir(tmp_path):
+    fs, root, _ = make(tmp_path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    backend = Cgroup2Backend(fs, str(plain), mountinfo=str(tmp_path / "mountinfo"))
+    with pytest.raises(Unavailable, match="not a cgroup2 directory"):
+        backend.probe()
+    fs.mkdir(f"{root}/delegated")
+    fs.write(f"{root}/cgroup.subtree_control", "+memory")
+    backend = Cgroup2Backend(fs, f"{root}/delegated", mountinfo=str(tmp_path / "mountinfo"))
+    with pytest.raises(Unavailable, match="does not delegate the memory controller"):
+        backend.probe()
