@@ -118,7 +118,10 @@ def no_leaks():
             pass
     psutil.wait_procs(live, timeout=5)
     _reap_zombies()
-    new_cages = cage_dirs() - cages_before
+    # A cage whose supervisor still runs belongs to someone else's test session on
+    # this machine, not to this test, unless that supervisor is this very process.
+    new_cages = {p for p in cage_dirs() - cages_before
+                 if _cage_owner(p) in (None, os.getpid())}
     for path in new_cages:
         _remove_cage(path)
     problems = []
@@ -130,6 +133,15 @@ def no_leaks():
         problems.append(f"leaked cages: {sorted(new_cages)}")
     if problems:
         pytest.fail("; ".join(problems))
+
+
+def _cage_owner(path: str) -> int | None:
+    """The pid of the live supervisor that owns a cage, or None if it is gone."""
+    from agent_supervise.limits.base import stale_owner
+    name = os.path.basename(path)
+    if stale_owner(name) is not None:
+        return None
+    return int(name.split(".")[1].split("-")[0])
 
 
 def _remove_cage(path: str) -> None:

@@ -255,3 +255,15 @@ def test_nothing_runs_uncapped(backend):
     else:
         assert f"({CAP}, {CAP})" in text
     assert os.environ.get("AGENT_SUPERVISE_CAGE") is None
+
+
+def test_oom_is_handled_on_the_kernel_notice_not_a_sample(backend):
+    """With sampling every 30 s, only the OOM notification can end this quickly: the
+    kernel kills python, the notice makes the supervisor kill the waiting shell."""
+    if backend not in KERNEL:
+        pytest.skip("rlimit has no kernel OOM notification: it is sampled")
+    started = time.monotonic()
+    out, _ = supervise(backend, "sh", "-c", f"{PY} {ALLOC}; sleep 20",
+                       extra=("--poll", "30s"))
+    assert out["reason"] == "oom_killed"
+    assert time.monotonic() - started < 5
