@@ -13,6 +13,7 @@ import sys
 import click
 
 from . import __version__
+from .agents.loader import FleetFileError, load_fleet
 from .errors import BadInput, NotLinux, SuperviseError
 from .outcome import Reason
 
@@ -31,6 +32,12 @@ def main(argv=None) -> None:
         code = 2
     except click.exceptions.Abort:
         code = 130
+    except FleetFileError as err:
+        for line in err.problems:  # FILE:LINE:COL: ... as compilers print them
+            click.echo(line, err=True)
+        click.echo(f"agent-supervise: {len(err.problems)} problem(s); nothing was started",
+                   err=True)
+        code = err.exit_code
     except SuperviseError as err:
         click.echo(f"agent-supervise: {err}", err=True)
         code = err.exit_code
@@ -123,4 +130,61 @@ def doctor(as_json, rlimit_kind, cgroup_root):
 
     report = collect(rlimit=rlimit_kind, cgroup_root=cgroup_root)
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
+    return 0
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--max-concurrent", type=click.IntRange(min=1),
+              help="Override supervisor.max_concurrent.")
+@click.option("--tasks", "tasks_from", type=click.File("rb"),
+              help="Also read tasks as JSON lines from this file ('-' for stdin).")
+@click.option("--log-dir", type=click.Path(file_okay=False),
+              help="Override supervisor.log_dir (a run folder is made inside).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the summary as JSON on stdout instead of a table.")
+def fleet(file, max_concurrent, tasks_from, log_dir, as_json):
+    """Run the fleet defined in FILE (YAML): capped agents, throttled dispatch."""
+    require_linux()
+    from .fleet import Supervisor
+    from .printer import LinePrinter
+    from .taskfeed import TaskFeed
+
+    spec = load_fleet(file)
+    if not spec.tasks and tasks_from is None:
+        raise BadInput(f"{file}: no tasks to run",
+                       hint="add a tasks: list, or pass --tasks - to read JSON lines")
+    sup = Supervisor(spec, max_concurrent=max_concurrent, log_dir=log_dir)
+    sup.events.listeners.append(LinePrinter())
+    if tasks_from is not None:
+        TaskFeed(tasks_from, sup, "stdin" if tasks_from.name == "<stdin>" else
+                 tasks_from.name).start()
+    sup.close()
+    result = sup.run()
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        from rich.console import Console
+        Console().print(result.table())
+    if result.stopping:
+        click.echo(f"agent-supervise: stopped: {result.message}", err=True)
+    return result.exit_code
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file):
+    """Check a fleet file without running anything."""
+    spec = load_fleet(file)
+    tasks = sum(t.repeat for t in spec.tasks)
+    click.echo(f"{file}: ok ({len(spec.agents)} agents, {tasks} tasks)")
+    return 0
+
+
+@cli.command()
+def schema():
+    """Print the JSON Schema of fleet files (for editors and CI)."""
+    from .agents.schema import fleet_schema
+
+    click.echo(json.dumps(fleet_schema(), indent=2))
     return 0

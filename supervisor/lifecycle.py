@@ -72,6 +72,8 @@ class AgentRun:
         self.leftovers = 0
         self.check_at = now
         self.outcome: Outcome | None = None
+        self.task = None  # the fleet's Task, when run by an engine
+        self.proc = None  # the Popen object, kept so it never waits on the pid itself
         self.watchdog = Watchdog(spec.limit, spec.poll,
                                  adaptive=not getattr(cage, "kernel_enforced", True))
         self.watchdog.start(now)

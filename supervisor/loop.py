@@ -57,8 +57,7 @@ class Loop:
     """Drives :class:`AgentRun` objects. ``clock`` and ``table`` are injectable."""
 
     def __init__(self, *, clock=time.monotonic, table: ProcessTable | None = None,
-                 reap_foreign: bool = True, handle_signals: bool = True,
-                 on_interrupt=None) -> None:
+                 reap_foreign: bool = True, on_interrupt=None) -> None:
         self.clock = clock
         self.table = table or ProcessTable()
         self.tracker = OrphanTracker(self.table, reap_foreign)
@@ -67,10 +66,30 @@ class Loop:
         self._handlers: dict[int, object] = {}
         self._pidfds: dict[int, int] = {}
         self.on_interrupt = on_interrupt or self.interrupt_all
-        in_main = threading.current_thread() is threading.main_thread()
-        self.signals = SignalInbox() if handle_signals and in_main else None
-        if self.signals:
-            self._register(self.signals.read_fd, select.EPOLLIN, self._on_signals)
+        self.signals: SignalInbox | None = None
+        # Other threads (submit(), the stdin task reader) wake the loop through this.
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._register(self._wake_fd, select.EPOLLIN, self._drain_wake)
+
+    def catch_signals(self) -> bool:
+        """Take SIGINT/SIGTERM/SIGHUP/SIGCHLD, if this is the main thread (Python runs
+        signal handlers only there). Without them, exits still arrive via pidfds and
+        orphans are reaped on every step."""
+        if self.signals or threading.current_thread() is not threading.main_thread():
+            return self.signals is not None
+        self.signals = SignalInbox()
+        self._register(self.signals.read_fd, select.EPOLLIN, self._on_signals)
+        return True
+
+    def wake(self) -> None:
+        """Make a blocked ``step()`` return; safe from any thread."""
+        os.eventfd_write(self._wake_fd, 1)
+
+    def _drain_wake(self) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
 
     # -- registration ---------------------------------------------------------
     def _register(self, fd: int, mask: int, handler) -> None:
@@ -184,3 +203,4 @@ class Loop:
         if self.signals:
             self.signals.close()
         self.epoll.close()
+        os.close(self._wake_fd)

@@ -28,6 +28,8 @@ class Reason(str, enum.Enum):
     NOT_FOUND = "not_found"              # exec: no such file
     NOT_EXECUTABLE = "not_executable"    # exec: permission denied / bad format
     SETUP_FAILED = "setup_failed"        # the cage could not be made or entered
+    STOPPED = "stopped"                  # the supervisor stopped it (self-guard)
+    CANCELLED = "cancelled"              # never started: the fleet was stopped first
 
     def __str__(self) -> str:
         return self.value
@@ -45,7 +47,8 @@ FIXED_CODES = {
 }
 
 
-def exit_code_for(reason: Reason, status: int | None = None, signum: int | None = None) -> int:
+def exit_code_for(reason: Reason, status: int | None = None,
+                  signum: int | None = None) -> int | None:
     """The shell-style exit code for a reason.
 
     ``status`` is the agent's own exit status (FAILED); ``signum`` the signal that
@@ -53,6 +56,8 @@ def exit_code_for(reason: Reason, status: int | None = None, signum: int | None 
     """
     if reason in FIXED_CODES:
         return FIXED_CODES[reason]
+    if reason is Reason.CANCELLED:
+        return None  # it never ran: there is no status to report
     if reason is Reason.FAILED:
         return status if status else 1
     return 128 + (signum or signal.SIGKILL)
@@ -72,7 +77,7 @@ class Outcome:
     """How one agent run ended. ``to_json()`` is the documented JSON object."""
 
     reason: Reason
-    exit_code: int
+    exit_code: int | None
     cmd: tuple[str, ...]
     backend: str
     limit_bytes: int
@@ -120,6 +125,8 @@ class Outcome:
             Reason.NOT_EXECUTABLE: f"{cmd}: not executable"
                                    + (f" ({self.detail})" if self.detail else ""),
             Reason.SETUP_FAILED: f"{cmd} not started",
+            Reason.STOPPED: f"{cmd} stopped by agent-supervise",
+            Reason.CANCELLED: f"{cmd} never started",
         }[self.reason]
         if self.reason is Reason.FAILED and self.backend.startswith("rlimit"):
             # An rlimit never kills: allocations past it fail inside the program,

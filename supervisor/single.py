@@ -72,7 +72,8 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
     opts = opts or RunOptions()
     backend = backend or prepare_backend(opts)
     label = label or os.path.basename(cmd[0])
-    loop = Loop(clock=clock)  # signals are caught from here on, even during spawn
+    loop = Loop(clock=clock)
+    loop.catch_signals()  # from here on, even during spawn (main thread only)
     try:
         cage = backend.create(label, opts.memory)
         env = dict(os.environ if opts.env is None else opts.env)

@@ -26,10 +26,11 @@ _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0,
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|sec|min|s|m|h|d)")
 
 
-def parse_size(text: str | int, *, what: str = "size") -> int:
+def parse_size(text: str | int, *, what: str = "size", allow_zero: bool = False) -> int:
     """Return a byte count from ``text``; raise :class:`BadInput` naming the value.
 
-    Zero and negative sizes are refused: a zero cap is never what anyone meant.
+    Zero and negative sizes are refused (a zero cap is never what anyone meant)
+    unless ``allow_zero`` (a reserve of 0 disables it).
     """
     if isinstance(text, bool):
         raise BadInput(f"{what}: {text!r} is not a size", hint="try 50M")
@@ -47,7 +48,7 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
         if value != int(value) and not unit:
             raise BadInput(f"{what}: {raw!r} is not a whole number of bytes", hint="try 50M")
         value = int(value)
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise BadInput(f"{what}: {text!r} must be above zero", hint="try 50M")
     if value > MAX_SIZE:
         raise BadInput(f"{what}: {text!r} is too large (the kernel's limit is 8E)",

@@ -30,6 +30,10 @@ class Watchdog:
         """Schedule the first sample soon after spawn, so a fast start is seen."""
         self.next_due = now + min(self.poll, 10 * self.min_poll)
 
+    @property
+    def last_usage(self) -> int:
+        return self._last[1] if self._last else 0
+
     def observe(self, now: float, usage: int) -> bool:
         """Record a sample; schedule the next one; True when ``usage`` is over the cap."""
         self.samples += 1

@@ -74,7 +74,11 @@ def test_tail_dev_zero(backend):
 def test_node_allocator(backend):
     """Node's own code and heap take ~45 MiB, so it gets a realistic 150M cap."""
     out, _ = supervise(backend, "node", NODE_ALLOC, memory="150M")
-    if backend in KERNEL:
+    if backend in KERNEL and out["reason"] == "memory_exceeded":
+        # Node's code pages can still be evicted and re-read at the cap for a while
+        # before the OOM kill: if that lasts 2 s, the thrashing rule ends it first.
+        assert "thrashing at its cap" in out["detail"] and out["exit_code"] == 137
+    elif backend in KERNEL:
         assert_memory_kill(backend, out, cap=150 * MiB)
     else:
         # Buffers live outside the V8 heap: under RLIMIT_DATA node's allocator

@@ -1,0 +1,189 @@
+"""The fleet file's keys, in one table that both the loader and the JSON Schema use.
+
+Each :class:`Field` knows how to check and convert a YAML value and how to describe
+itself in JSON Schema, so ``agent-supervise schema`` cannot drift from what
+``agent-supervise validate`` accepts.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BadInput
+from ..units import MAX_SIZE, parse_duration, parse_size
+
+#: Agent names become log file names: letters, digits, '_', '-', '.', no '/' or '..'.
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_UNIT = r"([KMGTkmgt]([Ii][Bb])?|[Bb])?"
+SIZE_RE = rf"^(?!0+(\.0+)?{_UNIT}$)[0-9]+(\.[0-9]+)?{_UNIT}$"  # not zero
+DURATION_RE = r"^([0-9]+(\.[0-9]+)?(us|ms|sec|min|s|m|h|d))+$|^[0-9]+(\.[0-9]+)?$"
+BACKENDS = ("auto", "cgroup2", "cgroup1", "rlimit")
+
+
+class FieldError(Exception):
+    """A value is wrong; ``message`` has no position, the loader adds it."""
+
+    def __init__(self, message: str, hint: str | None = None, at=None) -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+        self.at = at  # the list index or mapping key of the offending element
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "text",
+            list: "a list", dict: "a mapping", type(None): "empty"}.get(type(value),
+                                                                       type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: str          # size, size0, duration, int, choice, path, cmd, env, text
+    doc: str
+    default: Any = None
+    minimum: int = 1
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+    def parse(self, value: Any, what: str) -> Any:
+        """Convert a YAML value; raise :class:`FieldError`."""
+        try:
+            return getattr(self, f"_{self.kind}")(value, what)
+        except BadInput as err:  # the unit parsers name the value and give a hint
+            raise FieldError(err.message.split(": ", 1)[-1], err.hint) from None
+
+    def _size(self, value, what):
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise FieldError(f"{value!r} is not a size", "try 50M")
+        return parse_size(value, what=what, allow_zero=self.kind == "size0")
+
+    _size0 = _size
+
+    def _duration(self, value, what):
+        if value is None:
+            return None
+        if not isinstance(value, (int, float, str)) or isinstance(value, bool):
+            raise FieldError(f"{value!r} is not a duration", "try 2s, 100ms or 10m")
+        return parse_duration(value, what=what)
+
+    def _int(self, value, what):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FieldError(f"{value!r} is {_type_name(value)}, not a whole number",
+                             f"try {self.default or self.minimum}")
+        if value < self.minimum:
+            raise FieldError(f"{value} is below the minimum of {self.minimum}",
+                             f"try {self.default or self.minimum}")
+        return value
+
+    def _choice(self, value, what):
+        if value not in self.choices:
+            raise FieldError(f"{value!r} is not one of {', '.join(self.choices)}",
+                             f"try {self.choices[0]}")
+        return value
+
+    def _text(self, value, what):
+        if not isinstance(value, str) or not value:
+            raise FieldError(f"{value!r} is {_type_name(value)}, not text",
+                             "quote it: 'value'")
+        return value
+
+    _path = _text
+
+    def _cmd(self, value, what):
+        if isinstance(value, str):
+            words = shlex.split(value) if _splits(value) else [value]
+            raise FieldError("cmd must be a list of words, not one string",
+                             f"write cmd: {words}, or ['sh', '-c', '...'] for shell syntax")
+        if not isinstance(value, list) or not value:
+            raise FieldError(f"{_type_name(value)} is not a command", "write cmd: [prog, arg]")
+        for i, word in enumerate(value):
+            if not isinstance(word, str):
+                raise FieldError(f"word {i} is {_type_name(word)} ({word!r}), not text",
+                                 f"quote it: '{word}'", at=i)
+        return tuple(value)
+
+    def _env(self, value, what):
+        if not isinstance(value, dict):
+            raise FieldError(f"{_type_name(value)} is not a mapping", "write env: {KEY: value}")
+        for key, val in value.items():
+            if not isinstance(key, str) or not key:
+                raise FieldError(f"the key {key!r} is not text", f"quote it: '{key}'")
+            if not isinstance(val, str):
+                what_values = "placeholder" if self.name == "vars" else "environment"
+                raise FieldError(f"{val!r} is {_type_name(val)}; {what_values} values "
+                                 "are text", f"quote it: {key}: '{val}'", at=key)
+        return dict(value)
+
+    def schema(self) -> dict:
+        out = {"description": self.doc}
+        kinds = {
+            "size": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
+                               {"type": "string", "pattern": SIZE_RE}]},
+            "size0": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SIZE},
+                                {"type": "string",
+                                 "pattern": rf"^[0-9]+(\.[0-9]+)?{_UNIT}$"}]},
+            "duration": {"oneOf": [{"type": "number", "exclusiveMinimum": 0},
+                                   {"type": "string", "pattern": DURATION_RE},
+                                   {"type": "null"}]},
+            "int": {"type": "integer", "minimum": self.minimum},
+            "choice": {"enum": list(self.choices)},
+            "text": {"type": "string", "minLength": 1},
+            "path": {"type": "string", "minLength": 1},
+            "cmd": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        }
+        out.update(kinds[self.kind])
+        if self.default is not None:
+            out["default"] = self.default
+        return out
+
+
+def _splits(text: str) -> bool:
+    try:
+        shlex.split(text)
+        return True
+    except ValueError:
+        return False
+
+
+SUPERVISOR = (
+    Field("max_concurrent", "int", "Agents running at once (seed: MAX_CONCURRENT_AGENTS).", 2),
+    Field("queue_size", "int", "Tasks waiting to start; submitters block when it is full.", 4),
+    Field("min_free_memory", "size0", "No agent starts unless this much memory stays "
+          "available after its cap and the running agents' headroom.", "1G"),
+    Field("memory_limit", "size", "The supervisor's own RSS cap: above it, stop "
+          "everything and exit 3.", "500M"),
+    Field("poll_interval", "duration", "Watchdog sampling interval.", "100ms"),
+    Field("grace", "duration", "Time between SIGTERM and SIGKILL.", "2s"),
+    Field("log_dir", "path", "Where run folders go (relative to the fleet file).", "runs"),
+    Field("backend", "choice", "Memory-limit mechanism.", "auto", choices=BACKENDS),
+    Field("rlimit", "choice", "Which rlimit the rlimit backend sets.", "data",
+          choices=("data", "as")),
+    Field("cgroup_root", "path", "Create agents' cgroups under this directory."),
+    Field("run_timeout", "duration", "Stop the whole run after this long."),
+)
+AGENT = (
+    Field("cmd", "cmd", "The command as a list of words; {name} placeholders are filled "
+          "from each task's vars.", required=True),
+    Field("memory_limit", "size", "Hard cap on the agent's whole process tree.", "50M"),
+    Field("timeout", "duration", "Stop the agent after this long (reason timeout)."),
+    Field("grace", "duration", "Time between SIGTERM and SIGKILL for this agent."),
+    Field("env", "env", "Extra environment variables."),
+    Field("cwd", "path", "Working directory (relative to the fleet file).", "."),
+)
+DEFAULTS = tuple(f for f in AGENT if f.name != "cmd")
+TASK = (
+    Field("agent", "text", "Which agent to run.", required=True),
+    Field("vars", "env", "Values for the agent's {placeholders}."),
+    Field("repeat", "int", "Run it this many times.", 1),
+    Field("memory_limit", "size", "Override the agent's cap for this task."),
+    Field("timeout", "duration", "Override the agent's timeout for this task."),
+)
+SECTIONS = ("supervisor", "defaults", "agents", "tasks")
+
+
+def is_valid_name(name: Any) -> bool:
+    return isinstance(name, str) and re.match(NAME_RE, name) is not None and ".." not in name

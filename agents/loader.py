@@ -1,0 +1,297 @@
+"""Loading fleet files: YAML in, frozen specs out, every error with its position.
+
+Errors read ``FILE:LINE:COL: key.path: what is wrong (the fix)`` and are all
+collected before the file is refused, so one run of ``validate`` shows them all.
+Duplicate keys, which PyYAML silently resolves to the last one, are errors: nothing
+the user wrote may be dropped without a word.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from types import MappingProxyType
+
+import yaml
+
+from ..errors import BadInput
+from . import fields as F
+from .spec import AgentSpec, FleetSpec, SupervisorSettings, TaskSpec, placeholder_names
+
+
+class FleetFileError(BadInput):
+    """One or more problems in a fleet file; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def did_you_mean(word: str, options) -> str | None:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else None
+
+
+class _Checker:
+    """Walks the composed YAML nodes, keeping each value's line and column."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.problems: list[str] = []
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def error(self, node, path: str, message: str, hint: str | None = None) -> None:
+        where = f"{self.name}:{node.start_mark.line + 1}:{node.start_mark.column + 1}" \
+            if node is not None else self.name
+        text = f"{where}: {path + ': ' if path else ''}{message}"
+        self.problems.append(text + (f" ({hint})" if hint else ""))
+
+    def value(self, node, path: str):
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as err:
+            self.error(node, path, f"cannot read this value: {err}")
+            return None
+
+    def items(self, node, path: str):
+        """(key, key node, value node) of a mapping node, or None after an error."""
+        if _is_null(node):
+            return []  # 'section:' with nothing under it
+        if not isinstance(node, yaml.MappingNode):
+            self.error(node, path, f"must be a mapping, not {_kind(node)}",
+                       "write 'key: value' lines under it")
+            return None
+        seen: dict = {}
+        for key_node, _ in node.value:  # duplicates among the keys written here
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.value(key_node, path)
+            if key in seen:
+                self.error(key_node, _join(path, key), f"duplicate key (first at line "
+                           f"{seen[key]})", "remove one of them")
+            seen.setdefault(key, key_node.start_mark.line + 1)
+        # Resolve '<<: *anchor' merges: merged keys come first, written ones override.
+        self.constructor.flatten_mapping(node)
+        merged: dict = {}
+        for key_node, value_node in node.value:
+            merged[self.value(key_node, path)] = (key_node, value_node)
+        out = [(key, k, v) for key, (k, v) in merged.items()]
+        return out
+
+    def _field_error(self, node, path: str, err) -> None:
+        """Report at the offending element itself, quoting the text as written."""
+        child = None
+        if err.at is not None and isinstance(node, yaml.SequenceNode):
+            child, path = node.value[err.at], f"{path}[{err.at}]"
+        elif err.at is not None and isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == err.at), None)
+            path = f"{path}.{err.at}"
+        if isinstance(child, yaml.ScalarNode):
+            key = f"{err.at}: " if isinstance(err.at, str) else ""
+            # YAML 1.1 reads 010 as 8, yes/true/on as booleans: quote what was written.
+            self.error(child, path, err.message, f"quote it: {key}'{child.value}'")
+        else:
+            self.error(node, path, err.message, err.hint)
+
+    def fields(self, node, path: str, table) -> dict:
+        """Check a mapping against a field table; return the parsed values given."""
+        known = {f.name: f for f in table}
+        parsed: dict = {}
+        entries = self.items(node, path)
+        if entries is None:
+            return parsed
+        for key, key_node, value_node in entries:
+            where = _join(path, key)
+            if key not in known:
+                self.error(key_node, where, "unknown key", did_you_mean(key, known)
+                           or f"known keys: {', '.join(known)}")
+                continue
+            try:
+                parsed[key] = known[key].parse(self.value(value_node, where), where)
+            except F.FieldError as err:
+                self._field_error(value_node, where, err)
+        for f in table:
+            if f.required and f.name not in parsed and f.name not in {k for k, *_ in entries}:
+                self.error(node, path, f"missing key '{f.name}'", f.doc)
+        return parsed
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _is_null(node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _kind(node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    return f"the value {node.value!r}" if node is not None else "nothing"
+
+
+def load_fleet(path: str) -> FleetSpec:
+    """Read and validate a fleet file; raise :class:`FleetFileError` listing problems."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as err:
+        raise BadInput(f"{path}: {err.strerror}", path=path,
+                       hint="give the path of a fleet YAML file") from None
+    except UnicodeDecodeError as err:
+        raise BadInput(f"{path}: not UTF-8 text ({err.reason})", path=path) from None
+    return parse_fleet(text, path, os.path.dirname(os.path.abspath(path)))
+
+
+def parse_fleet(text: str, name: str = "<fleet>", base_dir: str = ".") -> FleetSpec:
+    check = _Checker(name)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
+        raise FleetFileError([f"{where}: YAML syntax error: {err.problem or err}"]) from None
+    except yaml.YAMLError as err:
+        raise FleetFileError([f"{name}: YAML error: {err}"]) from None
+    if root is None:
+        raise FleetFileError([f"{name}: the file is empty (a fleet needs 'agents:' and "
+                              "'tasks:'; see configs/example.yaml)"])
+    sections = check.items(root, "")
+    if sections is None:
+        raise FleetFileError(check.problems)
+    nodes = {}
+    for key, key_node, value_node in sections:
+        if key not in F.SECTIONS:
+            check.error(key_node, str(key), "unknown section",
+                        did_you_mean(key, F.SECTIONS) or f"sections: {', '.join(F.SECTIONS)}")
+        else:
+            nodes[key] = value_node
+    sup = check.fields(nodes["supervisor"], "supervisor", F.SUPERVISOR) \
+        if "supervisor" in nodes else {}
+    defaults = check.fields(nodes["defaults"], "defaults", F.DEFAULTS) \
+        if "defaults" in nodes else {}
+    agents = _agents(check, nodes.get("agents"), defaults, base_dir, root)
+    agents_node = nodes.get("agents")
+    declared = {str(k.value) for k, _ in agents_node.value} \
+        if isinstance(agents_node, yaml.MappingNode) else set()
+    tasks = _tasks(check, nodes.get("tasks"), agents, declared)
+    if check.problems:
+        raise FleetFileError(check.problems)
+    for key in ("log_dir",):
+        if key in sup:
+            sup[key] = os.path.join(base_dir, sup[key])
+    sup.setdefault("log_dir", os.path.join(base_dir, "runs"))
+    return FleetSpec(SupervisorSettings(**sup), MappingProxyType(agents), tuple(tasks),
+                     path=name)
+
+
+def _agents(check: _Checker, node, defaults: dict, base_dir: str, root) -> dict:
+    if node is None:
+        check.error(root, "agents", "missing section", "add 'agents:' with at least one agent")
+        return {}
+    agents = {}
+    for name, key_node, value_node in check.items(node, "agents") or []:
+        path = f"agents.{name}"
+        if not F.is_valid_name(name):
+            check.error(key_node, path, f"{name!r} is not a valid agent name",
+                        "use letters, digits, '_', '-' and '.', no '/' or '..': it names "
+                        "log files")
+            continue
+        given = check.fields(value_node, path, F.AGENT)
+        if "cmd" not in given:
+            continue
+        merged = {**defaults, **given}
+        merged["env"] = MappingProxyType({**defaults.get("env", {}), **given.get("env", {})})
+        merged["cwd"] = os.path.join(base_dir, merged.get("cwd", "."))
+        agent = AgentSpec(name=name, **merged)
+        for text in (*agent.cmd, *agent.env.values(), agent.cwd):
+            try:
+                bad = [n for n in placeholder_names(text) if not n.isidentifier()]
+            except ValueError as err:
+                check.error(value_node, path, f"bad placeholder in {text!r}: {err}",
+                            "write {name}; double the braces for a literal: {{ }}")
+                break
+            if bad:
+                check.error(value_node, path, f"placeholder {{{bad[0]}}} in {text!r} is not "
+                            "a plain name", "use {name}; double braces for a literal")
+                break
+        else:
+            agents[name] = agent
+    return agents
+
+
+def _tasks(check: _Checker, node, agents: dict, declared: set) -> list[TaskSpec]:
+    if node is None or _is_null(node):
+        return []
+    if not isinstance(node, yaml.SequenceNode):
+        check.error(node, "tasks", f"must be a list, not {_kind(node)}",
+                    "write '- {agent: name}' lines")
+        return []
+    tasks = []
+    for i, item in enumerate(node.value):
+        path = f"tasks[{i}]"
+        given = check.fields(item, path, F.TASK)
+        if "agent" not in given:
+            continue
+        if given["agent"] not in agents and given["agent"] in declared:
+            continue  # the agent itself has errors, reported already
+        where = f"{check.name}:{item.start_mark.line + 1}:{item.start_mark.column + 1}"
+        problem = task_problem(given, agents, declared)
+        if problem:
+            check.error(item, path, *problem)
+            continue
+        tasks.append(TaskSpec(where=where, **{**given, "vars": MappingProxyType(
+            given.get("vars", {}))}))
+    return tasks
+
+
+def task_problem(given: dict, agents: dict, declared=()) -> tuple[str, str | None] | None:
+    """Cross-checks of one task against the agents: (message, hint) or None."""
+    name = given["agent"]
+    if name not in agents:
+        names = sorted(set(agents) | set(declared))
+        return (f"agent {name!r} is not defined",
+                did_you_mean(name, names) or f"agents: {', '.join(names) or 'none'}")
+    needed = agents[name].placeholders
+    values = given.get("vars", {})
+    unused = sorted(set(values) - needed)
+    if unused:
+        return (f"vars.{unused[0]}: agent {name} has no {{{unused[0]}}} placeholder",
+                did_you_mean(unused[0], needed) or "remove it, or use it in the agent's cmd")
+    missing = sorted(needed - set(values))
+    if missing:
+        return (f"agent {name} needs a value for {{{missing[0]}}}",
+                f"add vars: {{{missing[0]}: ...}}")
+    return None
+
+
+def parse_task_json(line: str, agents, where: str) -> TaskSpec:
+    """One ``--tasks -`` line: a JSON object with the keys of a ``tasks:`` entry."""
+    import json
+
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{where}: not JSON: {err.msg} at column {err.colno}",
+                       hint='write {"agent": "name", "vars": {...}}') from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{where}: a task must be a JSON object",
+                       hint='write {"agent": "name", "vars": {...}}')
+    known = {f.name: f for f in F.TASK}
+    given = {}
+    for key, value in data.items():
+        if key not in known:
+            raise BadInput(f"{where}: {key}: unknown key",
+                           hint=did_you_mean(key, known) or f"known keys: {', '.join(known)}")
+        try:
+            given[key] = known[key].parse(value, key)
+        except F.FieldError as err:
+            raise BadInput(f"{where}: {key}: {err.message}", hint=err.hint) from None
+    if "agent" not in given:
+        raise BadInput(f"{where}: missing key 'agent'", hint="which agent to run")
+    problem = task_problem(given, agents)
+    if problem:
+        raise BadInput(f"{where}: {problem[0]}", hint=problem[1])
+    return TaskSpec(where=where, **{**given, "vars": MappingProxyType(given.get("vars", {}))})

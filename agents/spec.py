@@ -1,0 +1,113 @@
+"""Agent and fleet specs: frozen dataclasses, validated once by the loader.
+
+A fleet file (see configs/example.yaml) has four sections: ``supervisor`` (how the
+fleet is dispatched), ``defaults`` (agent settings used where an agent sets none),
+``agents`` (named commands with their caps) and ``tasks`` (which agent to run, with
+which ``{placeholder}`` values, how many times). A :class:`Task` is one runnable
+agent invocation, fully resolved.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """The ``supervisor:`` section. Defaults are the seed's measures."""
+
+    max_concurrent: int = 2
+    queue_size: int = 4
+    min_free_memory: int = 1 << 30
+    memory_limit: int = 500 << 20
+    poll_interval: float = 0.1
+    grace: float = 2.0
+    log_dir: str = "runs"
+    backend: str = "auto"
+    rlimit: str = "data"
+    cgroup_root: str | None = None
+    run_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One named agent: a command template and its limits."""
+
+    name: str
+    cmd: tuple[str, ...]
+    memory_limit: int = 50 << 20
+    timeout: float | None = None
+    grace: float | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    cwd: str = "."
+
+    @property
+    def placeholders(self) -> frozenset[str]:
+        """The ``{names}`` its cmd, env values and cwd need values for."""
+        return frozenset(n for text in (*self.cmd, *self.env.values(), self.cwd)
+                         for n in placeholder_names(text))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One entry of ``tasks:`` (or one JSON line of ``--tasks -``)."""
+
+    agent: str
+    vars: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    repeat: int = 1
+    memory_limit: int | None = None
+    timeout: float | None = None
+    where: str = "api"  # where it came from, for messages: file:line:col, stdin:N
+
+
+@dataclass(frozen=True)
+class Task:
+    """One runnable agent invocation: placeholders filled, limits resolved."""
+
+    id: str                      # "<agent>-<n>": also its log file stem
+    agent: str
+    n: int
+    cmd: tuple[str, ...]
+    memory_limit: int
+    timeout: float | None
+    grace: float
+    cwd: str
+    env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    vars: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    where: str = "api"
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    agents: Mapping[str, AgentSpec] = field(default_factory=lambda: EMPTY)
+    tasks: tuple[TaskSpec, ...] = ()
+    path: str | None = None
+
+
+def placeholder_names(text: str) -> list[str]:
+    """``"run {topic} {{literal}}"`` -> ``["topic"]``. Raises ValueError on bad syntax."""
+    return [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+
+
+def fill(text: str, values: Mapping[str, str]) -> str:
+    return text.format_map(values)
+
+
+def make_task(agent: AgentSpec, spec: TaskSpec, n: int, default_grace: float) -> Task:
+    """Resolve one task of ``agent`` (the loader has checked every placeholder)."""
+    values = dict(spec.vars)
+    return Task(
+        id=f"{agent.name}-{n}", agent=agent.name, n=n,
+        cmd=tuple(fill(word, values) for word in agent.cmd),
+        memory_limit=spec.memory_limit or agent.memory_limit,
+        timeout=spec.timeout if spec.timeout is not None else agent.timeout,
+        grace=agent.grace if agent.grace is not None else default_grace,
+        cwd=fill(agent.cwd, values),
+        env=MappingProxyType({k: fill(v, values) for k, v in agent.env.items()}),
+        vars=spec.vars, where=spec.where)

@@ -1,0 +1,41 @@
+"""Plain lines on stderr, one per agent event, for terminals and CI logs alike."""
+
+from __future__ import annotations
+
+import sys
+
+from .units import format_duration, format_size
+
+
+class LinePrinter:
+    """An event-log listener that prints what a person watching wants to know."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+
+    def __call__(self, e: dict) -> None:
+        text = self.format(e)
+        if text:
+            print(f"[{e['t']:8.2f}s] {text}", file=self.stream, flush=True)
+
+    @staticmethod
+    def format(e: dict) -> str | None:
+        kind = e["event"]
+        if kind == "started":
+            return (f"started {e['task']} (pid {e['pid']}, cap {format_size(e['limit'])}, "
+                    f"{e['backend']})")
+        if kind == "exited":
+            peak = f"peak {format_size(e['peak_bytes'])} of {format_size(e['limit_bytes'])}"
+            code = "" if e["exit_code"] is None else f", exit {e['exit_code']}"
+            detail = f": {e['detail']}" if e.get("detail") else ""
+            return (f"{e['task']} {e['reason']}{code} after "
+                    f"{format_duration(e['duration_s'])} ({peak}){detail}")
+        if kind == "waiting":
+            return f"{e['task']} {e['reason']}"
+        if kind == "rejected":
+            return f"skipped {e['error']}"
+        if kind == "stopping":
+            return f"stopping: {e['message']}"
+        if kind == "run_started" and e.get("stale_cages"):
+            return f"removed {len(e['stale_cages'])} stale cages: {', '.join(e['stale_cages'])}"
+        return None

@@ -1,0 +1,91 @@
+"""The outcome of a fleet run: one entry per task, counts, the exit code, the table."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from .outcome import Reason
+from .units import format_duration, format_size
+
+EXIT_SELF_GUARD = 3
+
+
+def result_entry(task, outcome, rundir) -> dict:
+    """What summary.json and the ``exited`` event say about one task."""
+    out, err = rundir.log_paths(task.id)
+    started = outcome.reason is not Reason.CANCELLED
+    return {
+        "task": task.id, "agent": task.agent, "reason": outcome.reason.value,
+        "exit_code": outcome.exit_code, "peak_bytes": outcome.peak_bytes,
+        "limit_bytes": task.memory_limit, "peak_source": outcome.peak_source,
+        "duration_s": round(outcome.duration_s, 3), "backend": outcome.backend,
+        "pid": outcome.pid, "status": outcome.status,
+        "signal": outcome.to_json()["signal"], "oom_kills": outcome.oom_kills,
+        "detail": outcome.detail, "where": task.where, "cmd": list(task.cmd),
+        "stdout": out if started else None, "stderr": err if started else None,
+    }
+
+
+@dataclass
+class FleetResult:
+    run_id: str
+    run_dir: str
+    duration_s: float
+    exit_code: int
+    tasks: list[dict]
+    rejected: list[dict]
+    stopping: str | None = None
+    message: str | None = None
+    counts: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, sup, duration: float) -> FleetResult:
+        tasks = sorted(sup.results, key=lambda e: (e["agent"], _n(e["task"])))
+        counts = dict(collections.Counter(e["reason"] for e in tasks))
+        if sup.stopping == "interrupted":
+            code = 128 + sup.stop_signal
+        elif sup.stopping == "self_guard":
+            code = EXIT_SELF_GUARD
+        else:
+            code = 0 if all(e["reason"] == "ok" for e in tasks) and not sup.rejected else 1
+        result = cls(sup.rundir.run_id, sup.rundir.path, duration, code, tasks,
+                     list(sup.rejected), sup.stopping,
+                     getattr(sup, "stop_message", None), counts)
+        sup.rundir.write_json("summary.json", result.to_json())
+        return result
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def to_json(self) -> dict:
+        return {"run_id": self.run_id, "run_dir": self.run_dir,
+                "duration_s": round(self.duration_s, 3), "exit_code": self.exit_code,
+                "stopping": self.stopping, "message": self.message, "counts": self.counts,
+                "rejected": self.rejected, "tasks": self.tasks}
+
+    def table(self):
+        """A rich Table: agent, task, reason, exit code, peak/cap, duration."""
+        from rich.table import Table
+
+        table = Table(title=f"run {self.run_id}", title_justify="left")
+        for name, justify in (("task", "left"), ("reason", "left"), ("exit", "right"),
+                              ("peak / cap", "right"), ("time", "right")):
+            table.add_column(name, justify=justify)
+        for e in self.tasks:
+            style = "green" if e["reason"] == "ok" else "red"
+            peak = f"{format_size(e['peak_bytes'])} / {format_size(e['limit_bytes'])}"
+            table.add_row(e["task"], f"[{style}]{e['reason']}[/]",
+                          "-" if e["exit_code"] is None else str(e["exit_code"]), peak,
+                          format_duration(e["duration_s"]))
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items()))
+        table.caption = (f"{len(self.tasks)} tasks: {counts or 'none'}"
+                         + (f"; {len(self.rejected)} rejected input lines" if self.rejected
+                            else "") + f" — logs and summary.json in {self.run_dir}")
+        return table
+
+
+def _n(task_id: str) -> int:
+    tail = task_id.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
