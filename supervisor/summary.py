@@ -70,13 +70,14 @@ class FleetResult:
         from rich.table import Table
 
         table = Table(title=f"run {self.run_id}", title_justify="left")
-        for name, justify in (("task", "left"), ("reason", "left"), ("exit", "right"),
+        for name, justify in (("agent", "left"), ("task", "left"), ("reason", "left"),
+                              ("exit", "right"),
                               ("peak / cap", "right"), ("time", "right")):
             table.add_column(name, justify=justify)
         for e in self.tasks:
             style = "green" if e["reason"] == "ok" else "red"
             peak = f"{format_size(e['peak_bytes'])} / {format_size(e['limit_bytes'])}"
-            table.add_row(e["task"], f"[{style}]{e['reason']}[/]",
+            table.add_row(e["agent"], e["task"], f"[{style}]{e['reason']}[/]",
                           "-" if e["exit_code"] is None else str(e["exit_code"]), peak,
                           format_duration(e["duration_s"]))
         counts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items()))
