@@ -44,9 +44,10 @@ class Field:
     kind: str          # size, size0, duration, int, choice, path, cmd, env, text
     doc: str
     default: Any = None
-    minimum: int = 1
+    minimum: float = 1
     choices: tuple[str, ...] = ()
     required: bool = False
+    sub: tuple = ()    # kind "object": the nested fields (the loader recurses)
 
     def parse(self, value: Any, what: str) -> Any:
         """Convert a YAML value; raise :class:`FieldError`."""
@@ -68,6 +69,15 @@ class Field:
         if not isinstance(value, (int, float, str)) or isinstance(value, bool):
             raise FieldError(f"{value!r} is not a duration", "try 2s, 100ms or 10m")
         return parse_duration(value, what=what)
+
+    def _number(self, value, what):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise FieldError(f"{value!r} is {_type_name(value)}, not a number",
+                             f"try {self.default}")
+        if value < self.minimum:
+            raise FieldError(f"{value} is below the minimum of {self.minimum}",
+                             f"try {self.default}")
+        return float(value)
 
     def _int(self, value, what):
         if not isinstance(value, int) or isinstance(value, bool):
@@ -129,12 +139,17 @@ class Field:
                                    {"type": "string", "pattern": DURATION_RE},
                                    {"type": "null"}]},
             "int": {"type": "integer", "minimum": self.minimum},
+            "number": {"type": "number", "minimum": self.minimum},
             "choice": {"enum": list(self.choices)},
             "text": {"type": "string", "minLength": 1},
             "path": {"type": "string", "minLength": 1},
             "cmd": {"type": "array", "minItems": 1, "items": {"type": "string"}},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
         }
+        if self.kind == "object":
+            out.update({"type": ["object", "null"], "additionalProperties": False,
+                        "properties": {f.name: f.schema() for f in self.sub}})
+            return out
         out.update(kinds[self.kind])
         if self.default is not None:
             out["default"] = self.default
@@ -149,6 +164,29 @@ def _splits(text: str) -> bool:
         return False
 
 
+BREAKER = (
+    Field("min_available", "size", "Open when available memory falls below this.", "500M"),
+    Field("consecutive_memory_kills", "int", "Open after this many memory kills in a row.", 3),
+    Field("cooldown", "duration", "Stay open this long, then let one probe task run.", "30s"),
+    Field("max_cooldown", "duration", "Cap for the cooldown, which doubles after each "
+          "failed probe.", "10m"),
+)
+DEGRADATION = (
+    Field("sequential_below", "size0", "Below this much available memory run one agent at "
+          "a time.", "2G"),
+    Field("limited_below", "size0", "Below this, run at most limited_to agents.", "4G"),
+    Field("limited_to", "int", "Agents at once in limited mode.", 2),
+    Field("margin", "size0", "Step back up only this far above a threshold.", "256M"),
+    Field("samples", "int", "Consecutive samples needed to change mode.", 3),
+    Field("psi_some_avg10", "number", "Also step down while /proc/pressure/memory "
+          "'some avg10' is above this percentage (0 disables).", 20, minimum=0),
+)
+POOL = (
+    Field("size", "int", "Long-lived workers of this agent.", 2),
+    Field("recycle_above", "size", "Replace a worker whose memory after a task is above "
+          "this."),
+    Field("max_tasks", "int", "Replace a worker after this many tasks.", 100),
+)
 SUPERVISOR = (
     Field("max_concurrent", "int", "Agents running at once (seed: MAX_CONCURRENT_AGENTS).", 2),
     Field("queue_size", "int", "Tasks waiting to start; submitters block when it is full.", 4),
@@ -164,6 +202,12 @@ SUPERVISOR = (
           choices=("data", "as")),
     Field("cgroup_root", "path", "Create agents' cgroups under this directory."),
     Field("run_timeout", "duration", "Stop the whole run after this long."),
+    Field("evict_below", "size0", "Below this much available memory kill the youngest "
+          "agent and requeue its task (default: half of min_free_memory; 0 disables)."),
+    Field("breaker", "object", "Circuit breaker: stop starting agents while memory is "
+          "short or agents keep getting memory-killed.", sub=BREAKER),
+    Field("degradation", "object", "Modes full / limited / sequential from available "
+          "memory, with hysteresis.", sub=DEGRADATION),
 )
 AGENT = (
     Field("cmd", "cmd", "The command as a list of words; {name} placeholders are filled "
@@ -173,8 +217,21 @@ AGENT = (
     Field("grace", "duration", "Time between SIGTERM and SIGKILL for this agent."),
     Field("env", "env", "Extra environment variables."),
     Field("cwd", "path", "Working directory (relative to the fleet file).", "."),
+    Field("retries", "int", "Retries after a failure, timeout or eviction.", 0, minimum=0),
+    Field("backoff", "duration", "Delay before the first retry; doubles each time, with "
+          "jitter.", "1s"),
+    Field("backoff_max", "duration", "Cap for the retry delay.", "1m"),
+    Field("on_memory_kill", "choice", "After oom_killed / memory_exceeded: fail, retry at "
+          "the same cap, or grow the cap.", "fail", choices=("fail", "retry", "grow")),
+    Field("memory_retries", "int", "Retries after memory kills (own counter).", 2,
+          minimum=0),
+    Field("grow_factor", "number", "With on_memory_kill: grow, multiply the cap by this.",
+          2, minimum=1.01),
+    Field("max_memory_limit", "size", "With on_memory_kill: grow, the largest cap."),
+    Field("pool", "object", "Run as long-lived workers that take one JSON task per line "
+          "on stdin and answer one JSON line on stdout.", sub=POOL),
 )
-DEFAULTS = tuple(f for f in AGENT if f.name != "cmd")
+DEFAULTS = tuple(f for f in AGENT if f.name not in ("cmd", "pool"))
 TASK = (
     Field("agent", "text", "Which agent to run.", required=True),
     Field("vars", "env", "Values for the agent's {placeholders}."),

@@ -16,7 +16,16 @@ import yaml
 
 from ..errors import BadInput
 from . import fields as F
-from .spec import AgentSpec, FleetSpec, SupervisorSettings, TaskSpec, placeholder_names
+from .spec import (
+    AgentSpec,
+    BreakerSettings,
+    DegradationSettings,
+    FleetSpec,
+    PoolSettings,
+    SupervisorSettings,
+    TaskSpec,
+    placeholder_names,
+)
 
 
 class FleetFileError(BadInput):
@@ -106,6 +115,9 @@ class _Checker:
                 self.error(key_node, where, "unknown key", did_you_mean(key, known)
                            or f"known keys: {', '.join(known)}")
                 continue
+            if known[key].kind == "object":
+                parsed[key] = self.fields(value_node, where, known[key].sub)
+                continue
             try:
                 parsed[key] = known[key].parse(self.value(value_node, where), where)
             except F.FieldError as err:
@@ -183,6 +195,8 @@ def parse_fleet(text: str, name: str = "<fleet>", base_dir: str = ".") -> FleetS
         if key in sup:
             sup[key] = os.path.join(base_dir, sup[key])
     sup.setdefault("log_dir", os.path.join(base_dir, "runs"))
+    sup["breaker"] = BreakerSettings(**sup.get("breaker", {}))
+    sup["degradation"] = DegradationSettings(**sup.get("degradation", {}))
     return FleetSpec(SupervisorSettings(**sup), MappingProxyType(agents), tuple(tasks),
                      path=name)
 
@@ -205,6 +219,12 @@ def _agents(check: _Checker, node, defaults: dict, base_dir: str, root) -> dict:
         merged = {**defaults, **given}
         merged["env"] = MappingProxyType({**defaults.get("env", {}), **given.get("env", {})})
         merged["cwd"] = os.path.join(base_dir, merged.get("cwd", "."))
+        if "pool" in merged:
+            merged["pool"] = PoolSettings(**merged["pool"])
+        problem = _agent_problem(merged)
+        if problem:
+            check.error(value_node, path, *problem)
+            continue
         agent = AgentSpec(name=name, **merged)
         for text in (*agent.cmd, *agent.env.values(), agent.cwd):
             try:
@@ -220,6 +240,23 @@ def _agents(check: _Checker, node, defaults: dict, base_dir: str, root) -> dict:
         else:
             agents[name] = agent
     return agents
+
+
+def _agent_problem(merged: dict) -> tuple[str, str] | None:
+    limit = merged.get("memory_limit", AgentSpec.memory_limit)
+    if merged.get("on_memory_kill") == "grow":
+        top = merged.get("max_memory_limit")
+        if top is None:
+            return ("on_memory_kill: grow needs max_memory_limit", "add max_memory_limit: 1G")
+        if top <= limit:
+            return ("max_memory_limit must be above memory_limit",
+                    "raise max_memory_limit or lower memory_limit")
+    if merged.get("pool") is not None:
+        words = (*merged["cmd"], *merged["env"].values(), merged["cwd"])
+        if any(placeholder_names(w) for w in words if "{" in w):
+            return ("a pooled agent's cmd cannot have {placeholders}: its workers are "
+                    "long-lived", "tasks reach the workers as JSON lines on stdin instead")
+    return None
 
 
 def _tasks(check: _Checker, node, agents: dict, declared: set) -> list[TaskSpec]:
@@ -254,6 +291,8 @@ def task_problem(given: dict, agents: dict, declared=()) -> tuple[str, str | Non
         names = sorted(set(agents) | set(declared))
         return (f"agent {name!r} is not defined",
                 did_you_mean(name, names) or f"agents: {', '.join(names) or 'none'}")
+    if agents[name].pool is not None:
+        return None  # vars travel to a pool worker inside its JSON task line
     needed = agents[name].placeholders
     values = given.get("vars", {})
     unused = sorted(set(values) - needed)

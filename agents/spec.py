@@ -18,6 +18,37 @@ EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
+class BreakerSettings:
+    """``supervisor.breaker``: when to stop starting agents, and for how long."""
+
+    min_available: int = 500 << 20
+    consecutive_memory_kills: int = 3
+    cooldown: float = 30.0
+    max_cooldown: float = 600.0
+
+
+@dataclass(frozen=True)
+class DegradationSettings:
+    """``supervisor.degradation``: how many agents may run, by available memory."""
+
+    sequential_below: int = 2 << 30
+    limited_below: int = 4 << 30
+    limited_to: int = 2
+    margin: int = 256 << 20
+    samples: int = 3
+    psi_some_avg10: float = 20.0
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """``agents.NAME.pool``: long-lived workers, one JSON task per line."""
+
+    size: int = 2
+    recycle_above: int | None = None
+    max_tasks: int = 100
+
+
+@dataclass(frozen=True)
 class SupervisorSettings:
     """The ``supervisor:`` section. Defaults are the seed's measures."""
 
@@ -32,6 +63,13 @@ class SupervisorSettings:
     rlimit: str = "data"
     cgroup_root: str | None = None
     run_timeout: float | None = None
+    evict_below: int | None = None  # None: half of min_free_memory
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    degradation: DegradationSettings = field(default_factory=DegradationSettings)
+
+    @property
+    def eviction_threshold(self) -> int:
+        return self.min_free_memory // 2 if self.evict_below is None else self.evict_below
 
 
 @dataclass(frozen=True)
@@ -45,6 +83,14 @@ class AgentSpec:
     grace: float | None = None
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     cwd: str = "."
+    retries: int = 0
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    on_memory_kill: str = "fail"
+    memory_retries: int = 2
+    grow_factor: float = 2.0
+    max_memory_limit: int | None = None
+    pool: PoolSettings | None = None
 
     @property
     def placeholders(self) -> frozenset[str]:
@@ -80,6 +126,8 @@ class Task:
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     vars: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     where: str = "api"
+    attempt: int = 1
+    pool: PoolSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -110,4 +158,4 @@ def make_task(agent: AgentSpec, spec: TaskSpec, n: int, default_grace: float) ->
         grace=agent.grace if agent.grace is not None else default_grace,
         cwd=fill(agent.cwd, values),
         env=MappingProxyType({k: fill(v, values) for k, v in agent.env.items()}),
-        vars=spec.vars, where=spec.where)
+        vars=spec.vars, where=spec.where, pool=agent.pool)

@@ -8,11 +8,12 @@ package (the loop, policies, CLI), ``limits/`` is :mod:`agent_supervise.limits`
 
 __version__ = "0.1.0"
 
+from .checkpoint import checkpoint, resume_from  # noqa: E402
 from .errors import BackendUnavailable, BadInput, CageError, SuperviseError  # noqa: E402
 from .outcome import Outcome, Reason  # noqa: E402
 
 __all__ = ["__version__", "BackendUnavailable", "BadInput", "CageError", "Outcome",
-           "Reason", "SuperviseError", "RunOptions", "run_agent"]
+           "Reason", "SuperviseError", "RunOptions", "run_agent", "checkpoint", "resume_from"]
 
 
 def __getattr__(name):

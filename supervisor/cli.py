@@ -165,7 +165,10 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json):
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         from rich.console import Console
-        Console().print(result.table())
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=120)  # logs have no terminal width: do not wrap at 80
+        console.print(result.table())
     if result.stopping:
         click.echo(f"agent-supervise: stopped: {result.message}", err=True)
     return result.exit_code

@@ -15,18 +15,32 @@ import time
 
 from . import limits
 from .agents.spec import SupervisorSettings, Task
+from .checkpoint import last_line
 from .errors import CageError
 from .lifecycle import AgentRun, RunSpec
 from .linux import become_subreaper
 from .loop import Loop
 from .outcome import Outcome, Reason, exit_code_for
+from .poolkeeper import PoolKeeper
 from .reaper import CAGE_ENV
 from .spawn import Spawner, SpawnFailed
 
 
+def agent_env(task, rundir) -> dict[str, str]:
+    """What every agent finds in its environment (see the README)."""
+    env = {"AGENT_ID": task.id, "AGENT_RUN_DIR": rundir.path,
+           "AGENT_CHECKPOINT_FILE": rundir.checkpoint_path(task.id),
+           "AGENT_ATTEMPT": str(task.attempt)}
+    if task.attempt > 1:
+        resume = last_line(env["AGENT_CHECKPOINT_FILE"])
+        if resume is not None:
+            env["AGENT_RESUME_FROM"] = resume
+    return env
+
+
 class LocalEngine:
     def __init__(self, settings: SupervisorSettings, *, backend=None, clock=time.monotonic,
-                 on_interrupt=None) -> None:
+                 on_interrupt=None, emit=None) -> None:
         self.settings = settings
         self.clock = clock
         self.backend = backend or limits.select_backend(
@@ -35,7 +49,8 @@ class LocalEngine:
         self.stale = self.backend.clean_stale()
         self.loop = Loop(clock=clock, on_interrupt=on_interrupt)
         self.spawner = Spawner()
-        self.runs: dict[str, AgentRun] = {}  # task id -> run
+        self.runs: dict = {}  # task id -> AgentRun, or PooledRun for a pooled task
+        self.pools = PoolKeeper(self, emit or (lambda event, **fields: None))
 
     @property
     def backend_name(self) -> str:
@@ -45,18 +60,39 @@ class LocalEngine:
         self.loop.wake()
 
     def start(self, task: Task, rundir) -> AgentRun | Outcome:
-        """Cage and spawn ``task``. An Outcome means it could not start."""
+        """Cage and spawn ``task`` (or hand it to a pool worker). An Outcome means it
+        could not start."""
+        if task.pool is not None:
+            run = self.pools.start(task, rundir)
+        else:
+            run = self.launch(task, task.id, rundir, stdin=subprocess.DEVNULL, stdout=None,
+                              timeout=task.timeout)
+        if not isinstance(run, Outcome):
+            self.runs[task.id] = run
+        return run
+
+    def pool_state(self, task: Task) -> str | None:
+        """For a pooled task: idle, spawn or busy (see PoolKeeper.state)."""
+        return self.pools.state(task) if task.pool is not None else None
+
+    def launch(self, task: Task, label: str, rundir, *, stdin, stdout, timeout,
+               err_log: str | None = None, extra_env=None) -> AgentRun | Outcome:
+        """Make a cage, spawn ``task.cmd`` in it, and have the loop watch it."""
         now = self.clock()
         try:
-            cage = self.backend.create(task.id, task.memory_limit)
+            cage = self.backend.create(label, task.memory_limit)
         except CageError as err:
             return self._not_started(task, Reason.SETUP_FAILED, str(err), now)
-        out_fd, err_fd = rundir.open_logs(task.id)
-        env = {**os.environ, **task.env, CAGE_ENV: cage.name, "AGENT_ID": task.id,
-               "AGENT_RUN_DIR": rundir.path}
+        out_fd, err_fd = rundir.open_logs(task.id, task.attempt)
+        if err_log:  # a pool worker: its own stderr log; its stdout is the protocol pipe
+            os.close(err_fd)
+            err_fd = os.open(os.path.join(rundir.path, err_log),
+                             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        env = {**os.environ, **task.env, **agent_env(task, rundir), **(extra_env or {}),
+               CAGE_ENV: cage.name}
         try:
-            proc = self.spawner.spawn(task.cmd, cage, env=env, cwd=task.cwd,
-                                      stdin=subprocess.DEVNULL, stdout=out_fd,
+            proc = self.spawner.spawn(task.cmd, cage, env=env, cwd=task.cwd, stdin=stdin,
+                                      stdout=out_fd if stdout is None else stdout,
                                       stderr=err_fd)
         except SpawnFailed as failed:
             cage.release()
@@ -67,12 +103,11 @@ class LocalEngine:
             os.close(out_fd)
             os.close(err_fd)
         cage.attach(proc.pid)
-        spec = RunSpec(task.cmd, task.memory_limit, task.id, task.timeout, task.grace,
+        spec = RunSpec(task.cmd, task.memory_limit, label, timeout, task.grace,
                        self.settings.poll_interval)
         run = AgentRun(spec, cage, proc.pid, now)
         run.proc, run.task = proc, task
         self.loop.watch(run)
-        self.runs[task.id] = run
         return run
 
     def _not_started(self, task, reason, detail, now, backend=None) -> Outcome:
@@ -80,28 +115,53 @@ class LocalEngine:
                        backend=backend or self.backend_name, limit_bytes=task.memory_limit,
                        duration_s=self.clock() - now, detail=detail, agent=task.id)
 
-    def step(self, max_wait: float | None) -> list[AgentRun]:
-        ended = self.loop.step(max_wait)
-        for run in ended:
-            self.runs.pop(run.task.id, None)
+    def step(self, max_wait: float | None) -> list:
+        """Drive everything; return the task runs (plain or pooled) that ended."""
+        ended = []
+        for run in self.loop.step(max_wait):
             out = run.outcome
             # Reaped by the loop: tell Popen, so it never waits on the pid again.
             run.proc.returncode = out.status if out.status is not None else -(out.signal or 0)
+            if getattr(run, "worker", None) is not None:
+                self.pools.worker_ended(run)
+            else:
+                ended.append(run)
+        self.pools.tick(self.clock())
+        ended += self.pools.done
+        self.pools.done = []
+        for run in ended:
+            self.runs.pop(run.task.id, None)
         return ended
 
     def headroom(self) -> int:
-        """Memory promised to running agents and not used yet: sum of cap - usage."""
-        return sum(max(0, run.spec.limit - run.watchdog.last_usage)
-                   for run in self.runs.values())
+        """Memory promised to agents and not used yet: sum of cap - usage."""
+        runs = [r for r in self.runs.values() if getattr(r, "worker", None) is None]
+        runs += [w.run for w in self.pools.all()]
+        return sum(max(0, run.spec.limit - run.watchdog.last_usage) for run in runs)
+
+    def processes(self) -> list:
+        """Every AgentRun alive: task runs and pool workers."""
+        return [r for r in self.runs.values() if getattr(r, "worker", None) is None] + \
+            [w.run for w in self.pools.all()]
+
+    def retire_pools(self, why: str) -> bool:
+        """Recycle idle workers (end of the run). True while any worker is left."""
+        self.pools.retire_all(why)
+        return bool(self.pools.all())
+
+    def evict(self, run) -> None:
+        """The pressure rule: stop this agent to free memory (SIGTERM, grace, SIGKILL)."""
+        target = run.worker.run if getattr(run, "worker", None) is not None else run
+        target.stop(Reason.EVICTED, signal.SIGTERM, self.clock())
 
     def stop_all(self, cause: Reason, sig: int = signal.SIGTERM, cause_signal=None) -> None:
         now = self.clock()
-        for run in self.runs.values():
+        for run in self.processes():
             run.stop(cause, sig, now, cause_signal=cause_signal)
 
     def interrupt_all(self, signum: int) -> None:
         now = self.clock()
-        for run in self.runs.values():
+        for run in self.processes():
             run.interrupted(signum, now)
 
     def close(self) -> None:

@@ -11,6 +11,8 @@ injected: the rules are unit-tested with a scripted engine, and again for real.
 from __future__ import annotations
 
 import collections
+import heapq
+import os
 import signal
 import threading
 import time
@@ -18,9 +20,12 @@ import time
 from .admission import Admission
 from .agents.loader import task_problem
 from .agents.spec import FleetSpec, TaskSpec, make_task
+from .breaker import CircuitOpen
+from .checkpoint import last_line
 from .errors import BadInput
 from .memsource import MemorySource
 from .outcome import Outcome, Reason
+from .policies import Policies
 from .rundir import EventLog, RunDir
 from .summary import FleetResult, result_entry
 from .taskqueue import TaskQueue
@@ -33,7 +38,7 @@ class Supervisor:
 
     def __init__(self, fleet: FleetSpec, *, engine=None, memory=None, clock=time.monotonic,
                  max_concurrent: int | None = None, log_dir: str | None = None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, rng=None, psi="auto") -> None:
         self.fleet = fleet
         self.settings = s = fleet.supervisor
         self.max_concurrent = max_concurrent or s.max_concurrent
@@ -45,8 +50,13 @@ class Supervisor:
         self.rundir = RunDir(log_dir or s.log_dir, run_id,
                              where="--log-dir" if log_dir else "supervisor.log_dir")
         self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock)
-        self.engine = engine or _local_engine(s, clock, self._on_interrupt)
+        self.engine = engine or _local_engine(s, clock, self._on_interrupt, self.events.emit)
         self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
+        extra = {} if psi == "auto" else {"psi": psi}
+        self.policies = Policies(s, fleet.agents, self.events.emit, rng, **extra)
+        self._delayed: list = []  # heap of (due, seq, task): retries waiting out backoff
+        self._seq = 0
+        self._checkpoints: dict[str, int] = {}  # task id -> checkpoint file size seen
         self.results: list[dict] = []
         self.rejected: list[dict] = []
         self._counters: collections.Counter = collections.Counter()
@@ -71,6 +81,8 @@ class Supervisor:
         if problem:
             raise BadInput(f"{spec.where}: {problem[0]}", hint=problem[1])
         self._check_fits([spec])
+        if not block and self.policies.breaker.state == "open":
+            raise CircuitOpen(self.policies.breaker.reason)
         self.queue.put([self._maker(spec)] * spec.repeat, block, timeout)
 
     def _maker(self, spec: TaskSpec):
@@ -145,12 +157,15 @@ class Supervisor:
             while True:
                 self._feed_file()
                 if self.stopping is None:
+                    self._release_due_retries()
                     self._dispatch()
                 if self._finished():
                     break
-                for run in self.engine.step(s.poll_interval):
-                    self._record(run.task, run.outcome)
+                for run in self.engine.step(self._next_wait()):
+                    self._ended(run.task, run.outcome, getattr(run, "lost", False))
+                self._watch_checkpoints()
                 self._guard(started)
+            self._retire_pools()
         finally:
             self.engine.close()
         self.result = FleetResult.build(self, self.clock() - started)
@@ -158,6 +173,12 @@ class Supervisor:
                          counts=self.result.counts)
         self.events.close()
         return self.result
+
+    def _retire_pools(self) -> None:
+        """Every task has ended: let the pool workers go (stdin closed, then killed)."""
+        retire = getattr(self.engine, "retire_pools", None)
+        while retire and retire("the run is over"):
+            self.engine.step(self.settings.poll_interval)
 
     def _feed_file(self) -> None:
         while not self._file_done and self.stopping is None and self.queue.free() > 0:
@@ -168,36 +189,96 @@ class Supervisor:
             self.queue.put([self._maker(item[0])], block=False)
 
     def _dispatch(self) -> None:
-        while len(self.engine.runs) < self.max_concurrent:
-            task = self.queue.peek()
-            if task is None:
+        now, available = self.clock(), self.memory.available()
+        self.policies.sample(now, available)
+        victim = self.policies.eviction(available, self.engine.runs)
+        if victim is not None:
+            self.events.emit("evicting", task=victim.task.id, available=available,
+                             threshold=self.policies.evict_below)
+            self.engine.evict(victim)
+        for task in self.queue.snapshot():
+            if len(self.engine.runs) >= self.policies.concurrency(self.max_concurrent):
                 return
-            why = self.admission.waiting_reason(self.memory.available(),
-                                                self.engine.headroom(), task.memory_limit)
+            pool = self.engine.pool_state(task)
+            if pool == "busy":
+                continue  # its pool's workers are all busy: let other agents' tasks by
+            why = self.policies.blocked()
+            if why is None and pool != "idle":  # a new process: does its cap fit?
+                why = self.admission.waiting_reason(available, self.engine.headroom(),
+                                                    task.memory_limit)
             if why != self._waiting:
                 self._waiting = why
                 if why:
                     self.events.emit("waiting", task=task.id, reason=why)
             if why:
                 return
-            self.queue.pop()
-            started = self.engine.start(task, self.rundir)
-            if isinstance(started, Outcome):
-                self._record(task, started)
-            else:
-                out, err = self.rundir.log_paths(task.id)
-                self.events.emit("started", task=task.id, agent=task.agent, pid=started.pid,
-                                 cage=started.cage.name, backend=started.cage.backend,
-                                 limit=task.memory_limit, cwd=task.cwd, stdout=out,
-                                 stderr=err, running=len(self.engine.runs))
+            self.queue.remove(task)
+            self._start(task)
+            available = self.memory.available()
+
+    def _start(self, task) -> None:
+        started = self.engine.start(task, self.rundir)
+        if isinstance(started, Outcome):
+            self._ended(task, started)
+            return
+        self.policies.started(task)
+        out, err = self.rundir.log_paths(task.id, task.attempt)
+        self.events.emit("started", task=task.id, agent=task.agent, pid=started.pid,
+                         attempt=task.attempt, cage=started.cage.name,
+                         backend=started.cage.backend, limit=task.memory_limit,
+                         cwd=task.cwd, stdout=out, stderr=err,
+                         running=len(self.engine.runs))
+
+    def _release_due_retries(self) -> None:
+        now = self.clock()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, task = heapq.heappop(self._delayed)
+            self.queue.push_front(task)
+
+    def _next_wait(self) -> float:
+        wait = self.settings.poll_interval
+        if self._delayed:
+            wait = min(wait, max(0.0, self._delayed[0][0] - self.clock()))
+        return wait
+
+    def _watch_checkpoints(self) -> None:
+        for task_id in list(self.engine.runs):
+            self._checkpoint_seen(task_id)
+
+    def _checkpoint_seen(self, task_id: str) -> None:
+        """Report a new checkpoint: a stat per agent per tick; only the last line read."""
+        try:
+            size = os.stat(self.rundir.checkpoint_path(task_id)).st_size
+        except FileNotFoundError:
+            return
+        if size != self._checkpoints.get(task_id):
+            self._checkpoints[task_id] = size
+            line = last_line(self.rundir.checkpoint_path(task_id))
+            if line is not None:
+                self.events.emit("checkpoint", task=task_id, checkpoint=line)
 
     def _finished(self) -> bool:
-        if self.engine.runs:
+        if self.engine.runs or (self._delayed and not self.stopping):
             return False
         if self.stopping:
             return True
         return (self._file_done and len(self.queue) == 0 and not self._open
                 and self._feeds == 0)
+
+    def _ended(self, task, outcome: Outcome, lost: bool = False) -> None:
+        self._checkpoint_seen(task.id)  # one written just before the end
+        retry = None
+        if self.stopping is None:
+            retry = self.policies.ended(self.clock(), task, outcome.reason.value, lost)
+        if retry is None:
+            self._record(task, outcome)
+            return
+        self.events.emit("retried", task=task.id, reason=outcome.reason.value,
+                         exit_code=outcome.exit_code, peak_bytes=outcome.peak_bytes,
+                         attempt=retry.task.attempt, delay=round(retry.delay, 3),
+                         limit=retry.task.memory_limit, why=retry.why)
+        self._seq += 1
+        heapq.heappush(self._delayed, (self.clock() + retry.delay, self._seq, retry.task))
 
     def _record(self, task, outcome: Outcome) -> None:
         entry = result_entry(task, outcome, self.rundir)
@@ -230,7 +311,8 @@ class Supervisor:
         self.stopping = why
         self.stop_message = message
         self.events.emit("stopping", why=why, message=message)
-        never_started = self.queue.drain()
+        never_started = self.queue.drain() + [task for _, _, task in self._delayed]
+        self._delayed.clear()
         never_started += [self._new_task(spec) for spec, _ in self._file_tasks]
         self._file_done = True
         for task in never_started:
@@ -249,6 +331,6 @@ class Supervisor:
                     hint="lower memory_limit or supervisor.min_free_memory")
 
 
-def _local_engine(settings, clock, on_interrupt):
+def _local_engine(settings, clock, on_interrupt, emit):
     from .engine import LocalEngine
-    return LocalEngine(settings, clock=clock, on_interrupt=on_interrupt)
+    return LocalEngine(settings, clock=clock, on_interrupt=on_interrupt, emit=emit)

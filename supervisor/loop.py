@@ -69,7 +69,7 @@ class Loop:
         self.signals: SignalInbox | None = None
         # Other threads (submit(), the stdin task reader) wake the loop through this.
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._register(self._wake_fd, select.EPOLLIN, self._drain_wake)
+        self.register(self._wake_fd, select.EPOLLIN, self._drain_wake)
 
     def catch_signals(self) -> bool:
         """Take SIGINT/SIGTERM/SIGHUP/SIGCHLD, if this is the main thread (Python runs
@@ -78,7 +78,7 @@ class Loop:
         if self.signals or threading.current_thread() is not threading.main_thread():
             return self.signals is not None
         self.signals = SignalInbox()
-        self._register(self.signals.read_fd, select.EPOLLIN, self._on_signals)
+        self.register(self.signals.read_fd, select.EPOLLIN, self._on_signals)
         return True
 
     def wake(self) -> None:
@@ -92,11 +92,11 @@ class Loop:
             pass
 
     # -- registration ---------------------------------------------------------
-    def _register(self, fd: int, mask: int, handler) -> None:
+    def register(self, fd: int, mask: int, handler) -> None:
         self.epoll.register(fd, mask)
         self._handlers[fd] = handler
 
-    def _unregister(self, fd: int) -> None:
+    def unregister(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
             self.epoll.unregister(fd)
 
@@ -109,19 +109,19 @@ class Loop:
             pidfd = None  # no pidfd (Linux < 5.3): SIGCHLD and ticks poll waitpid
         if pidfd is not None:
             self._pidfds[run.pid] = pidfd
-            self._register(pidfd, select.EPOLLIN, lambda: self._reap_root(run))
+            self.register(pidfd, select.EPOLLIN, lambda: self._reap_root(run))
         notify = run.cage.notify_fd()
         if notify is not None:
-            self._register(notify[0], notify[1], lambda: run.notified(self.clock()))
+            self.register(notify[0], notify[1], lambda: run.notified(self.clock()))
 
     def _forget(self, run: AgentRun) -> None:
         pidfd = self._pidfds.pop(run.pid, None)
         if pidfd is not None:
-            self._unregister(pidfd)
+            self.unregister(pidfd)
             os.close(pidfd)
         notify = run.cage.notify_fd()
         if notify is not None:
-            self._unregister(notify[0])
+            self.unregister(notify[0])
         self.runs.pop(run.pid, None)
         self.tracker.forget(run)
 
@@ -136,7 +136,7 @@ class Loop:
         if pid == run.pid:
             pidfd = self._pidfds.pop(run.pid, None)
             if pidfd is not None:
-                self._unregister(pidfd)
+                self.unregister(pidfd)
                 os.close(pidfd)
             # Its children were reparented to us before it became a zombie.
             self.tracker.scan(self.runs.values())

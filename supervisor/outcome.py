@@ -29,6 +29,7 @@ class Reason(str, enum.Enum):
     NOT_EXECUTABLE = "not_executable"    # exec: permission denied / bad format
     SETUP_FAILED = "setup_failed"        # the cage could not be made or entered
     STOPPED = "stopped"                  # the supervisor stopped it (self-guard)
+    EVICTED = "evicted"                  # stopped to free memory (pressure rule)
     CANCELLED = "cancelled"              # never started: the fleet was stopped first
 
     def __str__(self) -> str:
@@ -44,6 +45,7 @@ FIXED_CODES = {
     Reason.NOT_FOUND: 127,
     Reason.NOT_EXECUTABLE: 126,
     Reason.SETUP_FAILED: 125,
+    Reason.EVICTED: 128 + signal.SIGKILL,
 }
 
 
@@ -126,6 +128,7 @@ class Outcome:
                                    + (f" ({self.detail})" if self.detail else ""),
             Reason.SETUP_FAILED: f"{cmd} not started",
             Reason.STOPPED: f"{cmd} stopped by agent-supervise",
+            Reason.EVICTED: f"{cmd} evicted: the machine ran short of memory",
             Reason.CANCELLED: f"{cmd} never started",
         }[self.reason]
         if self.reason is Reason.FAILED and self.backend.startswith("rlimit"):

@@ -30,6 +30,18 @@ class LinePrinter:
             detail = f": {e['detail']}" if e.get("detail") else ""
             return (f"{e['task']} {e['reason']}{code} after "
                     f"{format_duration(e['duration_s'])} ({peak}){detail}")
+        if kind == "retried":
+            code = "" if e["exit_code"] is None else f", exit {e['exit_code']}"
+            cap = f", cap {format_size(e['limit'])}"
+            return (f"{e['task']} {e['reason']}{code}: attempt {e['attempt']} in "
+                    f"{format_duration(e['delay'])}{cap} ({e['why']})")
+        if kind == "evicting":
+            return (f"evicting {e['task']}: only {format_size(e['available'])} available, "
+                    f"below {format_size(e['threshold'])}")
+        if kind == "breaker":
+            return f"circuit breaker {e['state']}: {e['reason']}"
+        if kind == "mode":
+            return f"mode {e['mode']}: {format_size(e['available'])} available"
         if kind == "waiting":
             return f"{e['task']} {e['reason']}"
         if kind == "rejected":

@@ -40,14 +40,23 @@ class RunDir:
                            f"{err.strerror}", path=log_dir,
                            hint="choose a writable folder with --log-dir") from None
 
-    def log_paths(self, task_id: str) -> tuple[str, str]:
+    def _stem(self, task_id: str) -> str:
         stem = os.path.join(self.path, safe_stem(task_id))
         assert os.path.dirname(stem) == self.path
+        return stem
+
+    def log_paths(self, task_id: str, attempt: int = 1) -> tuple[str, str]:
+        """``<task>.out|.err``; a retry writes ``<task>.attempt<N>.out|.err``."""
+        stem = self._stem(task_id) + (f".attempt{attempt}" if attempt > 1 else "")
         return stem + ".out", stem + ".err"
 
-    def open_logs(self, task_id: str) -> tuple[int, int]:
+    def checkpoint_path(self, task_id: str) -> str:
+        """One append-only checkpoint file per task, kept across its attempts."""
+        return self._stem(task_id) + ".checkpoint"
+
+    def open_logs(self, task_id: str, attempt: int = 1) -> tuple[int, int]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        out, err = self.log_paths(task_id)
+        out, err = self.log_paths(task_id, attempt)
         return os.open(out, flags, 0o644), os.open(err, flags, 0o644)
 
     def write_json(self, name: str, data) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+from .checkpoint import last_line
 from .outcome import Reason
 from .units import format_duration, format_size
 
@@ -13,7 +14,7 @@ EXIT_SELF_GUARD = 3
 
 def result_entry(task, outcome, rundir) -> dict:
     """What summary.json and the ``exited`` event say about one task."""
-    out, err = rundir.log_paths(task.id)
+    out, err = rundir.log_paths(task.id, task.attempt)
     started = outcome.reason is not Reason.CANCELLED
     return {
         "task": task.id, "agent": task.agent, "reason": outcome.reason.value,
@@ -24,6 +25,7 @@ def result_entry(task, outcome, rundir) -> dict:
         "signal": outcome.to_json()["signal"], "oom_kills": outcome.oom_kills,
         "detail": outcome.detail, "where": task.where, "cmd": list(task.cmd),
         "stdout": out if started else None, "stderr": err if started else None,
+        "attempts": task.attempt, "checkpoint": last_line(rundir.checkpoint_path(task.id)),
     }
 
 
@@ -71,14 +73,15 @@ class FleetResult:
 
         table = Table(title=f"run {self.run_id}", title_justify="left")
         for name, justify in (("agent", "left"), ("task", "left"), ("reason", "left"),
-                              ("exit", "right"),
+                              ("exit", "right"), ("tries", "right"),
                               ("peak / cap", "right"), ("time", "right")):
             table.add_column(name, justify=justify)
         for e in self.tasks:
             style = "green" if e["reason"] == "ok" else "red"
             peak = f"{format_size(e['peak_bytes'])} / {format_size(e['limit_bytes'])}"
             table.add_row(e["agent"], e["task"], f"[{style}]{e['reason']}[/]",
-                          "-" if e["exit_code"] is None else str(e["exit_code"]), peak,
+                          "-" if e["exit_code"] is None else str(e["exit_code"]),
+                          str(e["attempts"]), peak,
                           format_duration(e["duration_s"]))
         counts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items()))
         table.caption = (f"{len(self.tasks)} tasks: {counts or 'none'}"

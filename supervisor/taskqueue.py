@@ -53,9 +53,28 @@ class TaskQueue:
                 if self._on_put:
                     self._on_put()
 
+    def push_front(self, item) -> None:
+        """Put a task that already held a place back at the head (a retry). It may
+        exceed ``size`` by the few tasks in flight: it was admitted once already."""
+        with self._cond:
+            if self._closed:
+                raise QueueClosed("the supervisor is stopping; the task was not queued")
+            self._items.appendleft(item)
+        if self._on_put:
+            self._on_put()
+
     def peek(self):
         with self._cond:
             return self._items[0] if self._items else None
+
+    def snapshot(self) -> list:
+        with self._cond:
+            return list(self._items)
+
+    def remove(self, item) -> None:
+        with self._cond:
+            self._items.remove(item)
+            self._cond.notify_all()
 
     def pop(self):
         with self._cond:

@@ -33,6 +33,7 @@ class FakeMemory:
 class FakeRun:
     def __init__(self, task, pid: int, start: float, duration: float, reason, usage: int):
         self.task, self.pid, self.start = task, pid, start
+        self.started = start
         self.end, self.reason, self.usage = start + duration, reason, usage
         self.cage = type("Cage", (), {"name": f"fake.{task.id}", "backend": "fake"})()
         self.outcome = None
@@ -48,7 +49,7 @@ class FakeEngine:
 
     def __init__(self, clock, script=None, usage: int = 0) -> None:
         self.clock = clock
-        self.script = script or {}  # agent -> (seconds, Reason)
+        self.script = {} if script is None else script  # agent -> (seconds, Reason)
         self.usage = usage
         self.runs: dict = {}
         self.started: list[str] = []
@@ -82,6 +83,13 @@ class FakeEngine:
                                 status=0 if reason is Reason.OK else None)
             del self.runs[r.task.id]
         return ended
+
+    def pool_state(self, task):
+        return None
+
+    def evict(self, run) -> None:
+        from agent_supervise.outcome import Reason
+        run.stop_cause, run.end = Reason.EVICTED, min(run.end, self.clock.now + 0.5)
 
     def headroom(self) -> int:
         return sum(r.task.memory_limit - r.usage for r in self.runs.values())

@@ -10,11 +10,18 @@ from agent_supervise.outcome import Reason
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
+def _keys(prefix, table):
+    for field in table:
+        yield f"{prefix}.{field.name}"
+        if field.kind == "object":
+            yield from _keys(f"{prefix}.{field.name}", field.sub)
+
+
 def test_every_fleet_key_is_documented():
     for section, table in (("supervisor", F.SUPERVISOR), ("agents.NAME", F.AGENT),
                            ("tasks[]", F.TASK)):
-        for field in table:
-            assert f"{section}.{field.name}`" in README, field.name
+        for key in _keys(section, table):
+            assert f"{key}`" in README, key
 
 
 def test_every_reason_is_documented():

@@ -8,6 +8,7 @@ that YAML loaders drop silently).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,9 +17,18 @@ import jsonschema
 import pytest
 import yaml
 
+from agent_supervise.agents import fields as F
 from agent_supervise.agents.loader import FleetFileError, load_fleet, parse_fleet
 from agent_supervise.agents.schema import fleet_schema
-from agent_supervise.agents.spec import make_task
+from agent_supervise.agents.spec import (
+    AgentSpec,
+    BreakerSettings,
+    DegradationSettings,
+    PoolSettings,
+    SupervisorSettings,
+    TaskSpec,
+    make_task,
+)
 
 from conftest import cage_dirs, run_cli
 
@@ -145,3 +155,16 @@ def test_yaml_anchors_and_merge_keys_work():
     spec = parse_fleet("agents:\n  a: &a {cmd: [echo], memory_limit: 70M}\n"
                        "  b: {<<: *a, cmd: [echo, b]}\ntasks:\n  - {agent: b}\n")
     assert spec.agents["b"].memory_limit == 70 << 20 and spec.agents["b"].cmd == ("echo", "b")
+
+
+@pytest.mark.parametrize("table, cls", [
+    (F.SUPERVISOR, SupervisorSettings), (F.AGENT, AgentSpec), (F.TASK, TaskSpec),
+    (F.BREAKER, BreakerSettings), (F.DEGRADATION, DegradationSettings), (F.POOL, PoolSettings),
+], ids=lambda x: getattr(x, "__name__", "table"))
+def test_dataclass_defaults_are_the_documented_ones(table, cls):
+    """The field table (README, schema) and the dataclasses (API) must not drift."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for field in table:
+        if field.default is None or field.kind == "object":
+            continue
+        assert defaults[field.name] == field.parse(field.default, field.name), field.name

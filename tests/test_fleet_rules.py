@@ -5,6 +5,7 @@ Every assertion is about order and state (events, counts), never about timing.
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 
@@ -45,7 +46,8 @@ def make(spec, tmp_path, script=None, **memory):
     clock = FakeClock()
     engine = FakeEngine(clock, script)
     mem = FakeMemory(clock, **memory)
-    sup = Supervisor(spec, engine=engine, memory=mem, clock=clock, log_dir=str(tmp_path))
+    sup = Supervisor(spec, engine=engine, memory=mem, clock=clock, log_dir=str(tmp_path),
+                     psi=None, rng=random.Random(7))
     return sup, engine, clock, mem
 
 

@@ -4,7 +4,7 @@ import time
 
 agent = os.environ.get("AGENT_ID", "summarizer")
 words = 0
-for doc in range(3):
+for _doc in range(3):
     text = "agents share one machine " * 20000  # ~0.5 MB of text per document
     words += len(text.split())
     time.sleep(0.1)

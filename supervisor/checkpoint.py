@@ -1,0 +1,52 @@
+"""Streaming checkpoints: the agent appends lines; the supervisor reads only the last.
+
+An agent finds ``AGENT_CHECKPOINT_FILE`` in its environment and appends one line per
+checkpoint (``agent_supervise.checkpoint("step 3")`` does it for Python agents).
+The supervisor never keeps checkpoints in memory: it reads a bounded tail of the
+file when it needs the last one. On a retry the agent gets ``AGENT_RESUME_FROM`` =
+that last line, and ``AGENT_ATTEMPT``.
+"""
+
+from __future__ import annotations
+
+import os
+
+TAIL_BYTES = 64 * 1024
+
+
+def checkpoint(text: str) -> None:
+    """Record a checkpoint (one line of text) for the supervisor; no-op outside it."""
+    path = os.environ.get("AGENT_CHECKPOINT_FILE")
+    if not path:
+        return
+    line = " ".join(str(text).splitlines()) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, line.encode())  # one append write: never interleaved, never torn
+    finally:
+        os.close(fd)
+
+
+def resume_from() -> str | None:
+    """The last checkpoint of the previous attempt, when this run is a retry."""
+    return os.environ.get("AGENT_RESUME_FROM") or None
+
+
+def last_line(path: str, limit: int = TAIL_BYTES) -> str | None:
+    """The last complete line of ``path``, reading at most ``limit`` bytes from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            tail = f.read(limit)
+    except FileNotFoundError:
+        return None
+    pieces = tail.split(b"\n")
+    complete = pieces[:-1]  # after the last newline: an unfinished line, or nothing
+    if size > limit:
+        complete = complete[1:]  # the first piece may begin in the middle of a line
+    for line in reversed(complete):
+        if line.strip():
+            return line.decode("utf-8", "replace")
+    return None

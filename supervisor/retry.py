@@ -1,0 +1,76 @@
+"""Whether and how a task runs again after it ended, and when.
+
+Two budgets, as Ray keeps them: ``retries`` for ordinary failures (non-zero exit,
+signal, timeout, and eviction by the pressure rule), ``memory_retries`` for memory
+kills, which only count when ``on_memory_kill`` is ``retry`` (same cap) or ``grow``
+(cap times ``grow_factor``, up to ``max_memory_limit``). Failures that another try
+cannot fix (not found, not executable, a cage that cannot be made) and endings the
+supervisor chose (interrupted, stopped, cancelled) are final.
+
+Delays grow exponentially from ``backoff`` with "equal jitter" (half fixed, half
+random), capped at ``backoff_max``, so retries of many tasks do not arrive in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+
+ORDINARY = {"failed", "signaled", "timeout", "evicted"}
+MEMORY = {"oom_killed", "memory_exceeded"}
+
+
+@dataclass
+class Budget:
+    """What one task has used of its retry budgets so far."""
+
+    failures: int = 0
+    memory_kills: int = 0
+    lost: int = 0  # requeues after the pool worker running it died under it
+
+
+@dataclass(frozen=True)
+class Retry:
+    task: object        # the Task to run next (attempt + 1, maybe a larger cap)
+    delay: float        # seconds to wait first
+    why: str
+
+
+def backoff_delay(agent, attempt: int, rng: random.Random) -> float:
+    """Delay before retry number ``attempt`` (1-based)."""
+    full = min(agent.backoff * 2 ** (attempt - 1), agent.backoff_max)
+    return full / 2 + rng.uniform(0, full / 2)
+
+
+def plan_retry(task, agent, reason: str, budget: Budget, rng: random.Random,
+               lost: bool = False) -> Retry | None:
+    """The retry for a task that ended with ``reason``, or None if this is its end.
+
+    A task whose pool worker died under it is requeued once for free: the worker's
+    death may come from what earlier tasks left in it (as a message broker
+    redelivers a task whose worker was lost).
+    """
+    if lost and budget.lost == 0:
+        budget.lost += 1
+        return Retry(dataclasses.replace(task, attempt=task.attempt + 1), 0.0,
+                     f"{reason}: its pool worker died under it; requeued")
+    if reason in ORDINARY and budget.failures < agent.retries:
+        budget.failures += 1
+        delay = 0.0 if reason == "evicted" else backoff_delay(agent, budget.failures, rng)
+        return Retry(dataclasses.replace(task, attempt=task.attempt + 1), delay,
+                     f"{reason}: retry {budget.failures} of {agent.retries}")
+    if reason in MEMORY and agent.on_memory_kill != "fail" \
+            and budget.memory_kills < agent.memory_retries:
+        cap = task.memory_limit
+        if agent.on_memory_kill == "grow":
+            if cap >= agent.max_memory_limit:
+                return None
+            cap = min(int(cap * agent.grow_factor), agent.max_memory_limit)
+        budget.memory_kills += 1
+        return Retry(dataclasses.replace(task, attempt=task.attempt + 1, memory_limit=cap),
+                     backoff_delay(agent, budget.memory_kills, rng),
+                     f"{reason}: memory retry {budget.memory_kills} of "
+                     f"{agent.memory_retries}" + (" with a larger cap"
+                                                   if cap != task.memory_limit else ""))
+    return None
