@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import BadInput
 from .units import format_size
 
 
@@ -29,3 +30,15 @@ class Admission:
     def never_fits(self, total: int, cap: int) -> bool:
         """A cap that cannot fit even on an idle machine would wait forever."""
         return cap + self.min_free > total
+
+    def check_fits(self, specs, agents, total: int) -> None:
+        """Refuse, up front, a task whose cap could never fit on this machine."""
+        for spec in specs:
+            agent = agents.get(spec.agent)
+            cap = spec.memory_limit or (agent.memory_limit if agent else 0)
+            if agent and self.never_fits(total, cap):
+                raise BadInput(
+                    f"{spec.where}: agent {spec.agent}'s cap {format_size(cap)} plus "
+                    f"min_free_memory {format_size(self.min_free)} exceeds this "
+                    f"machine's {format_size(total)}: it could never start",
+                    hint="lower memory_limit or supervisor.min_free_memory")

@@ -50,3 +50,23 @@ def last_line(path: str, limit: int = TAIL_BYTES) -> str | None:
         if line.strip():
             return line.decode("utf-8", "replace")
     return None
+
+
+class CheckpointWatch:
+    """Notices new checkpoints with one ``stat`` per agent per tick."""
+
+    def __init__(self, path_of) -> None:
+        self.path_of = path_of
+        self._sizes: dict[str, int] = {}
+
+    def new_line(self, task_id: str) -> str | None:
+        """The last checkpoint line, if the file changed since the last look."""
+        path = self.path_of(task_id)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+        if size == self._sizes.get(task_id):
+            return None
+        self._sizes[task_id] = size
+        return last_line(path)

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import collections
 import heapq
-import os
 import signal
 import threading
 import time
 
 from .admission import Admission
-from .agents.loader import task_problem
-from .agents.spec import FleetSpec, TaskSpec, make_task
-from .breaker import CircuitOpen
-from .checkpoint import last_line
-from .errors import BadInput
+from .agents.spec import FleetSpec
+from .checkpoint import CheckpointWatch
+from .intake import Intake
 from .memsource import MemorySource
 from .outcome import Outcome, Reason
 from .policies import Policies
@@ -32,7 +29,7 @@ from .taskqueue import TaskQueue
 from .units import format_size
 
 
-class Supervisor:
+class Supervisor(Intake):
     """Runs a fleet. CLI: ``close()`` then ``run()``. API: ``start()``, ``submit()``,
     ``close()``, ``wait()``."""
 
@@ -56,7 +53,7 @@ class Supervisor:
         self.policies = Policies(s, fleet.agents, self.events.emit, rng, **extra)
         self._delayed: list = []  # heap of (due, seq, task): retries waiting out backoff
         self._seq = 0
-        self._checkpoints: dict[str, int] = {}  # task id -> checkpoint file size seen
+        self.checkpoints = CheckpointWatch(self.rundir.checkpoint_path)
         self.results: list[dict] = []
         self.rejected: list[dict] = []
         self._counters: collections.Counter = collections.Counter()
@@ -71,75 +68,6 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self.result: FleetResult | None = None
         self.error: BaseException | None = None
-
-    # -- producers (any thread) -------------------------------------------------------
-    def submit(self, spec: TaskSpec, block: bool = True, timeout: float | None = None) -> None:
-        """Queue ``spec`` (``repeat`` times). Blocks while the queue is full; with
-        ``block=False`` raises :class:`~agent_supervise.taskqueue.QueueFull`."""
-        problem = task_problem({"agent": spec.agent, "vars": dict(spec.vars)},
-                               self.fleet.agents)
-        if problem:
-            raise BadInput(f"{spec.where}: {problem[0]}", hint=problem[1])
-        self._check_fits([spec])
-        if not block and self.policies.breaker.state == "open":
-            raise CircuitOpen(self.policies.breaker.reason)
-        self.queue.put([self._maker(spec)] * spec.repeat, block, timeout)
-
-    def _maker(self, spec: TaskSpec):
-        def make():
-            task = self._new_task(spec)
-            self.events.emit("queued", task=task.id, agent=task.agent, where=task.where)
-            return task
-        return make
-
-    def _new_task(self, spec: TaskSpec):
-        agent = self.fleet.agents[spec.agent]
-        with self._lock:
-            self._counters[agent.name] += 1
-            n = self._counters[agent.name]
-        return make_task(agent, spec, n, self.settings.grace)
-
-    def feed_opened(self) -> None:
-        with self._lock:
-            self._feeds += 1
-
-    def feed_closed(self) -> None:
-        with self._lock:
-            self._feeds -= 1
-        self.engine.wake()
-
-    def reject(self, where: str, message: str) -> None:
-        """A task line that could not be used: reported and counted, never dropped silently."""
-        with self._lock:
-            self.rejected.append({"where": where, "error": message})
-        self.events.emit("rejected", where=where, error=message)
-
-    def close(self) -> None:
-        """No more ``submit()`` calls: the run ends when everything queued has ended."""
-        self._open = False
-        self.engine.wake()
-
-    def start(self) -> None:
-        """Run the loop in a dedicated, long-lived thread (for orchestrators). Signals
-        stay the host program's; stop the fleet with ``close()``."""
-        self._thread = threading.Thread(target=self._run_in_thread,
-                                        name="agent-supervise-loop", daemon=True)
-        self._thread.start()
-
-    def _run_in_thread(self) -> None:
-        try:
-            self.run(catch_signals=False)
-        except BaseException as err:  # surfaced by wait()
-            self.error = err
-
-    def wait(self, timeout: float | None = None) -> FleetResult | None:
-        """The result once the run ended (None if ``timeout`` passed first)."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            return None
-        if self.error is not None:
-            raise self.error
-        return self.result
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, catch_signals: bool = True) -> FleetResult:
@@ -246,16 +174,9 @@ class Supervisor:
             self._checkpoint_seen(task_id)
 
     def _checkpoint_seen(self, task_id: str) -> None:
-        """Report a new checkpoint: a stat per agent per tick; only the last line read."""
-        try:
-            size = os.stat(self.rundir.checkpoint_path(task_id)).st_size
-        except FileNotFoundError:
-            return
-        if size != self._checkpoints.get(task_id):
-            self._checkpoints[task_id] = size
-            line = last_line(self.rundir.checkpoint_path(task_id))
-            if line is not None:
-                self.events.emit("checkpoint", task=task_id, checkpoint=line)
+        line = self.checkpoints.new_line(task_id)
+        if line is not None:
+            self.events.emit("checkpoint", task=task_id, checkpoint=line)
 
     def _finished(self) -> bool:
         if self.engine.runs or (self._delayed and not self.stopping):
@@ -320,15 +241,7 @@ class Supervisor:
                                        task.memory_limit, agent=task.id, detail=message))
 
     def _check_fits(self, specs) -> None:
-        for spec in specs:
-            agent = self.fleet.agents.get(spec.agent)
-            cap = spec.memory_limit or (agent.memory_limit if agent else 0)
-            if agent and self.admission.never_fits(self.total_memory, cap):
-                raise BadInput(
-                    f"{spec.where}: agent {spec.agent}'s cap {format_size(cap)} plus "
-                    f"min_free_memory {format_size(self.admission.min_free)} exceeds this "
-                    f"machine's {format_size(self.total_memory)}: it could never start",
-                    hint="lower memory_limit or supervisor.min_free_memory")
+        self.admission.check_fits(specs, self.fleet.agents, self.total_memory)
 
 
 def _local_engine(settings, clock, on_interrupt, emit):
