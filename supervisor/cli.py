@@ -7,7 +7,9 @@ failed, 126 not executable, 127 not found, 128+N signals, 137 memory kills,
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 
 import click
@@ -32,6 +34,9 @@ def main(argv=None) -> None:
         code = 2
     except click.exceptions.Abort:
         code = 130
+    except BrokenPipeError:  # `agent-supervise ... | head`: the reader left; say nothing
+        sys.stderr = sys.stdout = open(os.devnull, "w")
+        code = 141
     except FleetFileError as err:
         for line in err.problems:  # FILE:LINE:COL: ... as compilers print them
             click.echo(line, err=True)
@@ -143,35 +148,133 @@ def doctor(as_json, rlimit_kind, cgroup_root):
               help="Override supervisor.log_dir (a run folder is made inside).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the summary as JSON on stdout instead of a table.")
-def fleet(file, max_concurrent, tasks_from, log_dir, as_json):
+@click.option("--dashboard/--no-dashboard", default=None,
+              help="Live dashboard (default: when stdout is a terminal).")
+@click.option("--log-interval", default="5s", show_default=True,
+              help="How often to print a RESOURCES line when there is no dashboard.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
+              help="Also write JUnit XML, one testcase per task (for CI).")
+@click.option("--backend", type=click.Choice(["auto", "cgroup2", "cgroup1", "rlimit"]),
+              help="Override supervisor.backend.")
+def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_interval,
+          junit_path, backend):
     """Run the fleet defined in FILE (YAML): capped agents, throttled dispatch."""
     require_linux()
     from .fleet import Supervisor
-    from .printer import LinePrinter
     from .taskfeed import TaskFeed
+    from .units import parse_duration
 
+    interval = parse_duration(log_interval, what="--log-interval")
     spec = load_fleet(file)
+    if backend:
+        spec = dataclasses.replace(spec, supervisor=dataclasses.replace(spec.supervisor,
+                                                                        backend=backend))
     if not spec.tasks and tasks_from is None:
         raise BadInput(f"{file}: no tasks to run",
                        hint="add a tasks: list, or pass --tasks - to read JSON lines")
     sup = Supervisor(spec, max_concurrent=max_concurrent, log_dir=log_dir)
-    sup.events.listeners.append(LinePrinter())
+    live = _watch(sup, dashboard, interval)
     if tasks_from is not None:
         TaskFeed(tasks_from, sup, "stdin" if tasks_from.name == "<stdin>" else
                  tasks_from.name).start()
     sup.close()
     result = sup.run()
+    if junit_path:
+        from .junit import junit_xml
+        with open(junit_path, "wb") as f:
+            f.write(junit_xml(result, os.path.splitext(os.path.basename(file))[0]))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        from rich.console import Console
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=120)  # logs have no terminal width: do not wrap at 80
+        console = live.console if live else _console()
         console.print(result.table())
     if result.stopping:
         click.echo(f"agent-supervise: stopped: {result.message}", err=True)
     return result.exit_code
+
+
+def _console():
+    from rich.console import Console
+    console = Console()
+    return console if console.is_terminal else Console(width=120)  # logs: do not wrap at 80
+
+
+def _watch(sup, dashboard, interval):
+    """Attach what reports on the run: the dashboard on a terminal, plain lines
+    elsewhere; state.json for `status`; memory samples for `report`."""
+    from .observers import MemorySamples, ResourceLines, StateWriter
+    from .printer import LinePrinter
+    from .snapshot import Snapshotter
+
+    snapshots = Snapshotter()
+    sup.tickers += [StateWriter(snapshots), MemorySamples()]
+    if dashboard is None:
+        dashboard = sys.stdout.isatty()
+    if dashboard:
+        from .dashboard import LiveDashboard
+        live = LiveDashboard(snapshots)
+        sup.events.listeners.append(LinePrinter(live.print_line))
+        sup.tickers.append(live)
+        live.start()
+        return live
+    sup.events.listeners.append(LinePrinter())
+    sup.tickers.append(ResourceLines(snapshots, interval))
+    return None
+
+
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+def status(run_dir, as_json):
+    """What a running (or finished) fleet is doing: RUN_DIR, or the newest under runs/."""
+    from .dashboard import render
+    from .runview import find_run, load_state, verdict
+
+    snap = load_state(find_run(run_dir))
+    if as_json:
+        click.echo(json.dumps(snap, indent=2))
+        return 0
+    console = _console()
+    console.print(render(snap))
+    console.print(f"{snap['run_dir']}: {verdict(snap)} (as of {snap['updated']})")
+    return 0
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("task")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+@click.option("--stderr", "stream", flag_value="err", help="The .err log instead.")
+def logs(run_dir, task, follow, stream):
+    """Print a task's log (TASK: an id such as researcher-1, or an agent name)."""
+    from .runview import follow as follow_files
+    from .runview import log_files, wait_for_logs
+
+    out = sys.stdout.buffer
+    if follow:
+        paths = wait_for_logs(run_dir, task, stream or "out")
+        follow_files(paths, run_dir, lambda b: (out.write(b), out.flush()))
+        return 0
+    paths = log_files(run_dir, task, stream or "out")
+    for path in paths:
+        if len(paths) > 1:
+            out.write(f"==> {path} <==\n".encode())
+        with open(path, "rb") as f:
+            out.write(f.read())
+    out.flush()
+    return 0
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "out", default="report.html", show_default=True,
+              help="Output file: .html (chart + summary), .png or .svg.")
+def report(run_dir, out):
+    """Chart memory over time per task, with caps and kills, from a run folder."""
+    from .report import build
+
+    click.echo(f"wrote {build(run_dir, out)}")
+    return 0
 
 
 @cli.command()

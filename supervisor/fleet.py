@@ -54,6 +54,12 @@ class Supervisor(Intake):
         self._delayed: list = []  # heap of (due, seq, task): retries waiting out backoff
         self._seq = 0
         self.checkpoints = CheckpointWatch(self.rundir.checkpoint_path)
+        self.last_checkpoint: dict[str, str] = {}
+        self.recent: collections.deque = collections.deque(maxlen=20)  # (ended at, entry)
+        #: Called every loop iteration as ticker(supervisor), and once more at the end
+        #: with final=True: the dashboard, RESOURCES lines, state.json, memory samples.
+        self.tickers: list = []
+        self.started_at = clock()
         self.results: list[dict] = []
         self.rejected: list[dict] = []
         self._counters: collections.Counter = collections.Counter()
@@ -80,7 +86,7 @@ class Supervisor(Intake):
                          backend=self.engine.backend_name, max_concurrent=self.max_concurrent,
                          queue_size=s.queue_size, min_free_memory=s.min_free_memory,
                          stale_cages=[c.path for c in getattr(self.engine, "stale", [])])
-        started = self.clock()
+        started = self.started_at = self.clock()
         try:
             while True:
                 self._feed_file()
@@ -93,14 +99,31 @@ class Supervisor(Intake):
                     self._ended(run.task, run.outcome, getattr(run, "lost", False))
                 self._watch_checkpoints()
                 self._guard(started)
+                for ticker in self.tickers:
+                    ticker(self)
             self._retire_pools()
+        except BaseException:
+            self._emergency_stop()
+            raise
         finally:
             self.engine.close()
         self.result = FleetResult.build(self, self.clock() - started)
         self.events.emit("run_ended", exit_code=self.result.exit_code,
                          counts=self.result.counts)
+        for ticker in self.tickers:
+            ticker(self, final=True)
         self.events.close()
         return self.result
+
+    def _emergency_stop(self) -> None:
+        """The loop itself failed: no agent may outlive it. SIGKILL all, reap them."""
+        deadline = self.clock() + 10
+        try:
+            self.engine.stop_all(Reason.STOPPED, signal.SIGKILL)
+            while self.engine.processes() and self.clock() < deadline:
+                self.engine.step(0.05)
+        except Exception:  # noqa: BLE001 - best effort; the first error is re-raised
+            pass
 
     def _retire_pools(self) -> None:
         """Every task has ended: let the pool workers go (stdin closed, then killed)."""
@@ -176,6 +199,7 @@ class Supervisor(Intake):
     def _checkpoint_seen(self, task_id: str) -> None:
         line = self.checkpoints.new_line(task_id)
         if line is not None:
+            self.last_checkpoint[task_id] = line
             self.events.emit("checkpoint", task=task_id, checkpoint=line)
 
     def _finished(self) -> bool:
@@ -205,6 +229,7 @@ class Supervisor(Intake):
         entry = result_entry(task, outcome, self.rundir)
         with self._lock:
             self.results.append(entry)
+            self.recent.append((self.clock(), entry))
         self.events.emit("exited", **{k: v for k, v in entry.items() if k != "cmd"})
 
     # -- guards and stops ---------------------------------------------------------------

@@ -7,16 +7,24 @@ import sys
 from .units import format_duration, format_size
 
 
+def stderr_line(text: str) -> None:
+    """Print a line on stderr; a closed stderr (``| head``) must not stop the fleet."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (BrokenPipeError, OSError):
+        pass
+
+
 class LinePrinter:
     """An event-log listener that prints what a person watching wants to know."""
 
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
+    def __init__(self, write=None) -> None:
+        self.write = write or stderr_line
 
     def __call__(self, e: dict) -> None:
         text = self.format(e)
         if text:
-            print(f"[{e['t']:8.2f}s] {text}", file=self.stream, flush=True)
+            self.write(f"[{e['t']:8.2f}s] {text}")
 
     @staticmethod
     def format(e: dict) -> str | None:

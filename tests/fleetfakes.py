@@ -84,6 +84,9 @@ class FakeEngine:
             del self.runs[r.task.id]
         return ended
 
+    def processes(self) -> list:
+        return list(self.runs.values())
+
     def pool_state(self, task):
         return None
 

@@ -33,3 +33,15 @@ def test_the_two_commands_come_first():
     head = README.splitlines()[:8]
     assert any(line.startswith("make run") for line in head)
     assert any(line.startswith("make test") for line in head)
+
+
+def test_every_event_kind_is_documented():
+    import re
+    source = ""
+    for path in (Path(__file__).resolve().parent.parent / "supervisor").glob("*.py"):
+        source += path.read_text()
+    kinds = set(re.findall(r'emit\("(\w+)"', source))
+    kinds |= {"breaker", "mode"}  # emitted through the policies' on_change callbacks
+    assert len(kinds) > 10
+    for kind in kinds:
+        assert f"`{kind}`" in README, kind
