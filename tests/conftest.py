@@ -53,6 +53,16 @@ def require_backend(name: str) -> None:
     pytest.skip(f"backend {name} unavailable on this machine: {probe.detail}")
 
 
+def require_tool(present: bool, what: str) -> None:
+    """Skip where a test tool is missing, except under CI=true, where .ci/run installs
+    it: there a skip would hide a test that never runs."""
+    if present:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing under CI=true (.ci/run should install it)")
+    pytest.skip(f"{what} is missing")
+
+
 @pytest.fixture(params=BACKEND_NAMES)
 def backend(request) -> str:
     """Each backend in turn; skipped (with the reason) only where it is absent."""
@@ -82,6 +92,23 @@ def cage_dirs() -> set[str]:
             if top.count("/") - mount.point.count("/") >= 4:
                 dirs[:] = []
     return found
+
+
+def reap_orphans(timeout: float = 5.0) -> None:
+    """Reap what a test's killed supervisor left behind: its agents were reparented to
+    pytest (a subreaper for leak checks); init would reap them elsewhere."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = psutil.Process().children()
+        if not kids:
+            return
+        for child in kids:
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
+            except (psutil.NoSuchProcess, ChildProcessError):
+                pass
+        time.sleep(0.02)
 
 
 def _reap_zombies() -> list[int]:
