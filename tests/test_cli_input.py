@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import PY, cage_dirs, require_backend, run_cli
+from conftest import PY, cage_dirs, require_backend, required_backends, run_cli
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -146,6 +146,22 @@ def test_doctor_json_matches_what_run_picks():
     assert picked.split("-")[0] == report["auto"]
     text = run_cli("doctor").stdout.decode()
     assert f"auto picks: {report['auto']}" in text and "PSI:" in text
+
+
+def test_doctor_reports_every_required_backend_available():
+    """What must work here (CI: cgroup1, rlimit; the VM guest: cgroup2, rlimit) is
+    what ``doctor --json`` says works, and ``auto`` is the first of them in order."""
+    required = required_backends()
+    if not required:
+        pytest.skip("no backend is required here (CI=true or "
+                    "AGENT_SUPERVISE_REQUIRE_BACKENDS names them)")
+    proc = run_cli("doctor", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    found = {b["name"]: b for b in report["backends"]}
+    missing = {n: found[n]["detail"] for n in sorted(required) if not found[n]["available"]}
+    assert not missing, f"doctor says required backends are unavailable: {missing}"
+    assert report["auto"] == next(b["name"] for b in report["backends"] if b["available"])
 
 
 def test_help_and_version():

@@ -167,11 +167,11 @@ def test_killed_by_foreign_signal(backend):
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_supervisor_signal_is_forwarded(backend, tmp_path, signum, code):
     """A signal to agent-supervise reaches the agent's tree; the run says interrupted."""
-    marker = tmp_path / "got"
-    script = f"trap 'echo $$ > {marker}; exit 0' TERM INT; sleep 60 & wait"
+    marker, ready = tmp_path / "got", tmp_path / "ready"
+    script = f"trap 'echo $$ > {marker}; exit 0' TERM INT; touch {ready}; sleep 60 & wait"
     proc = subprocess.Popen([PY, "-m", "agent_supervise", "run", "--json", "--backend",
                              backend, "--", "sh", "-c", script], stderr=subprocess.PIPE)
-    time.sleep(0.6)
+    wait_for(ready)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == code
@@ -179,12 +179,14 @@ def test_supervisor_signal_is_forwarded(backend, tmp_path, signum, code):
     assert b'"reason": "interrupted"' in err.splitlines()[-1]
 
 
-def test_second_sigint_kills_at_once(backend):
+def test_second_sigint_kills_at_once(backend, tmp_path):
+    ready = tmp_path / "ready"
     proc = subprocess.Popen([PY, "-m", "agent_supervise", "run", "--grace", "30s",
                              "--backend", backend, "--", PY, "-c",
                              "import signal, time; signal.signal(signal.SIGINT, "
-                             "signal.SIG_IGN); time.sleep(60)"], stderr=subprocess.PIPE)
-    time.sleep(0.6)
+                             f"signal.SIG_IGN); open('{ready}', 'w').close(); "
+                             "time.sleep(60)"], stderr=subprocess.PIPE)
+    wait_for(ready)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     started = time.monotonic()
@@ -192,6 +194,14 @@ def test_second_sigint_kills_at_once(backend):
     proc.communicate(timeout=20)
     assert proc.returncode == 130
     assert time.monotonic() - started < 5
+
+
+def wait_for(path, timeout: float = 20) -> None:
+    """Wait until the agent says it is ready (its signal handling is in place)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
 
 
 def test_pipeline_passthrough(backend):

@@ -1,0 +1,293 @@
+"""Run a pytest selection inside a User-Mode Linux guest: a real cgroup v2 kernel.
+
+This project's machines bind the memory controller to cgroup v1, so the cgroup2
+backend cannot run on the host. ``linux.uml`` (Debian ``user-mode-linux``, kernel
+6.1) boots in about 1.5 s as an ordinary process, with the host's root mounted
+read-only through hostfs, so the guest runs this very checkout and its venv.
+``init.sh`` is the guest's PID 1; the results come back through a host folder the
+guest mounts writable (hostfs): ``status`` (pytest's exit status), ``junit.xml``;
+the guest console (pytest's output) is captured here as ``console.log``.
+
+``linux.uml`` exits 0 whatever the guest did, so the verdict is the ``status``
+file, never the exit status. A guest that hangs is killed at the timeout with every
+host process it made (UML runs each guest address space as a host process).
+
+Usage: ``python tests/vm/run_guest.py [--timeout S] [--out DIR] [-- PYTEST ARGS...]``
+(without pytest arguments it runs :data:`SELECTION`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+INIT = Path(__file__).resolve().with_name("init.sh")
+LINUX_UML = os.environ.get("AGENT_SUPERVISE_LINUX_UML", "/usr/bin/linux.uml")
+#: The backend-parametrized tests of the core suite (their cgroup2 cases), the
+#: real-kernel-only tests, and doctor's view. rlimit is tested on the host.
+SELECTION = ("tests/test_run_backends.py", "tests/test_api.py",
+             "tests/test_cgroup2_kernel.py", "tests/test_cli_input.py",
+             "-k", "cgroup2 or doctor_")
+#: UML runs every guest system call through ptrace (a process start costs ~0.5 s
+#: in there), so the selection takes ~57 s in one guest. Guests are single-CPU:
+#: two of them, booted side by side, use both of CI's cores and halve the stage.
+SHARDS = 2
+#: Slow in the guest (seconds, measured); used to balance the shards.
+SLOW = {"node": 5.0, "signal_is_forwarded": 3.0, "escapee": 2.5}
+GUEST_MEM = "768M"
+#: Host-side limit on the whole boot; the guest's own pytest gets less, so that a
+#: hung test still lets the guest report (see init.sh).
+TIMEOUT_S = 60.0
+GUEST_MARGIN_S = 8.0
+MARKER = "AGENT-SUPERVISE-VM-STATUS="
+#: Set in the guest (init.sh): a guest never boots another guest.
+IN_VM = "AGENT_SUPERVISE_IN_VM"
+
+
+class CannotBoot(Exception):
+    """The VM stage cannot run here (no linux.uml, already inside a guest, ...)."""
+
+
+@dataclass
+class GuestRun:
+    status: int | None  # pytest's exit status in the guest; None: it never said
+    console: str
+    wall_s: float
+    timed_out: bool
+    counts: dict[str, int]  # from junit.xml: tests, failures, errors, skipped
+    session: int  # the host session id of linux.uml and all its processes
+    timeout: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0 and not self.timed_out
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.console.rstrip().splitlines()[-lines:])
+
+    def verdict(self) -> str:
+        c = self.counts
+        passed = c.get("tests", 0) - c.get("failures", 0) - c.get("errors", 0) - c.get(
+            "skipped", 0)
+        what = (f"guest pytest status {self.status}" if self.status is not None
+                else "the guest never reported a status")
+        if self.timed_out:
+            what = f"guest killed at the {self.timeout:g} s timeout; {what}"
+        return (f"{what}: {passed} passed, {c.get('failures', 0)} failed, "
+                f"{c.get('errors', 0)} errors, {c.get('skipped', 0)} skipped "
+                f"in {self.wall_s:.1f} s wall")
+
+    def report(self) -> str:
+        return f"{self.verdict()}\n--- tail of the guest console ---\n{self.tail()}"
+
+
+def check_bootable() -> None:
+    if os.environ.get(IN_VM):
+        raise CannotBoot("already inside the VM guest: a guest does not boot another")
+    if not os.access(LINUX_UML, os.X_OK):
+        raise CannotBoot(f"linux.uml not installed: VM stage skipped (no {LINUX_UML}; "
+                         "apt-get install user-mode-linux busybox-static)")
+    if not shutil.which("busybox"):
+        raise CannotBoot("busybox not installed: VM stage skipped (the guest powers "
+                         "off with `busybox poweroff -f`; apt-get install busybox-static)")
+    for path in (str(REPO), sys.executable):
+        # The guest mounts tmpfs over these; what lives there is invisible inside.
+        if path.startswith(("/tmp/", "/run/")) or any(c.isspace() for c in path):
+            raise CannotBoot(f"{path}: the guest cannot reach it (under /tmp or /run, "
+                             "or contains whitespace)")
+
+
+@dataclass
+class Booting:
+    proc: subprocess.Popen
+    out: Path
+    started: float
+    timeout: float
+
+
+def start(args, *, out_dir: str, timeout: float = TIMEOUT_S, mem: str = GUEST_MEM,
+          guest_timeout: float | None = None) -> Booting:
+    """Start a guest that runs ``pytest ARGS``; :func:`finish` waits for it.
+
+    ``guest_timeout`` (default: ``timeout`` less a margin) limits pytest inside."""
+    check_bootable()
+    out = Path(out_dir).resolve()
+    if any(c.isspace() for c in str(out)):
+        raise CannotBoot(f"{out}: kernel command-line values cannot hold whitespace")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pytest-args").write_text("".join(f"{a}\n" for a in args))
+    (out / "uml").mkdir(exist_ok=True)
+    cmdline = [LINUX_UML, f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "ro",
+               f"init={INIT}", "con0=fd:0,fd:1", "con=null", "quiet",
+               f"uml_dir={out / 'uml'}",  # its pid file and mconsole socket
+               f"AS_OUT={out}", f"AS_REPO={REPO}", f"AS_PYTHON={sys.executable}",
+               f"AS_TIMEOUT={int(guest_timeout or max(5, timeout - GUEST_MARGIN_S))}"]
+    with open(out / "console.log", "wb") as console:
+        # Its own session: every host process of the guest is found by session id.
+        proc = subprocess.Popen(cmdline, stdin=subprocess.DEVNULL, stdout=console,
+                                stderr=subprocess.STDOUT, cwd=out, start_new_session=True)
+    return Booting(proc, out, time.monotonic(), timeout)
+
+
+def finish(booting: Booting) -> GuestRun:
+    """Wait for the guest (killing it at its timeout) and read what it reported."""
+    timed_out = False
+    try:
+        booting.proc.wait(timeout=max(0.0, booting.started + booting.timeout
+                                      - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        end_session(booting.proc)
+    wall = time.monotonic() - booting.started
+    out = booting.out
+    text = (out / "console.log").read_bytes().decode(errors="replace")
+    return GuestRun(_status(out, text), text, wall, timed_out, _junit_counts(out),
+                    booting.proc.pid, booting.timeout)
+
+
+def boot(args=SELECTION, *, out_dir: str, timeout: float = TIMEOUT_S,
+         mem: str = GUEST_MEM, guest_timeout: float | None = None) -> GuestRun:
+    """Boot one guest, run ``pytest ARGS`` in it, and return what it reported."""
+    return finish(start(args, out_dir=out_dir, timeout=timeout, mem=mem,
+                        guest_timeout=guest_timeout))
+
+
+def collect(args=SELECTION) -> list[str]:
+    """The test ids a selection names (collected on the host, run in the guests)."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                          "-p", "no:cacheprovider", *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    ids = [line for line in out.stdout.splitlines() if "::" in line]
+    if not ids:
+        raise RuntimeError(f"collecting {args} found nothing:\n{out.stdout}{out.stderr}")
+    return ids
+
+
+def shard(ids: list[str], n: int) -> list[list[str]]:
+    """Split test ids into ``n`` lists of about equal guest time (slowest first,
+    each to the least loaded shard)."""
+    def cost(test_id: str) -> float:
+        return max([v for k, v in SLOW.items() if k in test_id] or [1.5])
+
+    shards: list[list[str]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for test_id in sorted(ids, key=cost, reverse=True):
+        i = load.index(min(load))
+        shards[i].append(test_id)
+        load[i] += cost(test_id)
+    return [sorted(s) for s in shards if s]
+
+
+def boot_sharded(args=SELECTION, *, out_dir: str, shards: int = SHARDS,
+                 timeout: float = TIMEOUT_S) -> list[GuestRun]:
+    """Run ``args``'s tests in ``shards`` guests side by side."""
+    check_bootable()
+    parts = shard(collect(args), shards)
+    booting = [start([*part, "-q", "-rA"], out_dir=os.path.join(out_dir, f"guest{i}"),
+                     timeout=timeout) for i, part in enumerate(parts)]
+    return [finish(b) for b in booting]
+
+
+def end_session(proc: subprocess.Popen, patience: float = 10.0) -> None:
+    """SIGKILL every process of the guest's session and reap those that are ours.
+
+    After a normal poweroff this finds nothing. A killed guest leaves UML's helper
+    processes, which are reparented to the nearest subreaper (pytest is one, see
+    tests/conftest.py): waitpid them here by pid, or they stay zombies.
+    """
+    import psutil
+
+    sid = proc.pid
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=patience)
+    deadline = time.monotonic() + patience
+    while True:
+        left = []
+        for p in psutil.process_iter(["ppid", "status"]):
+            try:
+                if os.getsid(p.pid) != sid:
+                    continue
+            except ProcessLookupError:
+                continue
+            if p.info["status"] == psutil.STATUS_ZOMBIE:
+                if p.info["ppid"] == os.getpid():
+                    try:
+                        os.waitpid(p.pid, 0)
+                    except ChildProcessError:
+                        pass
+                continue  # dead; a zombie of another parent is that parent's to reap
+            left.append(p.pid)
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"guest processes {left} of session {sid} would not die")
+        time.sleep(0.02)
+
+
+def _status(out: Path, console: str) -> int | None:
+    try:
+        return int((out / "status").read_text())
+    except (OSError, ValueError):
+        pass
+    for line in reversed(console.splitlines()):
+        if line.startswith(MARKER):
+            try:
+                return int(line[len(MARKER):].split()[0])
+            except (ValueError, IndexError):
+                return None
+    return None
+
+
+def _junit_counts(out: Path) -> dict[str, int]:
+    try:
+        root = ET.parse(out / "junit.xml").getroot()
+    except (OSError, ET.ParseError):
+        return {}
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    if suite is None:
+        return {}
+    return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S)
+    parser.add_argument("--out", help="keep the results in this folder")
+    parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    opts = parser.parse_args(argv)
+    args = opts.pytest_args[1:] if opts.pytest_args[:1] == ["--"] else opts.pytest_args
+    with tempfile.TemporaryDirectory(prefix="agent-supervise-vm.") as tmp:
+        out = opts.out or tmp
+        os.makedirs(out, exist_ok=True)
+        try:
+            runs = [boot(args, out_dir=out, timeout=opts.timeout)] if args else \
+                boot_sharded(out_dir=out, timeout=opts.timeout)
+        except CannotBoot as err:
+            print(f"run_guest: {err}", file=sys.stderr)
+            return 2
+        for i, run in enumerate(runs):
+            print(f"=== guest {i} ===\n{run.console.rstrip()}")
+            print(f"run_guest: guest {i}: {run.verdict()}", file=sys.stderr)
+        return 0 if all(run.ok for run in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
