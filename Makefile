@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test vmtest lint bench venv clean
+.PHONY: help run test vmtest soak lint bench venv clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,9 @@ test: $(STAMP) $(ACTIONLINT) ## Run the test suite (real processes under real li
 
 vmtest: $(STAMP) ## Only the VM stage: the cgroup2 tests in a User-Mode Linux guest
 	$(BIN)/python tests/vm/run_guest.py
+
+soak: $(STAMP) ## The long soak: 10,000 tasks through a queue of 4 (a few minutes)
+	AGENT_SUPERVISE_SOAK_TASKS=10000 $(BIN)/python -m pytest -q tests/test_soak.py
 
 lint: $(STAMP) ## Lint with ruff
 	$(BIN)/ruff check .

@@ -102,6 +102,14 @@ class Field:
 
     _path = _text
 
+    def _ident(self, value, what):
+        """A user or group: a name, or a numeric id."""
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "" or (
+                isinstance(value, int) and value < 0):
+            raise FieldError(f"{value!r} is not a user or group name or id",
+                             "write a name such as nobody, or an id such as 65534")
+        return str(value)
+
     def _cmd(self, value, what):
         if isinstance(value, str):
             words = shlex.split(value) if _splits(value) else [value]
@@ -143,6 +151,8 @@ class Field:
             "choice": {"enum": list(self.choices)},
             "text": {"type": "string", "minLength": 1},
             "path": {"type": "string", "minLength": 1},
+            "ident": {"oneOf": [{"type": "string", "minLength": 1},
+                                {"type": "integer", "minimum": 0}]},
             "cmd": {"type": "array", "minItems": 1, "items": {"type": "string"}},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
         }
@@ -217,6 +227,9 @@ AGENT = (
     Field("grace", "duration", "Time between SIGTERM and SIGKILL for this agent."),
     Field("env", "env", "Extra environment variables."),
     Field("cwd", "path", "Working directory (relative to the fleet file).", "."),
+    Field("user", "ident", "Run the agent as this user (the supervisor must be root); "
+          "then it cannot leave its cgroup."),
+    Field("group", "ident", "Run the agent with this group (default: the user's)."),
     Field("retries", "int", "Retries after a failure, timeout or eviction.", 0, minimum=0),
     Field("backoff", "duration", "Delay before the first retry; doubles each time, with "
           "jitter.", "1s"),

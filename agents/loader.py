@@ -243,6 +243,15 @@ def _agents(check: _Checker, node, defaults: dict, base_dir: str, root) -> dict:
 
 
 def _agent_problem(merged: dict) -> tuple[str, str] | None:
+    from ..creds import lookup_group, lookup_user
+
+    try:
+        if merged.get("user") is not None:
+            lookup_user(merged["user"])
+        if merged.get("group") is not None:
+            lookup_group(merged["group"])
+    except BadInput as err:
+        return (err.message, err.hint)
     limit = merged.get("memory_limit", AgentSpec.memory_limit)
     if merged.get("on_memory_kill") == "grow":
         top = merged.get("max_memory_limit")

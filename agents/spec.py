@@ -91,6 +91,8 @@ class AgentSpec:
     grow_factor: float = 2.0
     max_memory_limit: int | None = None
     pool: PoolSettings | None = None
+    user: str | None = None
+    group: str | None = None
 
     @property
     def placeholders(self) -> frozenset[str]:
@@ -128,6 +130,8 @@ class Task:
     where: str = "api"
     attempt: int = 1
     pool: PoolSettings | None = None
+    user: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,4 +162,5 @@ def make_task(agent: AgentSpec, spec: TaskSpec, n: int, default_grace: float) ->
         grace=agent.grace if agent.grace is not None else default_grace,
         cwd=fill(agent.cwd, values),
         env=MappingProxyType({k: fill(v, values) for k, v in agent.env.items()}),
-        vars=spec.vars, where=spec.where, pool=agent.pool)
+        vars=spec.vars, where=spec.where, pool=agent.pool, user=agent.user,
+        group=agent.group)

@@ -204,7 +204,9 @@ class CgroupBackend(Backend):
                 found.append(StaleCage(path, owner, killed, True))
             except CageError:
                 found.append(StaleCage(path, owner, 0, False))
-        return found
+        # Processes that left their cage before their supervisor died carry its marker.
+        from .stale import kill_marked_orphans
+        return found + kill_marked_orphans()
 
     def create(self, label: str, limit: int) -> CgroupCage:
         """mkdir a leaf, write and check its limits, open the files the loop reads."""

@@ -106,6 +106,11 @@ class RlimitBackend(Backend):
             raise Unavailable("/proc is not mounted: the watchdog cannot read memory")
         return f"RLIMIT_{self.kind.upper()} per process + watchdog on the tree's RSS"
 
+    def clean_stale(self):
+        """Processes of agents whose supervisor died (see stale.py)."""
+        from .stale import kill_marked_orphans
+        return kill_marked_orphans()
+
     def create(self, label: str, limit: int) -> RlimitCage:
         self._seq += 1
         self._owner = self._owner or owner_tag()

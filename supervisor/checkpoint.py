@@ -70,3 +70,6 @@ class CheckpointWatch:
             return None
         self._sizes[task_id] = size
         return last_line(path)
+
+    def forget(self, task_id: str) -> None:
+        self._sizes.pop(task_id, None)

@@ -15,12 +15,11 @@ import sys
 import click
 
 from . import __version__
-from .agents.loader import FleetFileError, load_fleet
 from .errors import BadInput, NotLinux, SuperviseError
 from .outcome import Reason
 
 RUN_OPTIONS = ("--memory", "--backend", "--rlimit", "--cgroup-root", "--timeout",
-               "--grace", "--poll", "--json")
+               "--grace", "--poll", "--json", "--user", "--group")
 
 
 def main(argv=None) -> None:
@@ -37,14 +36,13 @@ def main(argv=None) -> None:
     except BrokenPipeError:  # `agent-supervise ... | head`: the reader left; say nothing
         sys.stderr = sys.stdout = open(os.devnull, "w")
         code = 141
-    except FleetFileError as err:
-        for line in err.problems:  # FILE:LINE:COL: ... as compilers print them
-            click.echo(line, err=True)
-        click.echo(f"agent-supervise: {len(err.problems)} problem(s); nothing was started",
-                   err=True)
-        code = err.exit_code
     except SuperviseError as err:
-        click.echo(f"agent-supervise: {err}", err=True)
+        problems = getattr(err, "problems", None)  # a fleet file's: FILE:LINE:COL: ...
+        for line in problems or [f"agent-supervise: {err}"]:
+            click.echo(line, err=True)
+        if problems:
+            click.echo(f"agent-supervise: {len(problems)} problem(s); nothing was started",
+                       err=True)
         code = err.exit_code
     sys.exit(code or 0)
 
@@ -85,9 +83,13 @@ class _RunCommand(click.Command):
               help="Watchdog sampling interval (faster as the agent nears its cap).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the outcome as one JSON object on stderr.")
+@click.option("--user", help="Run CMD as this user (needs root); it then cannot leave its "
+              "cgroup.")
+@click.option("--group", help="Run CMD with this group (default: the user's).")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as_json, cmd):
+def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as_json, user,
+        group, cmd):
     """Run CMD under a hard memory cap and exit like it, or with a precise reason.
 
     \b
@@ -98,11 +100,13 @@ def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as
 
     _check_dashdash(ctx, cmd)
     opts = RunOptions.parse(memory=memory, backend=backend, rlimit=rlimit_kind,
-                            cgroup_root=cgroup_root, timeout=timeout, grace=grace, poll=poll)
+                            cgroup_root=cgroup_root, timeout=timeout, grace=grace, poll=poll,
+                            user=user, group=group)
     chosen = prepare_backend(opts)
     for stale in opts.stale_cleaned:
-        click.echo(f"agent-supervise: removed stale cage {stale.path} of dead supervisor "
-                   f"pid {stale.owner_pid} (killed {stale.killed} processes)", err=True)
+        click.echo(f"agent-supervise: cleaned up after dead supervisor pid "
+                   f"{stale.owner_pid}: {stale.path} (killed {stale.killed} processes)",
+                   err=True)
     outcome = run_agent(cmd, opts, backend=chosen)
     if as_json:
         click.echo(json.dumps(outcome.to_json()), err=True)
@@ -160,6 +164,7 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_int
           junit_path, backend):
     """Run the fleet defined in FILE (YAML): capped agents, throttled dispatch."""
     require_linux()
+    from .agents.loader import load_fleet
     from .fleet import Supervisor
     from .taskfeed import TaskFeed
     from .units import parse_duration
@@ -281,6 +286,8 @@ def report(run_dir, out):
 @click.argument("file", type=click.Path(dir_okay=False))
 def validate(file):
     """Check a fleet file without running anything."""
+    from .agents.loader import load_fleet
+
     spec = load_fleet(file)
     tasks = sum(t.repeat for t in spec.tasks)
     click.echo(f"{file}: ok ({len(spec.agents)} agents, {tasks} tasks)")

@@ -16,7 +16,9 @@ import time
 from . import limits
 from .agents.spec import SupervisorSettings, Task
 from .checkpoint import last_line
+from .creds import resolve
 from .errors import CageError
+from .escape import EscapeWatch
 from .lifecycle import AgentRun, RunSpec
 from .linux import become_subreaper
 from .loop import Loop
@@ -38,6 +40,14 @@ def agent_env(task, rundir) -> dict[str, str]:
     return env
 
 
+def _own_file(path: str, creds) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchown(fd, creds.uid, creds.gid)
+    finally:
+        os.close(fd)
+
+
 class LocalEngine:
     def __init__(self, settings: SupervisorSettings, *, backend=None, clock=time.monotonic,
                  on_interrupt=None, emit=None) -> None:
@@ -49,6 +59,8 @@ class LocalEngine:
         self.stale = self.backend.clean_stale()
         self.loop = Loop(clock=clock, on_interrupt=on_interrupt)
         self.spawner = Spawner()
+        self.escape = EscapeWatch(self.loop.table)
+        self._creds: dict = {}
         self.runs: dict = {}  # task id -> AgentRun, or PooledRun for a pooled task
         self.pools = PoolKeeper(self, emit or (lambda event, **fields: None))
 
@@ -88,12 +100,15 @@ class LocalEngine:
             os.close(err_fd)
             err_fd = os.open(os.path.join(rundir.path, err_log),
                              os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        creds = self.credentials(task)
         env = {**os.environ, **task.env, **agent_env(task, rundir), **(extra_env or {}),
-               CAGE_ENV: cage.name}
+               **(creds.env() if creds else {}), CAGE_ENV: cage.name}
+        if creds:  # the agent may not write in the root-owned run folder: give it its file
+            _own_file(rundir.checkpoint_path(task.id), creds)
         try:
             proc = self.spawner.spawn(task.cmd, cage, env=env, cwd=task.cwd, stdin=stdin,
                                       stdout=out_fd if stdout is None else stdout,
-                                      stderr=err_fd)
+                                      stderr=err_fd, creds=creds)
         except SpawnFailed as failed:
             cage.release()
             detail = failed.why if failed.reason is Reason.NOT_EXECUTABLE else (
@@ -105,10 +120,17 @@ class LocalEngine:
         cage.attach(proc.pid)
         spec = RunSpec(task.cmd, task.memory_limit, label, timeout, task.grace,
                        self.settings.poll_interval)
-        run = AgentRun(spec, cage, proc.pid, now)
+        run = AgentRun(spec, cage, proc.pid, now, escape=self.escape)
         run.proc, run.task = proc, task
         self.loop.watch(run)
         return run
+
+    def credentials(self, task):
+        """The task's user and group, resolved once (BadInput: unknown, or not root)."""
+        key = (task.user, task.group)
+        if key not in self._creds:
+            self._creds[key] = resolve(task.user, task.group)
+        return self._creds[key]
 
     def _not_started(self, task, reason, detail, now, backend=None) -> Outcome:
         return Outcome(reason=reason, exit_code=exit_code_for(reason), cmd=task.cmd,

@@ -19,12 +19,13 @@ import time
 from .admission import Admission
 from .agents.spec import FleetSpec
 from .checkpoint import CheckpointWatch
+from .errors import BadInput
 from .intake import Intake
 from .memsource import MemorySource
 from .outcome import Outcome, Reason
 from .policies import Policies
 from .rundir import EventLog, RunDir
-from .summary import FleetResult, result_entry
+from .summary import FleetResult, ResultLog, result_entry
 from .taskqueue import TaskQueue
 from .units import format_size
 
@@ -47,6 +48,7 @@ class Supervisor(Intake):
         self.rundir = RunDir(log_dir or s.log_dir, run_id,
                              where="--log-dir" if log_dir else "supervisor.log_dir")
         self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock)
+        self._check_users(fleet)
         self.engine = engine or _local_engine(s, clock, self._on_interrupt, self.events.emit)
         self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
         extra = {} if psi == "auto" else {"psi": psi}
@@ -60,7 +62,9 @@ class Supervisor(Intake):
         #: with final=True: the dashboard, RESOURCES lines, state.json, memory samples.
         self.tickers: list = []
         self.started_at = clock()
-        self.results: list[dict] = []
+        #: Every task's entry goes to results.jsonl as it ends; in memory only counts
+        #: and the last few stay, so a long run does not grow the supervisor.
+        self.results = ResultLog(f"{self.rundir.path}/results.jsonl")
         self.rejected: list[dict] = []
         self._counters: collections.Counter = collections.Counter()
         self._file_tasks = iter([(spec, i) for spec in fleet.tasks for i in range(spec.repeat)])
@@ -85,7 +89,9 @@ class Supervisor(Intake):
         self.events.emit("run_started", run_id=self.rundir.run_id, fleet=self.fleet.path,
                          backend=self.engine.backend_name, max_concurrent=self.max_concurrent,
                          queue_size=s.queue_size, min_free_memory=s.min_free_memory,
-                         stale_cages=[c.path for c in getattr(self.engine, "stale", [])])
+                         stale_cages=[f"{c.path} (supervisor pid {c.owner_pid}, killed "
+                                      f"{c.killed})" for c in getattr(self.engine, "stale",
+                                                                     [])])
         started = self.started_at = self.clock()
         try:
             while True:
@@ -230,6 +236,9 @@ class Supervisor(Intake):
         with self._lock:
             self.results.append(entry)
             self.recent.append((self.clock(), entry))
+        self.last_checkpoint.pop(task.id, None)
+        self.checkpoints.forget(task.id)
+        self.policies.forget(task.id)
         self.events.emit("exited", **{k: v for k, v in entry.items() if k != "cmd"})
 
     # -- guards and stops ---------------------------------------------------------------
@@ -264,6 +273,18 @@ class Supervisor(Intake):
         for task in never_started:
             self._record(task, Outcome(Reason.CANCELLED, None, task.cmd, "-",
                                        task.memory_limit, agent=task.id, detail=message))
+
+    @staticmethod
+    def _check_users(fleet) -> None:
+        """Switching users needs root: say so now, before anything starts."""
+        from .creds import resolve
+        for agent in fleet.agents.values():
+            if agent.user is not None or agent.group is not None:
+                try:
+                    resolve(agent.user, agent.group)
+                except BadInput as err:
+                    raise BadInput(f"agents.{agent.name}: {err.message}",
+                                   hint=err.hint) from None
 
     def _check_fits(self, specs) -> None:
         self.admission.check_fits(specs, self.fleet.agents, self.total_memory)

@@ -34,6 +34,8 @@ KILL_PATIENCE_S = 10.0
 #: A root killed by SIGKILL nobody here sent, with no OOM counted yet: re-read the
 #: counters for this long, since the kernel bumps them after sending the kill.
 SETTLE_S = 0.1
+#: How often the process tree is compared with the cage (see escape.py).
+ESCAPE_CHECK_S = 1.0
 #: During the grace after a memory breach, growth beyond this fraction of the cap
 #: gets SIGKILL without waiting for the grace to end.
 ESCALATE_FRACTION = 0.05
@@ -54,10 +56,14 @@ class RunSpec:
 class AgentRun:
     """The life of one agent process tree inside one cage."""
 
-    def __init__(self, spec: RunSpec, cage, pid: int, now: float) -> None:
+    def __init__(self, spec: RunSpec, cage, pid: int, now: float, escape=None) -> None:
         self.spec = spec
         self.cage = cage
         self.pid = pid
+        self.escape = escape  # an EscapeWatch: cage members vs the process tree
+        self.escape_at = now + ESCAPE_CHECK_S
+        #: Descendants adopted by the supervisor (shared with an rlimit cage's set).
+        self.orphans: set[int] = getattr(cage, "orphans", set())
         self.started = now
         self.ended: float | None = None
         self.state = "running"
@@ -132,8 +138,25 @@ class AgentRun:
             self.cage.kill()  # processes forked while the first kill ran
         if self.status is None and now >= self.watchdog.next_due:
             self.sample(now)
+        if self.escape is not None and self.status is None and now >= self.escape_at:
+            self.escape_at = now + ESCAPE_CHECK_S
+            self._check_escape(now)
         if self.state == "killing" or self.status is not None:
             self.check_at = now + DRAIN_CHECK_S  # poll the draining cage
+
+    def _check_escape(self, now: float) -> list[int]:
+        """Kill processes of the tree found outside the cage; stop the agent."""
+        outside = self.escape.outside(self)
+        if outside:
+            for pid in outside:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self.cause is None:
+                self.detail = f"{len(outside)} processes left the cage: {outside[:5]}"
+                self.stop(Reason.ESCAPED, signal.SIGKILL, now)
+        return outside
 
     def stop(self, cause: Reason, sig: int, now: float, cause_signal: int | None = None) -> None:
         if self.cause is not None or self.state in ("killing", "done"):
@@ -169,7 +192,7 @@ class AgentRun:
             if self.cage.oom_kills() == 0 and now < self.settle_until:
                 return False
             self.settle_until = None
-        if self.cage.is_empty():
+        if self.cage.is_empty() and not (self.escape and self._check_escape(now)):
             return True
         gave_up = self.killed_at is not None and now - self.killed_at > KILL_PATIENCE_S
         return gave_up

@@ -30,6 +30,7 @@ class Reason(str, enum.Enum):
     SETUP_FAILED = "setup_failed"        # the cage could not be made or entered
     STOPPED = "stopped"                  # the supervisor stopped it (self-guard)
     EVICTED = "evicted"                  # stopped to free memory (pressure rule)
+    ESCAPED = "escaped"                  # a process moved itself out of its cage
     CANCELLED = "cancelled"              # never started: the fleet was stopped first
 
     def __str__(self) -> str:
@@ -46,6 +47,7 @@ FIXED_CODES = {
     Reason.NOT_EXECUTABLE: 126,
     Reason.SETUP_FAILED: 125,
     Reason.EVICTED: 128 + signal.SIGKILL,
+    Reason.ESCAPED: 128 + signal.SIGKILL,
 }
 
 
@@ -129,6 +131,7 @@ class Outcome:
             Reason.SETUP_FAILED: f"{cmd} not started",
             Reason.STOPPED: f"{cmd} stopped by agent-supervise",
             Reason.EVICTED: f"{cmd} evicted: the machine ran short of memory",
+            Reason.ESCAPED: f"{cmd} left its cage (moved into another cgroup): stopped",
             Reason.CANCELLED: f"{cmd} never started",
         }[self.reason]
         if self.reason is Reason.FAILED and self.backend.startswith("rlimit"):

@@ -55,6 +55,10 @@ class Policies:
         self.evicting = youngest.task.id
         return youngest
 
+    def forget(self, task_id: str) -> None:
+        """The task has ended for good: drop its retry budget."""
+        self.budgets.pop(task_id, None)
+
     def ended(self, now: float, task, reason: str, lost: bool = False) -> Retry | None:
         """Record an ending; return the retry to schedule, if any."""
         self.breaker.ended(now, task.id, reason)

@@ -57,5 +57,6 @@ class LinePrinter:
         if kind == "stopping":
             return f"stopping: {e['message']}"
         if kind == "run_started" and e.get("stale_cages"):
-            return f"removed {len(e['stale_cages'])} stale cages: {', '.join(e['stale_cages'])}"
+            return (f"cleaned up after dead supervisors: "
+                    f"{'; '.join(e['stale_cages'])}")
         return None

@@ -45,9 +45,7 @@ class OrphanTracker:
             run = roots.get(st.session) or roots.get(st.pgrp) or self._by_marker(pid, runs)
             if run is not None:
                 self._owner[(pid, st.starttime)] = run
-                orphans = getattr(run.cage, "orphans", None)
-                if orphans is not None:
-                    orphans.add(pid)
+                run.orphans.add(pid)
 
     def _by_marker(self, pid: int, runs):
         for run in runs:

@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass, field
 
 from . import limits
-from .errors import SuperviseError
+from .creds import Credentials, resolve
+from .errors import BadInput, SuperviseError
+from .escape import EscapeWatch
 from .lifecycle import AgentRun, RunSpec
 from .linux import become_subreaper
 from .loop import Loop
@@ -34,18 +36,25 @@ class RunOptions:
     poll: float = 0.1
     env: dict | None = None
     cwd: str | None = None
+    creds: Credentials | None = None
     stale_cleaned: list = field(default_factory=list)
 
     @classmethod
     def parse(cls, *, memory="50M", backend="auto", rlimit="data", cgroup_root=None,
-              timeout=None, grace="2s", poll="100ms", env=None, cwd=None) -> RunOptions:
-        """Parse sizes and durations like systemd; raise BadInput naming the value."""
+              timeout=None, grace="2s", poll="100ms", env=None, cwd=None, user=None,
+              group=None) -> RunOptions:
+        """Parse sizes and durations like systemd, resolve the user; raise BadInput
+        naming the value."""
         timeout_s = parse_duration(timeout, what="--timeout", allow_zero=True) \
             if timeout is not None else None
+        try:
+            creds = resolve(user, group)
+        except BadInput as err:
+            raise BadInput(f"--user/--group: {err.message}", hint=err.hint) from None
         return cls(memory=parse_size(memory, what="--memory"), backend=backend,
                    rlimit=rlimit, cgroup_root=cgroup_root, timeout=timeout_s or None,
                    grace=parse_duration(grace, what="--grace", allow_zero=True),
-                   poll=parse_duration(poll, what="--poll"), env=env, cwd=cwd)
+                   poll=parse_duration(poll, what="--poll"), env=env, cwd=cwd, creds=creds)
 
 
 def prepare_backend(opts: RunOptions) -> limits.Backend:
@@ -77,17 +86,18 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
     try:
         cage = backend.create(label, opts.memory)
         env = dict(os.environ if opts.env is None else opts.env)
+        env.update(opts.creds.env() if opts.creds else {})
         env[CAGE_ENV] = cage.name
         started = clock()
         try:
             proc = Spawner().spawn(cmd, cage, env=env, cwd=opts.cwd, stdin=stdin,
-                                   stdout=stdout, stderr=stderr)
+                                   stdout=stdout, stderr=stderr, creds=opts.creds)
         except SpawnFailed as failed:
             cage.release()
             return _not_started(cmd, cage, opts, failed, clock() - started)
         cage.attach(proc.pid)
         spec = RunSpec(cmd, opts.memory, label, opts.timeout, opts.grace, opts.poll)
-        run = AgentRun(spec, cage, proc.pid, started)
+        run = AgentRun(spec, cage, proc.pid, started, escape=EscapeWatch(loop.table))
         loop.watch(run)
         if on_started:
             on_started(run)

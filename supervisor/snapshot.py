@@ -32,8 +32,7 @@ class Snapshotter:
                 del self._procs[pid]
         ended = [dict(entry, state="ended", ended_ago=round(now - t, 1))
                  for t, entry in list(sup.recent) if now - t <= RECENT_S]
-        results = list(sup.results)
-        failed = sum(e["reason"] != "ok" for e in results)
+        results = sup.results
         snap = {
             "run_id": sup.rundir.run_id, "run_dir": sup.rundir.path, "fleet": sup.fleet.path,
             "supervisor_pid": os.getpid(), "finished": sup.result is not None,
@@ -45,8 +44,8 @@ class Snapshotter:
                        "mem_percent": vm.percent, "available": vm.available,
                        "supervisor_rss": sup.memory.own_rss()},
             "counts": {"running": len(running), "queued": len(sup.queue),
-                       "retrying": len(sup._delayed), "done": len(results) - failed,
-                       "failed": failed},
+                       "retrying": len(sup._delayed), "done": results.counts["ok"],
+                       "failed": results.failed},
             "agents": running + ended[::-1],
         }
         self._cached = (now, snap)

@@ -49,11 +49,16 @@ class Spawner:
         self.death_signal = death_signal
 
     def spawn(self, cmd, cage, *, env=None, cwd=None, stdin=None, stdout=None,
-              stderr=None) -> subprocess.Popen:
-        """Start ``cmd`` in ``cage``; raise :class:`SpawnFailed` if it cannot run."""
+              stderr=None, creds=None) -> subprocess.Popen:
+        """Start ``cmd`` in ``cage`` (as ``creds``' user, if given); raise
+        :class:`SpawnFailed` if it cannot run.
+
+        Order in the child: enter the cage (as root, if we are), drop privileges,
+        then set the parent-death signal, because changing credentials clears it."""
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        steps = [("prctl(PR_SET_PDEATHSIG)", self._death_signal_step())]
-        steps += cage.child_steps()
+        steps = list(cage.child_steps())
+        steps += creds.child_steps() if creds is not None else []
+        steps.append(("prctl(PR_SET_PDEATHSIG)", self._death_signal_step()))
         try:
             return subprocess.Popen(
                 list(cmd), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from dataclasses import dataclass, field
 
 from .checkpoint import last_line
@@ -29,6 +30,34 @@ def result_entry(task, outcome, rundir) -> dict:
     }
 
 
+class ResultLog:
+    """results.jsonl: one line per ended task, flushed as it ends; counts in memory."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file = open(path, "a", buffering=1)
+        self.counts: collections.Counter = collections.Counter()
+
+    def append(self, entry: dict) -> None:
+        self._file.write(json.dumps(entry) + "\n")
+        self.counts[entry["reason"]] += 1
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def failed(self) -> int:
+        return len(self) - self.counts["ok"]
+
+    def read(self) -> list[dict]:
+        self._file.flush()
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class FleetResult:
     run_id: str
@@ -43,7 +72,8 @@ class FleetResult:
 
     @classmethod
     def build(cls, sup, duration: float) -> FleetResult:
-        tasks = sorted(sup.results, key=lambda e: (e["agent"], _n(e["task"])))
+        tasks = sorted(sup.results.read(), key=lambda e: (e["agent"], _n(e["task"])))
+        sup.results.close()
         counts = dict(collections.Counter(e["reason"] for e in tasks))
         if sup.stopping == "interrupted":
             code = 128 + sup.stop_signal

@@ -246,7 +246,7 @@ def test_supervisor_sigkill_takes_the_agent_along(backend, tmp_path):
     cleanup = run_cli("run", "--backend", backend, "--", "true")
     assert cleanup.returncode == 0
     if backend in KERNEL:
-        assert b"removed stale cage" in cleanup.stderr
+        assert b"cleaned up after dead supervisor pid" in cleanup.stderr
 
 
 def _alive(pid: int) -> bool:

@@ -18,6 +18,8 @@ export HOME=/tmp LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # A cgroup2 (or rlimit) skip in here is a failure (tests/conftest.py
 # required_backends), and AGENT_SUPERVISE_IN_VM stops the guest booting a guest.
 export AGENT_SUPERVISE_REQUIRE_BACKENDS=cgroup2,rlimit AGENT_SUPERVISE_IN_VM=1
+# The reliability figures of the cgroup2 cases come back to the host from here.
+export AGENT_SUPERVISE_FIGURES=/run/out/figures.json
 OUT=/run/out
 
 halt() {
@@ -32,8 +34,19 @@ mount -t proc proc /proc
 # test results on the console.
 echo 1 > /proc/sys/kernel/printk
 mount -t sysfs sysfs /sys
+# A checkout under /tmp or /run (CI may clone there) would vanish under those
+# tmpfs mounts: hold it on a bind mount meanwhile, then put it back in place.
+mount -t tmpfs tmpfs /mnt
+mkdir -p /mnt/repo
+case "$AS_REPO" in
+    /tmp/*|/run/*) mount --bind "$AS_REPO" /mnt/repo && held=1 ;;
+esac
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs tmpfs /run
+if [ -n "$held" ]; then
+    mkdir -p "$AS_REPO" && mount --bind /mnt/repo "$AS_REPO" || {
+        echo "AGENT-SUPERVISE-VM-STATUS=3 (cannot put $AS_REPO back in place)"; halt; }
+fi
 # The unified hierarchy alone: the guest has no v1 mounts, so every controller
 # (cpu io memory pids) is on cgroup2, as on a systemd machine.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup

@@ -1,0 +1,64 @@
+"""Leftovers of a supervisor that died: processes still marked as one of its agents.
+
+Every agent runs with ``AGENT_SUPERVISE_CAGE=<cage name>`` in its environment, and
+its children inherit it (a double-forked ``setsid`` escapee too). A cage name holds
+its supervisor's pid and start time. When that supervisor is gone (SIGKILL, a
+crash), the next start finds the processes that still carry its marker and kills
+them: the rlimit backend's "stale cage" has no directory, only these processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from .base import StaleCage, stale_owner
+
+MARKER = b"AGENT_SUPERVISE_CAGE="
+
+
+def _marker(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return None  # gone, a kernel thread, or another user's (not ours to touch)
+    for entry in env.split(b"\0"):
+        if entry.startswith(MARKER):
+            return entry[len(MARKER):].decode(errors="replace")
+    return None
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+            pid = int(data[data.rindex(b")") + 2:].split()[1])
+        except (OSError, ValueError):
+            break
+    return pids
+
+
+def kill_marked_orphans() -> list[StaleCage]:
+    """SIGKILL processes marked as agents of dead supervisors; one entry per cage."""
+    spared = _ancestors()
+    victims: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in spared:
+            continue
+        name = _marker(int(entry))
+        if name is not None and stale_owner(name) is not None:
+            victims.setdefault(name, []).append(int(entry))
+    found = []
+    for name, pids in sorted(victims.items()):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        found.append(StaleCage(f"processes marked {name}", stale_owner(name), len(pids),
+                               True))
+    return found
