@@ -32,4 +32,22 @@ class EscapeWatch:
         if not tree:
             return []
         inside = set(run.cage.members())
-        return [p for p in tree if p not in inside]
+        # A process that is exiting has already left cgroup.procs but is not a zombie
+        # yet; /proc/PID/cgroup still names its cage then. Only that file decides.
+        hierarchy = "" if run.cage.backend == "cgroup2" else "memory"
+        return [p for p in tree if p not in inside
+                and (path := self._cgroup_of(p, hierarchy)) is not None
+                and run.cage.name not in path.split("/")]
+
+    @staticmethod
+    def _cgroup_of(pid: int, hierarchy: str) -> str | None:
+        """The process's cgroup path in the memory hierarchy (None: it is gone)."""
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                for line in f:
+                    _, controllers, path = line.rstrip("\n").split(":", 2)
+                    if hierarchy in controllers.split(",") or controllers == hierarchy:
+                        return path
+        except (OSError, ValueError):
+            return None
+        return None
