@@ -7,9 +7,10 @@ A **cage** is one agent's enclosure. Its life:
 
 1. ``Backend.create(label, limit)`` prepares it in the supervisor (mkdir, write the
    limit, read it back, open the files the watchdog will read).
-2. ``child_steps()`` are run by the forked child *before exec*, so the agent is
-   capped from its first instruction. They must be raw system calls only (see
-   :mod:`agent_supervise.spawn` for why).
+2. ``child_setup()`` says what the child does *before exec* (write to an open
+   ``cgroup.procs``, ``setrlimit``), so the agent is capped from its first
+   instruction. It is data, not code: the spawner does it with raw system calls
+   (see :mod:`agent_supervise.spawn` for why).
 3. ``attach(pid)`` tells the cage the agent's root pid once it exists.
 4. While it runs: ``usage()`` (bytes charged to the whole agent now), ``peak()``,
    ``oom_kills()``, ``members()``, and ``notify_fd()`` to wake the loop on an OOM.
@@ -27,6 +28,29 @@ from dataclasses import dataclass
 
 #: A step the child runs before exec: (name of the system call, function).
 ChildStep = tuple[str, Callable[[], None]]
+
+
+@dataclass(frozen=True)
+class ChildSetup:
+    """What the child must do before exec to be inside its cage, as data: the
+    spawner does it with raw system calls (a vfork child runs no Python)."""
+
+    procs_fd: int | None = None      # write "0" here: move into the cgroup
+    procs_path: str = ""             # (for messages)
+    rlimit: tuple[int, int] | None = None  # (resource, value) for setrlimit
+
+    def steps(self) -> list[ChildStep]:
+        """The same, as Python functions for subprocess's preexec_fn (the fallback)."""
+        import resource
+        steps: list[ChildStep] = []
+        if self.procs_fd is not None:
+            fd = self.procs_fd
+            steps.append((f"write(0 > {self.procs_path})", lambda: os.write(fd, b"0")))
+        if self.rlimit is not None:
+            which, value = self.rlimit
+            steps.append((f"setrlimit({which}, {value})",
+                          lambda: resource.setrlimit(which, (value, value))))
+        return steps
 
 CAGE_PREFIX = "agent-supervise"
 _NAME_RE = re.compile(rf"{CAGE_PREFIX}\.(\d+)-(\d+)\.(\d+)(?:\.[\w-]*)?")
@@ -92,7 +116,10 @@ class Cage(abc.ABC):
     kernel_enforced = True
 
     @abc.abstractmethod
-    def child_steps(self) -> list[ChildStep]: ...
+    def child_setup(self) -> ChildSetup: ...
+
+    def child_steps(self) -> list[ChildStep]:
+        return self.child_setup().steps()
 
     def attach(self, pid: int) -> None:
         self.pid = pid

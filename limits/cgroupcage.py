@@ -9,7 +9,7 @@ import time
 
 from ..errors import CageError
 from ..proctree import PAGE_SIZE
-from .base import Backend, Cage, ChildStep, StaleCage, cage_name, stale_owner
+from .base import Backend, Cage, ChildSetup, StaleCage, cage_name, stale_owner
 from .cgroupfs import CgroupFS, is_busy, parse_flat_keyed, pread_int
 
 #: How long release() and stale cleanup wait for a cgroup to empty and rmdir.
@@ -64,13 +64,8 @@ class CgroupCage(Cage):
         # Opened here, written by the child: "0" moves the writing process itself.
         self._procs_fd = self._keep_open("cgroup.procs", os.O_WRONLY)
 
-    def child_steps(self) -> list[ChildStep]:
-        fd = self._procs_fd
-
-        def enter() -> None:
-            os.write(fd, b"0")
-
-        return [(f"write(0 > {self._file('cgroup.procs')})", enter)]
+    def child_setup(self) -> ChildSetup:
+        return ChildSetup(procs_fd=self._procs_fd, procs_path=self._file("cgroup.procs"))
 
     # -- while it runs --------------------------------------------------------
     def usage(self) -> int:
@@ -88,13 +83,11 @@ class CgroupCage(Cage):
         inside it (``cgroup.procs`` lists only a cgroup's own processes)."""
         try:
             pids = [int(p) for p in self.fs.read(self._file("cgroup.procs")).split()]
-            entries = self.fs.listdir(self.path)
+            subdirs = self.fs.subdirs(self.path)
         except CageError:
             return []
-        for entry in entries:
-            sub = os.path.join(self.path, entry)
-            if os.path.isdir(sub):
-                pids += type(self)(self.fs, sub, 0, self.backend).members()
+        for sub in subdirs:
+            pids += type(self)(self.fs, sub, 0, self.backend).members()
         return pids
 
     def kill(self) -> int:
@@ -158,11 +151,9 @@ def remove_when_empty(fs: CgroupFS, cage: CgroupCage) -> int:
 
 def _remove_children(fs: CgroupFS, path: str) -> None:
     """rmdir the (empty) sub-cgroups of ``path``, deepest first."""
-    for entry in fs.listdir(path):
-        sub = os.path.join(path, entry)
-        if os.path.isdir(sub):
-            _remove_children(fs, sub)
-            fs.rmdir(sub)
+    for sub in fs.subdirs(path):
+        _remove_children(fs, sub)
+        fs.rmdir(sub)
 
 
 class CgroupBackend(Backend):

@@ -62,6 +62,18 @@ class CgroupFS:
         except OSError as e:
             raise syscall_error("listdir", path, e) from e
 
+    def subdirs(self, path: str) -> list[str]:
+        """Child cgroups of ``path``. A directory's link count is 2 plus its
+        subdirectories (kernfs keeps it so), so one stat usually says "none"
+        without listing the ~40 control files."""
+        try:
+            if os.stat(path).st_nlink <= 2:
+                return []
+            with os.scandir(path) as entries:
+                return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError as e:
+            raise syscall_error("scandir", path, e) from e
+
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
 

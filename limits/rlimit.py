@@ -21,7 +21,7 @@ import resource
 import signal
 
 from ..proctree import ProcessTable
-from .base import Backend, Cage, ChildStep, Unavailable, cage_name, owner_tag
+from .base import Backend, Cage, ChildSetup, Unavailable, cage_name, owner_tag
 
 KINDS = {"data": resource.RLIMIT_DATA, "as": resource.RLIMIT_AS}
 
@@ -44,13 +44,8 @@ class RlimitCage(Cage):
         # Raising a hard limit needs CAP_SYS_RESOURCE; a lower one is already stricter.
         self._value = limit if hard == resource.RLIM_INFINITY or hard >= limit else hard
 
-    def child_steps(self) -> list[ChildStep]:
-        which, value = KINDS[self.kind], self._value
-
-        def cap() -> None:
-            resource.setrlimit(which, (value, value))
-
-        return [(f"setrlimit(RLIMIT_{self.kind.upper()}, {value})", cap)]
+    def child_setup(self) -> ChildSetup:
+        return ChildSetup(rlimit=(KINDS[self.kind], self._value))
 
     def members(self) -> list[int]:
         roots = ([self.pid] if self.pid else []) + sorted(self.orphans)

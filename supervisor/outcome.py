@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import shlex
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from .units import format_duration, format_size
 
@@ -101,9 +101,10 @@ class Outcome:
         return self.reason is Reason.OK
 
     def to_json(self) -> dict:
-        data = asdict(self)
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__}  # asdict is slow
         data["reason"] = self.reason.value
         data["cmd"] = list(self.cmd)
+        data["notes"] = list(self.notes)
         data["duration_s"] = round(self.duration_s, 3)
         data["signal"] = signal_name(self.signal) if self.signal else None
         return data

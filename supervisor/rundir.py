@@ -9,6 +9,7 @@ flushed as they happen, so a crash loses at most the line being written.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -40,6 +41,7 @@ class RunDir:
                            f"{err.strerror}", path=log_dir,
                            hint="choose a writable folder with --log-dir") from None
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - a few per task, one RunDir per run
     def _stem(self, task_id: str) -> str:
         stem = os.path.join(self.path, safe_stem(task_id))
         assert os.path.dirname(stem) == self.path

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 from .checkpoint import last_line
-from .outcome import Reason
+from .outcome import Reason, signal_name
 from .units import format_duration, format_size
 
 EXIT_SELF_GUARD = 3
@@ -23,7 +23,8 @@ def result_entry(task, outcome, rundir) -> dict:
         "limit_bytes": task.memory_limit, "peak_source": outcome.peak_source,
         "duration_s": round(outcome.duration_s, 3), "backend": outcome.backend,
         "pid": outcome.pid, "status": outcome.status,
-        "signal": outcome.to_json()["signal"], "oom_kills": outcome.oom_kills,
+        "signal": signal_name(outcome.signal) if outcome.signal else None,
+        "oom_kills": outcome.oom_kills,
         "detail": outcome.detail, "where": task.where, "cmd": list(task.cmd),
         "stdout": out if started else None, "stderr": err if started else None,
         "attempts": task.attempt, "checkpoint": last_line(rundir.checkpoint_path(task.id)),

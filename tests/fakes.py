@@ -35,8 +35,9 @@ class FakeCage(Cage):
         self.refault_bytes = 0
         self.ignores_term = False
 
-    def child_steps(self):
-        return []
+    def child_setup(self):
+        from agent_supervise.limits.base import ChildSetup
+        return ChildSetup()
 
     def usage(self) -> int:
         return self.current

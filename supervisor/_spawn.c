@@ -1,0 +1,236 @@
+/*
+ * agent_supervise._spawn: start an agent inside its cage with vfork, not fork.
+ *
+ * Why this exists: entering a cage must happen in the child, between fork and
+ * exec. Python can only do that with subprocess's preexec_fn, which forces a full
+ * fork() of the supervisor (page tables copied, every page copy-on-write) and runs
+ * Python code in the child: 2.3 ms per spawn measured on this project's machines,
+ * against 0.2 ms for subprocess's own vfork path. This module does the same child
+ * steps as raw system calls after vfork(): the child shares the parent's memory
+ * until it execs, so it only touches its own stack and C arrays built beforehand.
+ *
+ * Child steps, in order (each failure is reported as "step:errno" on report_fd):
+ *   setsid; stdio dup2; enter the cage (write "0" to an open cgroup.procs);
+ *   setrlimit; setgroups/setresgid/setresuid; PR_SET_PDEATHSIG (after the
+ *   credential change, which clears it); parent still alive?; chdir;
+ *   signal handlers back to default, mask restored; close other fds on exec;
+ *   execve over the candidate paths.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+/* Steps, reported to the parent by number. */
+enum { S_SETSID = 1, S_STDIO, S_CAGE, S_RLIMIT, S_GROUPS, S_GID, S_UID, S_PDEATHSIG,
+       S_PARENT_GONE, S_CHDIR, S_CLOEXEC, S_EXEC };
+
+static void report(int fd, int step, int err) {
+    char buf[32];
+    int n = 0, v = step;
+    char tmp[16];
+    int t = 0;
+    /* itoa by hand: nothing here may allocate. */
+    do { tmp[t++] = '0' + v % 10; v /= 10; } while (v);
+    while (t) buf[n++] = tmp[--t];
+    buf[n++] = ':';
+    v = err;
+    do { tmp[t++] = '0' + v % 10; v /= 10; } while (v);
+    while (t) buf[n++] = tmp[--t];
+    (void)!write(fd, buf, n);
+}
+
+static char **list_to_argv(PyObject *seq) {
+    Py_ssize_t n = PySequence_Length(seq);
+    if (n < 0) return NULL;
+    char **out = PyMem_Calloc(n + 1, sizeof(char *));
+    if (!out) { PyErr_NoMemory(); return NULL; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_GetItem(seq, i);
+        if (!item) goto fail;
+        char *s = PyBytes_AsString(item);  /* borrowed into the list's own bytes */
+        Py_DECREF(item);
+        if (!s) goto fail;
+        out[i] = s;
+    }
+    return out;
+fail:
+    PyMem_Free(out);
+    return NULL;
+}
+
+static void child(char **paths, char **argv, char **envp, const char *cwd, int fds[3],
+                  int procs_fd, int rl_resource, long long rl_value, long uid, long gid,
+                  gid_t *groups, int ngroups, int death_signal, pid_t parent, int report_fd,
+                  sigset_t *old_mask) {
+    int step;
+    if (setsid() < 0) { step = S_SETSID; goto fail; }
+    /* Move any source fd that sits on another stdio slot out of the way first. */
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] >= 0 && fds[i] < 3 && fds[i] != i) {
+            int moved = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+            if (moved < 0) { step = S_STDIO; goto fail; }
+            fds[i] = moved;
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] >= 0 && fds[i] != i && dup2(fds[i], i) < 0) { step = S_STDIO; goto fail; }
+    }
+    if (procs_fd >= 0 && write(procs_fd, "0", 1) != 1) { step = S_CAGE; goto fail; }
+    if (rl_resource >= 0) {
+        struct rlimit rl = {(rlim_t)rl_value, (rlim_t)rl_value};
+        if (setrlimit(rl_resource, &rl) < 0) { step = S_RLIMIT; goto fail; }
+    }
+    /* Raw system calls, not glibc's wrappers: those broadcast the change to every
+     * thread of the process, and a vfork child still shares the parent's thread
+     * list, so the parent's threads would change user too. */
+    if (ngroups >= 0 && syscall(SYS_setgroups, ngroups, groups) < 0) {
+        step = S_GROUPS; goto fail;
+    }
+    if (gid >= 0 && syscall(SYS_setresgid, gid, gid, gid) < 0) { step = S_GID; goto fail; }
+    if (uid >= 0 && syscall(SYS_setresuid, uid, uid, uid) < 0) { step = S_UID; goto fail; }
+    if (death_signal > 0 && prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) < 0) {
+        step = S_PDEATHSIG; goto fail;
+    }
+    if (death_signal > 0 && getppid() != parent) {
+        /* The parent died before prctl: nobody will send the signal; act as if sent. */
+        kill(getpid(), death_signal);
+        step = S_PARENT_GONE; errno = ESRCH; goto fail;
+    }
+    if (cwd && chdir(cwd) < 0) { step = S_CHDIR; goto fail; }
+    /* Python's handlers are C functions writing to a wakeup fd: back to default. */
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL
+                && (sa.sa_handler != SIG_IGN || sig == SIGPIPE || sig == SIGXFSZ)) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            sigemptyset(&sa.sa_mask);
+            sigaction(sig, &sa, NULL);
+        }
+    }
+    sigprocmask(SIG_SETMASK, old_mask, NULL);
+    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+        /* Before Linux 5.11: mark each fd; report_fd stays open until exec. */
+        long max = sysconf(_SC_OPEN_MAX);
+        for (long fd = 3; fd < max && fd < 65536; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    /* Like a shell: a candidate that exists but cannot run (EACCES...) is what to
+     * report, unless a later one runs; else "not found". */
+    int exec_errno = 0;
+    for (char **p = paths; *p; p++) {
+        execve(*p, argv, envp);
+        if (errno != ENOENT && errno != ENOTDIR && exec_errno == 0) exec_errno = errno;
+    }
+    errno = exec_errno ? exec_errno : ENOENT;
+    step = S_EXEC;
+fail:
+    report(report_fd, step, errno);
+    _exit(255);
+}
+
+static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"paths", "argv", "envp", "cwd", "stdin", "stdout", "stderr",
+                            "procs_fd", "rlimit_resource", "rlimit_value", "uid", "gid",
+                            "groups", "death_signal", "report_fd", NULL};
+    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *groups_o;
+    int fds[3], procs_fd, rl_resource, death_signal, report_fd;
+    long long rl_value;
+    long uid, gid;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiiiLllOii", names, &paths_o, &argv_o,
+                                     &envp_o, &cwd_o, &fds[0], &fds[1], &fds[2], &procs_fd,
+                                     &rl_resource, &rl_value, &uid, &gid, &groups_o,
+                                     &death_signal, &report_fd))
+        return NULL;
+    char **paths = NULL, **argv = NULL, **envp = NULL;
+    gid_t *groups = NULL;
+    int ngroups = -1;
+    const char *cwd = cwd_o == Py_None ? NULL : PyBytes_AsString(cwd_o);
+    if (cwd_o != Py_None && !cwd) return NULL;
+    if (!(paths = list_to_argv(paths_o)) || !(argv = list_to_argv(argv_o))
+            || !(envp = list_to_argv(envp_o)))
+        goto out;
+    if (groups_o != Py_None) {
+        Py_ssize_t n = PySequence_Length(groups_o);
+        if (n < 0) goto out;
+        groups = PyMem_Calloc(n + 1, sizeof(gid_t));
+        if (!groups) { PyErr_NoMemory(); goto out; }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *g = PySequence_GetItem(groups_o, i);
+            if (!g) goto out;
+            groups[i] = (gid_t)PyLong_AsLong(g);
+            Py_DECREF(g);
+        }
+        if (PyErr_Occurred()) goto out;
+        ngroups = (int)n;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    /* No signal may run a handler in the child while it shares our memory. */
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid_t parent = getpid();
+    pid_t pid = vfork();
+    if (pid == 0) {
+        child(paths, argv, envp, cwd, fds, procs_fd, rl_resource, rl_value, uid, gid,
+              groups, ngroups, death_signal, parent, report_fd, &old);
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    PyMem_Free(paths);
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    PyMem_Free(groups);
+    if (pid < 0) {
+        errno = saved;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(pid);
+out:
+    PyMem_Free(paths);
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    PyMem_Free(groups);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS,
+     "spawn(paths, argv, envp, cwd, stdin, stdout, stderr, procs_fd, rlimit_resource, "
+     "rlimit_value, uid, gid, groups, death_signal, report_fd) -> pid\n\n"
+     "vfork a child that enters its cage and execs. Failures come as 'step:errno' "
+     "on report_fd (the child then exits 255)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spawn",
+                                    "Spawning agents into their cages with vfork.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__spawn(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyModule_AddIntConstant(m, "S_SETSID", S_SETSID);
+    PyModule_AddIntConstant(m, "S_STDIO", S_STDIO);
+    PyModule_AddIntConstant(m, "S_CAGE", S_CAGE);
+    PyModule_AddIntConstant(m, "S_RLIMIT", S_RLIMIT);
+    PyModule_AddIntConstant(m, "S_GROUPS", S_GROUPS);
+    PyModule_AddIntConstant(m, "S_GID", S_GID);
+    PyModule_AddIntConstant(m, "S_UID", S_UID);
+    PyModule_AddIntConstant(m, "S_PDEATHSIG", S_PDEATHSIG);
+    PyModule_AddIntConstant(m, "S_PARENT_GONE", S_PARENT_GONE);
+    PyModule_AddIntConstant(m, "S_CHDIR", S_CHDIR);
+    PyModule_AddIntConstant(m, "S_EXEC", S_EXEC);
+    return m;
+}

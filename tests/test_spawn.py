@@ -1,0 +1,151 @@
+"""The spawner's two paths (vfork through the C extension, fork + preexec_fn) behave
+the same: checked on both, with real children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from agent_supervise import spawn as spawn_module
+from agent_supervise.creds import resolve
+from agent_supervise.limits import select_backend
+from agent_supervise.outcome import Reason
+from agent_supervise.spawn import Spawner, SpawnFailed
+from conftest import PY, require_backend
+
+MiB = 1 << 20
+
+
+@pytest.fixture(params=["vfork", "python"])
+def path(request, monkeypatch):
+    if request.param == "vfork":
+        if spawn_module._spawn is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("the C extension was not built under CI=true")
+            pytest.skip("agent_supervise._spawn was not built (no C compiler)")
+        monkeypatch.delenv("AGENT_SUPERVISE_SPAWN", raising=False)
+    else:
+        monkeypatch.setenv("AGENT_SUPERVISE_SPAWN", "python")
+    return request.param
+
+
+def run(cage, cmd, **kw):
+    """Spawn, wait, release; return (status, stdout text)."""
+    r, w = os.pipe()
+    try:
+        child = Spawner().spawn(cmd, cage, stdout=w, **kw)
+    finally:
+        os.close(w)
+    out = b""
+    while chunk := os.read(r, 65536):
+        out += chunk
+    os.close(r)
+    _, status = os.waitpid(child.pid, 0)
+    cage.release()
+    return status, out.decode()
+
+
+@pytest.mark.parametrize("backend_name", ["cgroup1", "rlimit"])
+def test_the_agent_is_caged_from_its_first_instruction(path, backend_name):
+    require_backend(backend_name)
+    cage = select_backend(backend_name).create("spawn-test", 64 * MiB)
+    status, out = run(cage, [PY, "-c", "import resource, os; print(open('/proc/self/"
+                             "cgroup').read()); print(resource.getrlimit(resource."
+                             "RLIMIT_DATA)); print(os.getsid(0) == os.getpid())"])
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    if backend_name == "cgroup1":
+        assert cage.name in out
+    else:
+        assert f"({64 * MiB}, {64 * MiB})" in out
+    assert out.strip().endswith("True")  # a session of its own
+
+
+def test_exec_failures_map_to_shell_codes(path, tmp_path):
+    cage = select_backend("rlimit").create("x", 64 * MiB)
+    with pytest.raises(SpawnFailed) as info:
+        Spawner().spawn(["no-such-command-xyz"], cage)
+    assert info.value.reason is Reason.NOT_FOUND
+    script = tmp_path / "not-exec"
+    script.write_text("#!/bin/sh\necho hi\n")
+    with pytest.raises(SpawnFailed) as info:
+        Spawner().spawn([str(script)], cage)
+    assert info.value.reason is Reason.NOT_EXECUTABLE and info.value.why == "Permission denied"
+    with pytest.raises(SpawnFailed) as info:
+        Spawner().spawn(["true"], cage, cwd=str(tmp_path / "nope"))
+    assert info.value.reason is Reason.SETUP_FAILED
+    assert info.value.message.startswith(f"cannot enter directory {tmp_path / 'nope'}")
+    cage.release()
+
+
+def test_a_failed_cage_entry_names_the_call(path):
+    require_backend("cgroup1")
+    cage = select_backend("cgroup1").create("x", 64 * MiB)
+    readonly = os.open(os.path.join(cage.path, "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
+    os.dup2(readonly, cage._procs_fd)  # the same fd, now read-only: the write fails
+    os.close(readonly)
+    with pytest.raises(SpawnFailed) as info:
+        Spawner().spawn(["true"], cage)
+    assert info.value.reason is Reason.SETUP_FAILED
+    assert "entering the cage failed: write(0 > " in info.value.message
+    assert "cgroup.procs" in info.value.message
+    cage.release()
+
+
+def test_stdio_env_cwd_fds_and_signals(path, tmp_path):
+    cage = select_backend("rlimit").create("x", 64 * MiB)
+    extra = os.open("/dev/null", os.O_RDONLY)  # not close-on-exec: must not leak anyway
+    os.set_inheritable(extra, True)
+    old = signal.signal(signal.SIGUSR1, lambda *a: None)  # a handler here...
+    try:
+        # sh, not python: python itself ignores SIGPIPE at start-up.
+        script = (f"echo $GREETING $(pwd) $(test -e /proc/self/fd/{extra} && echo leaked); "
+                  "grep -E '^Sig(Ign|Blk|Cgt)' /proc/self/status")
+        status, out = run(cage, ["sh", "-c", script], env={"GREETING": "hi", "PATH": "/bin"},
+                          cwd=str(tmp_path), stdin=subprocess.DEVNULL)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        os.close(extra)
+    assert os.waitstatus_to_exitcode(status) == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["hi", str(tmp_path)]  # no leaked fd
+    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in lines[1:]}
+    assert masks["SigBlk"] == 0  # the vfork path blocks signals: unblocked again
+    assert not masks["SigIgn"] & (1 << (signal.SIGPIPE - 1))  # SIGPIPE back to default
+
+
+def test_parent_death_signal_is_set_even_after_a_user_change(path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    cage = select_backend("rlimit").create("x", 64 * MiB)
+    creds = resolve("nobody")
+    status, out = run(cage, ["sh", "-c", "id -u; grep PPid /proc/self/status; "
+                             "cat /proc/self/status | grep -c NoNewPrivs"], creds=creds)
+    assert out.split()[0] == str(creds.uid)
+    # The death signal: a child of a process that dies gets SIGKILL.
+    helper = subprocess.Popen([PY, "-c", (
+        "import os, sys, time; from agent_supervise.spawn import Spawner; "
+        "from agent_supervise.limits import select_backend; "
+        "c = select_backend('rlimit').create('x', 64 << 20); "
+        "p = Spawner().spawn(['sleep', '60'], c); print(p.pid, flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, env=dict(os.environ))
+    child = int(helper.stdout.readline())
+    helper.kill()
+    helper.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.02)
+    try:
+        os.waitpid(child, 0)  # reparented to pytest (a subreaper)
+    except ChildProcessError:
+        pass
