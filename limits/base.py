@@ -124,6 +124,9 @@ class Cage(abc.ABC):
     def attach(self, pid: int) -> None:
         self.pid = pid
 
+    def spawned(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """The agent is inside: release what only the child needed."""
+
     @abc.abstractmethod
     def usage(self) -> int: ...
 

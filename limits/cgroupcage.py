@@ -64,6 +64,12 @@ class CgroupCage(Cage):
         # Opened here, written by the child: "0" moves the writing process itself.
         self._procs_fd = self._keep_open("cgroup.procs", os.O_WRONLY)
 
+    def spawned(self) -> None:
+        """Close cgroup.procs: the child wrote to it before exec; one fd less an agent."""
+        if self._procs_fd in self._fds:
+            self._fds.remove(self._procs_fd)
+            os.close(self._procs_fd)
+
     def child_setup(self) -> ChildSetup:
         return ChildSetup(procs_fd=self._procs_fd, procs_path=self._file("cgroup.procs"))
 

@@ -55,8 +55,10 @@ class RlimitCage(Cage):
 
     def usage(self) -> int:
         """Summed RSS of the tree. Shared pages count once per process, so this
-        over-counts (a safe direction for a cap); PSS would cost 5-20x more."""
-        return sum(self.table.rss(p) for p in self.members())
+        over-counts (a safe direction for a cap); PSS would cost 5-20x more. A zombie
+        or a process gone meanwhile reads as 0: no liveness check is needed here."""
+        roots = ([self.pid] if self.pid else []) + sorted(self.orphans)
+        return sum(self.table.rss(p) for p in self.table.descendants(roots))
 
     def peak(self) -> int | None:
         return None

@@ -20,7 +20,7 @@ from .creds import resolve
 from .errors import CageError
 from .escape import EscapeWatch
 from .lifecycle import AgentRun, RunSpec
-from .linux import become_subreaper
+from .linux import become_subreaper, raise_open_files_limit
 from .loop import Loop
 from .outcome import Outcome, Reason, exit_code_for
 from .poolkeeper import PoolKeeper
@@ -56,6 +56,7 @@ class LocalEngine:
         self.backend = backend or limits.select_backend(
             settings.backend, rlimit=settings.rlimit, cgroup_root=settings.cgroup_root)
         become_subreaper()
+        raise_open_files_limit()
         self.stale = self.backend.clean_stale()
         self.loop = Loop(clock=clock, on_interrupt=on_interrupt)
         self.spawner = Spawner()
@@ -118,6 +119,7 @@ class LocalEngine:
             os.close(out_fd)
             os.close(err_fd)
         cage.attach(proc.pid)
+        cage.spawned()  # the child has entered: the parent's handle is no longer needed
         spec = RunSpec(task.cmd, task.memory_limit, label, timeout, task.grace,
                        self.settings.poll_interval)
         run = AgentRun(spec, cage, proc.pid, now, escape=self.escape)

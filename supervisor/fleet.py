@@ -29,6 +29,9 @@ from .summary import FleetResult, ResultLog, result_entry
 from .taskqueue import TaskQueue
 from .units import format_size
 
+#: How often running agents' checkpoint files are looked at.
+CHECKPOINT_EVERY_S = 0.5
+
 
 class Supervisor(Intake):
     """Runs a fleet. CLI: ``close()`` then ``run()``. API: ``start()``, ``submit()``,
@@ -56,6 +59,7 @@ class Supervisor(Intake):
         self._delayed: list = []  # heap of (due, seq, task): retries waiting out backoff
         self._seq = 0
         self.checkpoints = CheckpointWatch(self.rundir.checkpoint_path)
+        self._checkpoint_due = 0.0
         self.last_checkpoint: dict[str, str] = {}
         self.recent: collections.deque = collections.deque(maxlen=20)  # (ended at, entry)
         #: Called every loop iteration as ticker(supervisor), and once more at the end
@@ -199,6 +203,11 @@ class Supervisor(Intake):
         return wait
 
     def _watch_checkpoints(self) -> None:
+        """A stat per running agent, twice a second (and once more when it ends)."""
+        now = self.clock()
+        if now < self._checkpoint_due:
+            return
+        self._checkpoint_due = now + CHECKPOINT_EVERY_S
         for task_id in list(self.engine.runs):
             self._checkpoint_seen(task_id)
 

@@ -72,3 +72,19 @@ def pidfd_supported() -> bool:
         return False
     os.close(fd)
     return True
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit: each running agent holds a few
+    fds (its cage's files, a pidfd), and 1024, the usual soft default, caps a
+    supervisor at ~200 agents. Returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft

@@ -11,7 +11,7 @@ from .units import format_size
 class StateWriter:
     """Replaces ``state.json`` atomically (write, then rename) every ``interval``."""
 
-    def __init__(self, snapshotter, interval: float = 0.5) -> None:
+    def __init__(self, snapshotter, interval: float = 1.0) -> None:
         self.snapshotter = snapshotter
         self.interval = interval
         self._last = None

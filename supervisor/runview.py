@@ -1,7 +1,7 @@
 """Looking at a run from another terminal: ``status`` and ``logs``.
 
 ``status`` reads the ``state.json`` snapshot that the loop replaces atomically
-every half second (never a half-written file), and says whether the supervisor
+every second (never a half-written file), and says whether the supervisor
 that writes it is still alive.
 """
 

@@ -15,7 +15,7 @@ from .creds import Credentials, resolve
 from .errors import BadInput, SuperviseError
 from .escape import EscapeWatch
 from .lifecycle import AgentRun, RunSpec
-from .linux import become_subreaper
+from .linux import become_subreaper, raise_open_files_limit
 from .loop import Loop
 from .outcome import Outcome, Reason, exit_code_for
 from .reaper import CAGE_ENV
@@ -62,6 +62,7 @@ def prepare_backend(opts: RunOptions) -> limits.Backend:
     backend = limits.select_backend(opts.backend, rlimit=opts.rlimit,
                                     cgroup_root=opts.cgroup_root)
     become_subreaper()
+    raise_open_files_limit()
     opts.stale_cleaned = backend.clean_stale()
     return backend
 
@@ -96,6 +97,7 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
             cage.release()
             return _not_started(cmd, cage, opts, failed, clock() - started)
         cage.attach(proc.pid)
+        cage.spawned()
         spec = RunSpec(cmd, opts.memory, label, opts.timeout, opts.grace, opts.poll)
         run = AgentRun(spec, cage, proc.pid, started, escape=EscapeWatch(loop.table))
         loop.watch(run)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -86,7 +87,12 @@ class Spawner:
         if os.sep in cmd[0]:
             paths = [cmd[0]]
         else:
-            paths = [os.path.join(d, cmd[0]) for d in os.get_exec_path(env)]
+            # Look it up here (a stat per PATH entry) rather than let the child try
+            # an execve per entry; the full list only when nothing runnable was found,
+            # so that the child reports the shell's errno for it.
+            found = shutil.which(cmd[0], path=os.pathsep.join(os.get_exec_path(env)))
+            paths = [found] if found else [os.path.join(d, cmd[0])
+                                           for d in os.get_exec_path(env)]
         opened, fds = [], []
         for stream in stdio:
             if stream is None:
