@@ -43,13 +43,18 @@ def header(snap: dict) -> Table:
     return grid
 
 
-def agents_table(snap: dict) -> Table:
+def agents_table(snap: dict, max_rows: int | None = None) -> Table:
+    """One row per agent: running ones first, the nearest to their cap on top. Only
+    ``max_rows`` are drawn (a terminal shows no more, and drawing costs)."""
     table = Table(expand=False, pad_edge=False)
     for name, justify in (("task", "left"), ("pid", "right"), ("state", "left"),
                           ("memory", "left"), ("peak", "right"), ("CPU", "right"),
                           ("time", "right"), ("retries", "right"), ("checkpoint", "left")):
         table.add_column(name, justify=justify, no_wrap=name != "checkpoint")
-    for a in snap["agents"]:
+    agents = sorted(snap["agents"], key=lambda a: (a["state"] == "ended", -a.get(
+        "usage", 0) / max(1, a.get("limit", 1)) if a["state"] != "ended" else 0))
+    hidden = agents[max_rows:] if max_rows is not None and len(agents) > max_rows else []
+    for a in agents[:len(agents) - len(hidden)]:
         if a["state"] == "ended":
             ok = a["reason"] == "ok"
             state = Text(a["reason"], style="green" if ok else "red")
@@ -64,11 +69,13 @@ def agents_table(snap: dict) -> Table:
             runtime, attempt = format_duration(a["runtime"]), a["attempt"]
         table.add_row(a["task"], str(a["pid"] or "-"), state, memory, peak, cpu, runtime,
                       str(attempt - 1), (a.get("checkpoint") or "")[:40])
+    if hidden:
+        table.add_row(f"… {len(hidden)} more", "", "", "", "", "", "", "", "")
     return table
 
 
-def render(snap: dict) -> Group:
-    return Group(header(snap), agents_table(snap))
+def render(snap: dict, max_rows: int | None = None) -> Group:
+    return Group(header(snap), agents_table(snap, max_rows))
 
 
 class LiveDashboard:
@@ -91,6 +98,7 @@ class LiveDashboard:
         if not final and self._last is not None and now - self._last < 1 / MAX_HZ:
             return
         self._last = now
-        self.live.update(render(self.snapshotter.take(sup)), refresh=True)
+        rows = max(5, self.console.size.height - 10)  # what fits under the header
+        self.live.update(render(self.snapshotter.take(sup), rows), refresh=True)
         if final:
             self.live.stop()

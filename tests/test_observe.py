@@ -229,3 +229,15 @@ def test_github_workflow_passes_actionlint():
         assert json.loads(out.stdout), "actionlint accepted a broken workflow"
     finally:
         path.unlink()
+
+
+def test_dashboard_shows_what_fits_nearest_to_the_cap_first():
+    running = [{"task": f"a-{i}", "agent": "a", "pid": 100 + i, "state": "running",
+                "usage": i * MiB, "limit": 50 * MiB, "peak": i * MiB, "cpu_percent": 1.0,
+                "runtime": 1.0, "attempt": 1, "checkpoint": None} for i in range(40)]
+    console = Console(record=True, width=140, color_system=None)
+    console.print(render(snapshot(agents=running), max_rows=10))
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if "│a-" in line]
+    assert len(rows) == 10 and "a-39" in rows[0]  # the fullest on top
+    assert "… 30 more" in text
