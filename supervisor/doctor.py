@@ -10,7 +10,7 @@ import os
 import platform
 import sys
 
-from . import __version__, limits
+from . import __version__, limits, spawn
 from .limits.cgroupfs import cgroup_mounts, own_cgroups
 from .linux import pidfd_supported
 
@@ -68,6 +68,9 @@ def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
                     "own": own_cgroups()},
         "psi": _psi(),
         "pidfd": pidfd_supported(),
+        "spawn": "vfork (C extension agent_supervise._spawn)" if spawn.fast_path() else
+                 "fork + preexec_fn (the C extension was not built, or "
+                 "AGENT_SUPERVISE_SPAWN=python): ~10x slower to start agents",
         "backends": [{"name": p.name, "available": p.available, "detail": p.detail}
                      for p in probes],
         "auto": chosen,
@@ -96,6 +99,7 @@ def render(report: dict) -> str:
     lines.append("")
     lines.append(f"PSI: {psi['memory'] if psi['available'] else 'unavailable: ' + psi['reason']}")
     lines.append(f"pidfd: {'yes' if report['pidfd'] else 'no (exits found by SIGCHLD)'}")
+    lines.append(f"spawn: {report['spawn']}")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
