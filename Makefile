@@ -43,9 +43,9 @@ soak: $(STAMP) ## The long soak: 10,000 tasks through a queue of 4 (a few minute
 lint: $(STAMP) ## Lint with ruff
 	$(BIN)/ruff check .
 
-bench: ## Benchmarks (not written yet: see issue "Benchmarks side by side with the peers")
-	@echo "make bench: no benchmarks exist yet; nothing was measured." >&2
-	@exit 2
+bench: $(STAMP) ## Measure against xargs, GNU parallel, pm2, supervisord, circus: BENCHMARKS.md
+	bash bench/install.sh
+	$(BIN)/python bench/run.py
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -3,8 +3,11 @@ it is over its cap.
 
 It is the second layer on every backend and the only tree-wide one under rlimit.
 Sampling is adaptive: an agent whose memory is flat is read every ``poll``; one that
-grows is read again before it could reach its cap at its current rate (half the
-projected time, never faster than ``min_poll``). A sleeping fleet costs one read per
+grows is read again before it could reach its cap at its recent rate (half the
+projected time, never faster than ``min_poll``). The rate is the fastest growth seen
+lately, decaying with a half-life of a second: a program that allocates in bursts
+looks flat between two of them, and forgetting its rate there would let it cross
+the cap a whole ``poll`` before the next look. A sleeping fleet costs one read per
 agent per ``poll``; a hog racing to its cap is caught within a few milliseconds.
 """
 
@@ -13,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MIN_POLL_S = 0.005
+#: How fast the remembered growth rate fades when an agent stops growing.
+RATE_HALF_LIFE_S = 1.0
 
 
 @dataclass
@@ -24,6 +29,7 @@ class Watchdog:
     peak: int = 0
     samples: int = 0
     next_due: float = 0.0
+    rate: float = 0.0  # bytes/s: the fastest recent growth, decaying
     _last: tuple[float, int] | None = field(default=None, repr=False)
 
     def start(self, now: float) -> None:
@@ -41,9 +47,12 @@ class Watchdog:
         interval = self.poll
         if self.adaptive and self._last is not None:
             then, before = self._last
-            if now > then and usage > before:
-                rate = (usage - before) / (now - then)
-                time_to_cap = max(0.0, self.limit - usage) / rate
+            if now > then:
+                now_rate = max(0.0, (usage - before) / (now - then))
+                fade = 0.5 ** ((now - then) / RATE_HALF_LIFE_S)
+                self.rate = max(now_rate, self.rate * fade)
+            if self.rate > 0:
+                time_to_cap = max(0.0, self.limit - usage) / self.rate
                 interval = min(interval, max(self.min_poll, time_to_cap / 2))
         self._last = (now, usage)
         if interval < self.poll:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from agent_supervise.lifecycle import KILL_PATIENCE_S, AgentRun, RunSpec
 from agent_supervise.outcome import Reason
 from agent_supervise.watchdog import ThrashDetector, Watchdog
@@ -208,3 +210,18 @@ def test_thrash_detector_needs_a_sustained_rate_near_the_cap():
 
 def test_status_helpers_match_the_kernel_encoding():
     assert os.WEXITSTATUS(exited(3)) == 3 and os.WTERMSIG(killed_by(9)) == 9
+
+
+def test_bursty_growth_keeps_the_sampling_fast_near_the_cap():
+    """1 MiB every 10 ms, sampled between bursts: the rate is remembered."""
+    wd = Watchdog(limit=200 * MiB, poll=0.1)
+    wd.observe(0.00, 150 * MiB)
+    wd.observe(0.05, 155 * MiB)  # 100 MiB/s: 0.45 s to the cap
+    assert wd.next_due == pytest.approx(0.1)  # far: the next tick of the poll grid
+    wd.observe(0.10, 190 * MiB)  # a burst: 700 MiB/s
+    assert wd.next_due - 0.10 < 0.01
+    wd.observe(0.105, 190 * MiB)  # between bursts: flat...
+    assert wd.next_due - 0.105 < 0.01  # ...but the rate is not forgotten
+    for t in range(1, 60):  # a second later, flat all along: back to the poll
+        wd.observe(0.105 + t * 0.1, 190 * MiB)
+    assert wd.next_due - (0.105 + 59 * 0.1) > 0.05
