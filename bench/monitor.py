@@ -76,6 +76,7 @@ def _supervisor_cpu(n: int, dashboard: bool, seconds: float) -> float:
     argv = ["script", "-qfec", cmd, "/dev/null"] if dashboard else cmd.split()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    sup = None
     try:
         sup = _find_supervisor(proc.pid)
         deadline = time.monotonic() + 60
@@ -89,8 +90,15 @@ def _supervisor_cpu(n: int, dashboard: bool, seconds: float) -> float:
         used = (after.user + after.system) - (before.user + before.system)
         return used / wall * 100
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
+        # SIGTERM the supervisor alone: it stops its agents and exits, then `script`
+        # exits too. Killing the whole group would orphan script's children.
+        if sup is not None:
+            sup.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=60)
 
 
 def _find_supervisor(pid: int) -> psutil.Process:
