@@ -74,12 +74,6 @@ class Cgroup1Backend(CgroupBackend):
     name = "cgroup1"
     cage_class = Cgroup1Cage
 
-    def __init__(self, fs=None, root=None, *, mountinfo: str = "/proc/self/mountinfo",
-                 cgroup_file: str = "/proc/self/cgroup") -> None:
-        super().__init__(fs, root)
-        self.mountinfo = mountinfo
-        self.cgroup_file = cgroup_file
-
     def probe(self) -> str:
         if self.parent is not None:
             return self.parent

@@ -131,12 +131,6 @@ class Cgroup2Backend(CgroupBackend):
     name = "cgroup2"
     cage_class = Cgroup2Cage
 
-    def __init__(self, fs=None, root=None, *, mountinfo: str = "/proc/self/mountinfo",
-                 cgroup_file: str = "/proc/self/cgroup") -> None:
-        super().__init__(fs, root)
-        self.mountinfo = mountinfo
-        self.cgroup_file = cgroup_file
-
     def probe(self) -> str:
         if self.parent is not None:
             return self.parent

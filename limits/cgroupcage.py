@@ -167,9 +167,13 @@ class CgroupBackend(Backend):
 
     cage_class: type[CgroupCage]
 
-    def __init__(self, fs: CgroupFS | None = None, root: str | None = None) -> None:
+    def __init__(self, fs: CgroupFS | None = None, root: str | None = None, *,
+                 mountinfo: str = "/proc/self/mountinfo",
+                 cgroup_file: str = "/proc/self/cgroup") -> None:
         self.fs = fs or CgroupFS()
         self.requested_root = root
+        self.mountinfo = mountinfo      # where to find the hierarchies (tests: fakes)
+        self.cgroup_file = cgroup_file  # and this process's place in them
         self.parent: str | None = None
         self._seq = 0
         self._owner: str | None = None
