@@ -279,9 +279,13 @@ def _verdict(measured: dict[str, list[Result]], quick: bool) -> list[str]:
             f"{fmt(circus_b) if circus_b is not None else '—'} ms). Between two bursts a "
             "sample sees no growth; the watchdog keeps the fastest recent rate (halving "
             "each second, supervisor/watchdog.py) so that it still looks again before "
-            "the cap" + ("." if verdict == "met" else
-                         "; the hog still met RLIMIT_DATA (~5 MiB, ~50 ms past the RSS "
-                         "crossing here) or its cap first in some runs."))
+            "the cap. "
+            + (f"In {wins} run(s) the hog met RLIMIT_DATA (~5 MiB, ~50 ms past the RSS "
+               "crossing here) first. " if wins else "")
+            + ("What a miss is made of: the kernel's teardown (the floor row) plus up to "
+               "one burst period (10 ms) during which the hog is over the cap but has "
+               "not grown since the last sample; polling faster does not shorten it, "
+               "and circus meets the same." if verdict != "met" else ""))
     return out
 
 
