@@ -109,8 +109,7 @@ class Supervisor(Intake):
                     self._ended(run.task, run.outcome, getattr(run, "lost", False))
                 self._watch_checkpoints()
                 self._guard(started)
-                for ticker in self.tickers:
-                    ticker(self)
+                self._tick()
             self._retire_pools()
         except BaseException:
             self._emergency_stop()
@@ -120,10 +119,18 @@ class Supervisor(Intake):
         self.result = FleetResult.build(self, self.clock() - started)
         self.events.emit("run_ended", exit_code=self.result.exit_code,
                          counts=self.result.counts)
-        for ticker in self.tickers:
-            ticker(self, final=True)
+        self._tick(final=True)
         self.events.close()
         return self.result
+
+    def _tick(self, final: bool = False) -> None:
+        """Run the reporting tickers. One that cannot write any more (its terminal
+        hung up, its pipe closed) is dropped: reporting must never stop a fleet."""
+        for ticker in list(self.tickers):
+            try:
+                ticker(self, final=True) if final else ticker(self)
+            except OSError:
+                self.tickers.remove(ticker)
 
     def _emergency_stop(self) -> None:
         """The loop itself failed: no agent may outlive it. SIGKILL all, reap them."""

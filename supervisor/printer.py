@@ -30,8 +30,11 @@ class LinePrinter:
     def format(e: dict) -> str | None:
         kind = e["event"]
         if kind == "started":
-            return (f"started {e['task']} (pid {e['pid']}, cap {format_size(e['limit'])}, "
+            where = f"pid {e['pid']}" if e.get("pid") else "handed to the cluster"
+            return (f"started {e['task']} ({where}, cap {format_size(e['limit'])}, "
                     f"{e['backend']})")
+        if kind == "placed":
+            return f"{e['task']} runs on {e.get('node', '?')} (pid {e.get('pid')})"
         if kind == "exited":
             peak = f"peak {format_size(e['peak_bytes'])} of {format_size(e['limit_bytes'])}"
             code = "" if e["exit_code"] is None else f", exit {e['exit_code']}"

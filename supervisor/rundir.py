@@ -89,8 +89,11 @@ class EventLog:
                   "event": event, **fields}
         with self._lock:
             self._file.write(json.dumps(record) + "\n")
-        for listener in self.listeners:
-            listener(record)
+        for listener in list(self.listeners):
+            try:
+                listener(record)
+            except OSError:  # a printer whose terminal hung up: the run goes on
+                self.listeners.remove(listener)
         return record
 
     def close(self) -> None:

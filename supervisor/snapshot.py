@@ -58,12 +58,17 @@ class Snapshotter:
         return {"task": run.task.id, "agent": run.task.agent, "pid": process.pid,
                 "state": process.state if worker is None else f"on {worker.name}",
                 "usage": process.watchdog.last_usage, "limit": run.task.memory_limit,
-                "peak": peak, "cpu_percent": self._cpu(process.pid),
+                "peak": peak,
+                # A Ray run's pid is on its node: reading it here would read a stranger.
+                "cpu_percent": None if getattr(run, "node", None) else self._cpu(process.pid),
                 "runtime": round(now - run.started, 1), "attempt": run.task.attempt,
                 "checkpoint": sup.last_checkpoint.get(run.task.id)}
 
     def _cpu(self, pid: int) -> float | None:
-        """CPU % of the agent's main process since the previous snapshot."""
+        """CPU % of the agent's main process since the previous snapshot (None for an
+        agent on another machine: its pid is not ours to read)."""
+        if not pid:
+            return None
         try:
             proc = self._procs.get(pid)
             if proc is None:

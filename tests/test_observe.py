@@ -191,11 +191,13 @@ def test_live_dashboard_draws_in_a_terminal(tmp_path):
         while time.monotonic() < deadline:
             screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", session],
                                     capture_output=True, text=True, timeout=10).stdout
-            if "agent-supervise run" in screen and "│step-" in screen.replace(" ", ""):
+            if "agent-supervise run" in screen and any(
+                    line.startswith("step-") for line in screen.splitlines()):
                 break
             time.sleep(0.2)
         assert "agent-supervise run" in screen and "breaker closed" in screen, screen
-        row = next(line for line in screen.splitlines() if "│step-1" in line.replace(" ", ""))
+        row = next(line for line in screen.splitlines()
+                   if line.split("│")[0].strip() == "step-1")
         assert "running" in row or "ok" in row
         deadline = time.monotonic() + 30
         while "finished" not in screen and time.monotonic() < deadline:
@@ -238,6 +240,6 @@ def test_dashboard_shows_what_fits_nearest_to_the_cap_first():
     console = Console(record=True, width=140, color_system=None)
     console.print(render(snapshot(agents=running), max_rows=10))
     text = console.export_text()
-    rows = [line for line in text.splitlines() if "│a-" in line]
+    rows = [line for line in text.splitlines() if line.startswith("a-")]
     assert len(rows) == 10 and "a-39" in rows[0]  # the fullest on top
     assert "… 30 more" in text
