@@ -41,7 +41,8 @@ def _type_name(value: Any) -> str:
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str          # size, size0, duration, int, choice, path, cmd, env, text
+    kind: str          # size, size0, duration, int, choice, path, cmd, env, text, bool,
+                       # resources, object
     doc: str
     default: Any = None
     minimum: float = 1
@@ -102,6 +103,27 @@ class Field:
 
     _path = _text
 
+    def _bool(self, value, what):
+        if not isinstance(value, bool):
+            raise FieldError(f"{value!r} is {_type_name(value)}, not true or false",
+                             "write true or false")
+        return value
+
+    def _resources(self, value, what):
+        """Ray resources: names to amounts (``{agent_node: 1}``)."""
+        if not isinstance(value, dict):
+            raise FieldError(f"{_type_name(value)} is not a mapping",
+                             "write resources: {name: 1}")
+        for key, amount in value.items():
+            if not isinstance(key, str) or not key or key in ("memory", "CPU", "GPU"):
+                raise FieldError(f"the resource name {key!r} is not allowed",
+                                 "memory comes from the cap, CPU from cpus; name a "
+                                 "custom resource")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount <= 0:
+                raise FieldError(f"{amount!r} is not a positive amount", f"write {key}: 1",
+                                 at=key)
+        return {k: float(v) for k, v in value.items()}
+
     def _ident(self, value, what):
         """A user or group: a name, or a numeric id."""
         if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "" or (
@@ -153,6 +175,9 @@ class Field:
             "path": {"type": "string", "minLength": 1},
             "ident": {"oneOf": [{"type": "string", "minLength": 1},
                                 {"type": "integer", "minimum": 0}]},
+            "bool": {"type": "boolean"},
+            "resources": {"type": "object",
+                          "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
             "cmd": {"type": "array", "minItems": 1, "items": {"type": "string"}},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
         }
@@ -197,6 +222,20 @@ POOL = (
           "this."),
     Field("max_tasks", "int", "Replace a worker after this many tasks.", 100),
 )
+RAY = (
+    Field("address", "text", "The Ray cluster: auto (RAY_ADDRESS or the cluster this "
+          "machine belongs to), HOST:PORT of its head, or local (start one here).", "auto"),
+    Field("allow_rlimit", "bool", "Accept nodes that cannot make a cgroup cage and would "
+          "cap agents with an rlimit only (otherwise such a node refuses: setup_failed).",
+          False),
+    Field("resources", "resources", "Custom Ray resources each agent needs, so agents "
+          "land only on nodes that offer them ({agent_node: 1})."),
+    Field("memory_overhead", "size0", "Added to each agent's cap in Ray's memory request: "
+          "the node-side supervisor's own memory.", "100M"),
+    Field("cpus", "number", "CPUs each agent reserves in Ray.", 1, minimum=0),
+    Field("log_tail", "size", "Per stream, how much of an agent's stdout and stderr (the "
+          "last bytes) comes back to the run folder.", "8M"),
+)
 SUPERVISOR = (
     Field("max_concurrent", "int", "Agents running at once (seed: MAX_CONCURRENT_AGENTS).", 2),
     Field("queue_size", "int", "Tasks waiting to start; submitters block when it is full.", 4),
@@ -218,6 +257,8 @@ SUPERVISOR = (
           "short or agents keep getting memory-killed.", sub=BREAKER),
     Field("degradation", "object", "Modes full / limited / sequential from available "
           "memory, with hysteresis.", sub=DEGRADATION),
+    Field("ray", "object", "With --engine ray: the cluster, and how agents are placed on "
+          "its nodes.", sub=RAY),
 )
 AGENT = (
     Field("cmd", "cmd", "The command as a list of words; {name} placeholders are filled "

@@ -49,6 +49,18 @@ class PoolSettings:
 
 
 @dataclass(frozen=True)
+class RaySettings:
+    """``supervisor.ray``: the cluster for ``--engine ray`` and how agents are placed."""
+
+    address: str = "auto"
+    allow_rlimit: bool = False
+    resources: Mapping[str, float] = field(default_factory=lambda: EMPTY)
+    memory_overhead: int = 100 << 20
+    cpus: float = 1.0
+    log_tail: int = 8 << 20
+
+
+@dataclass(frozen=True)
 class SupervisorSettings:
     """The ``supervisor:`` section. Defaults are the seed's measures."""
 
@@ -66,6 +78,13 @@ class SupervisorSettings:
     evict_below: int | None = None  # None: half of min_free_memory
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     degradation: DegradationSettings = field(default_factory=DegradationSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ray, dict):  # the loader hands nested sections over as mappings
+            object.__setattr__(self, "ray", RaySettings(**{
+                k: MappingProxyType(v) if k == "resources" else v
+                for k, v in self.ray.items()}))
 
     @property
     def eviction_threshold(self) -> int:

@@ -160,8 +160,13 @@ def doctor(as_json, rlimit_kind, cgroup_root):
               help="Also write JUnit XML, one testcase per task (for CI).")
 @click.option("--backend", type=click.Choice(["auto", "cgroup2", "cgroup1", "rlimit"]),
               help="Override supervisor.backend.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="Run agents here, or on the nodes of a Ray cluster "
+              "(each caged there).")
+@click.option("--address", help="With --engine ray: HOST:PORT of the cluster's head, auto "
+              "or local (overrides supervisor.ray.address).")
 def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_interval,
-          junit_path, backend):
+          junit_path, backend, engine, address):
     """Run the fleet defined in FILE (YAML): capped agents, throttled dispatch."""
     require_linux()
     from .agents.loader import load_fleet
@@ -177,7 +182,14 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_int
     if not spec.tasks and tasks_from is None:
         raise BadInput(f"{file}: no tasks to run",
                        hint="add a tasks: list, or pass --tasks - to read JSON lines")
-    sup = Supervisor(spec, max_concurrent=max_concurrent, log_dir=log_dir)
+    if address is not None and engine != "ray":
+        raise BadInput("--address is for --engine ray", hint="add --engine ray")
+    if engine == "ray":
+        from .raycluster import RaySupervisor
+        sup = RaySupervisor(spec, address=address, max_concurrent=max_concurrent,
+                            log_dir=log_dir)
+    else:
+        sup = Supervisor(spec, max_concurrent=max_concurrent, log_dir=log_dir)
     live = _watch(sup, dashboard, interval)
     if tasks_from is not None:
         TaskFeed(tasks_from, sup, "stdin" if tasks_from.name == "<stdin>" else
@@ -279,6 +291,32 @@ def report(run_dir, out):
     from .report import build
 
     click.echo(f"wrote {build(run_dir, out)}")
+    return 0
+
+
+@cli.group("export")
+def export_group():
+    """Write a fleet out for another scheduler."""
+
+
+@export_group.command("slurm")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--max-concurrent", type=click.IntRange(min=1),
+              help="Override supervisor.max_concurrent (the array throttle %N).")
+@click.option("--headroom", default="64M", show_default=True,
+              help="Added to the largest cap in --mem: agent-supervise's own memory.")
+@click.option("--agent-supervise", "exe", default="agent-supervise", show_default=True,
+              help="The agent-supervise command on the compute nodes.")
+def export_slurm(file, max_concurrent, headroom, exe):
+    """Print an sbatch script: one array task per fleet task, each under
+    `agent-supervise run` (agent-supervise export slurm FILE > fleet.sbatch)."""
+    from .agents.loader import load_fleet
+    from .slurm import sbatch_script
+    from .units import parse_size
+
+    room = parse_size(headroom, what="--headroom", allow_zero=True)
+    click.echo(sbatch_script(load_fleet(file), exe=exe, headroom=room,
+                             max_concurrent=max_concurrent), nl=False)
     return 0
 
 

@@ -15,6 +15,7 @@ from agent_supervise.creds import resolve
 from agent_supervise.limits import select_backend
 from agent_supervise.outcome import Reason
 from agent_supervise.spawn import Spawner, SpawnFailed
+
 from conftest import PY, require_backend
 
 MiB = 1 << 20
