@@ -134,3 +134,7 @@ def raise_nofile() -> None:
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def verdict(met: bool, what: str) -> str:
+    return f"{what}: target {'met' if met else 'missed'}."

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
-from common import AGENT_SUPERVISE, Section, fleet_file, raise_nofile
+from common import AGENT_SUPERVISE, Section, fleet_file, raise_nofile, verdict
 
 MiB = 1 << 20
 
@@ -42,10 +42,12 @@ def run(quick: bool) -> Section:
     for n in ((1, 20) if quick else (1, 100, 1000)):
         rss, took = _rss_with(n)
         rows.append([n, f"{rss:.1f}", f"{took:.2f}"])
+    at_100 = next((float(r[1]) for r in rows if r[0] == 100), None)
+    notes = [verdict(at_100 <= 40, f"{at_100:.1f} MiB at 100 agents")] if at_100 else []
     return Section(
         "Supervisor footprint",
         "RSS of `agent-supervise fleet` once N agents (`sleep`, each in its own cage, "
         "20M cap) all run, and how long it took to start them all (one supervisor "
         f"thread; {os.cpu_count()} cores).",
         ["agents", "supervisor RSS MiB", "seconds to start them all"], rows,
-        target="≤ 40 MiB at 100 agents.")
+        target="≤ 40 MiB at 100 agents.", notes=notes)

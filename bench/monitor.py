@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
-from common import AGENT_SUPERVISE, Section, fleet_file, fmt, median, raise_nofile
+from common import AGENT_SUPERVISE, Section, fleet_file, fmt, median, raise_nofile, verdict
 
 MiB = 1 << 20
 
@@ -129,6 +129,10 @@ def run(quick: bool) -> Section:
         "`memory_info()` (how pm2 and circus look).",
         ["agents", "cgroup usage read", "rlimit tree walk", "psutil tree walk"], rows,
         target="≤ 20 µs per agent per tick on cgroup backends; growth linear.")
+    cgroup = [float(r[1]) for r in rows if r[1] != "-"]
+    if cgroup:
+        section.notes.append(verdict(max(cgroup) <= 20, f"cgroup usage read at most "
+                                     f"{max(cgroup):.1f} µs per agent per tick"))
     n = 20 if quick else 100
     section.notes.append(f"The fleet supervisor's own CPU while {n} agents sleep, "
                          f"sampled every 100 ms, over {seconds} s: **{plain:.1f}%** of a "

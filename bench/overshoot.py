@@ -7,7 +7,7 @@ import collections
 import json
 import subprocess
 
-from common import AGENT_SUPERVISE, ALLOC, PY, Section, median
+from common import AGENT_SUPERVISE, ALLOC, PY, Section, median, verdict
 
 MiB = 1 << 20
 
@@ -31,6 +31,18 @@ def run(quick: bool) -> Section:
             source = "kernel counter" if backend != "rlimit" else "watchdog sample"
             rows.append([backend, f"{cap}M", f"{median(over):+.1f}", f"{max(over):+.1f}",
                          source, ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()))])
+    kernel = [float(r[3]) for r in rows if r[0] != "rlimit"]
+    watchdog = [float(r[3]) for r in rows if r[0] == "rlimit"]
+    notes = []
+    if kernel:
+        notes.append(verdict(max(kernel) <= 0, f"kernel backends at most {max(kernel):+.1f} "
+                             "MiB over the cap"))
+    if watchdog:
+        notes.append(f"The watchdog's bound (rlimit): at most {max(watchdog):+.1f} MiB over "
+                     "the cap here: what the hog allocates between two samples (5 ms at "
+                     "the fastest) plus the interpreter's file-backed pages that RSS "
+                     "counts; an allocation past RLIMIT_DATA fails inside the program "
+                     "(ending `failed`) before the watchdog sees it.")
     return Section(
         "Overshoot at the kill",
         "`alloc.py --step 1 --interval 0.001` (touching 1 MiB a millisecond, about "
@@ -40,4 +52,4 @@ def run(quick: bool) -> Section:
         "watchdog's last sample of the tree's summed RSS (which counts the interpreter's "
         "file-backed pages, not charged to a cgroup).",
         ["backend", "cap", "overshoot MiB, median", "max", "peak from", "endings"], rows,
-        target="kernel backends 0; watchdog bounded and stated.")
+        target="kernel backends 0; watchdog bounded and stated.", notes=notes)
