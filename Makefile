@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BASE   := $(VENV)/.installed-base
 
 .DEFAULT_GOAL := help
 .PHONY: help run test vmtest soak lint bench venv clean
@@ -11,14 +12,20 @@ STAMP  := $(VENV)/.installed
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+# The demo needs the package alone; tests and tools need the dev extra (pytest, ruff,
+# matplotlib, Ray: a few hundred MB), installed on first use.
+$(BASE): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e .
+	@touch $(BASE)
+
+$(STAMP): $(BASE)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install agent-supervise with its dev tools
 
-run: $(STAMP) ## Run the demo fleet: agents finish, one memory hog is stopped at its cap
+run: $(BASE) ## Run the demo fleet: agents finish, one memory hog is stopped at its cap
 	@$(BIN)/agent-supervise fleet configs/example.yaml; status=$$?; \
 	echo "exit status $$status (1 = not every task ended ok: the hog was stopped at its cap, as intended)"; \
 	test $$status -le 1
