@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import syscall_error
+from ..proctree import read_proc
 
 
 class CgroupFS:
@@ -32,8 +33,7 @@ class CgroupFS:
 
     def read(self, path: str) -> str:
         try:
-            with open(path, encoding="ascii") as f:
-                return f.read()
+            return read_proc(path).decode("ascii")  # see read_proc: 4 calls, not 8
         except OSError as e:
             raise syscall_error("read", path, e) from e
 

@@ -201,7 +201,8 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_int
         with open(junit_path, "wb") as f:
             f.write(junit_xml(result, os.path.splitext(os.path.basename(file))[0]))
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        from .jsonout import dumps
+        click.echo(dumps(result.to_json()))
     else:
         console = live.console if live else _console()
         console.print(result.table())

@@ -8,7 +8,6 @@ performs the foreign call itself and takes no Python-level locks.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -16,8 +15,10 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) \
-    if sys.platform.startswith("linux") else None
+# dlopen(NULL): the symbols already loaded into this process, the C library's among
+# them (Python links it). find_library("c") would import ctypes.util and run
+# ldconfig: ~10 ms on every start, for the same answer.
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _prctl = _libc.prctl if _libc is not None else None
 if _prctl is not None:
     _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,

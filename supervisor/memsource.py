@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .proctree import PAGE_SIZE
+from .proctree import PAGE_SIZE, read_proc
 
 
 class MemorySource:
@@ -15,14 +15,23 @@ class MemorySource:
 
     def __init__(self, meminfo: str = "/proc/meminfo") -> None:
         self.meminfo = meminfo
+        self._fd: int | None = None
 
     def _read(self) -> dict[str, int]:
+        # Read before every start: a kept-open fd and pread (procfs regenerates the
+        # text at offset 0) save the open and close, half the cost.
+        if self._fd is None:
+            self._fd = os.open(self.meminfo, os.O_RDONLY | os.O_CLOEXEC)
         values = {}
-        with open(self.meminfo, "rb") as f:
-            for line in f.read().splitlines()[:5]:  # MemTotal, MemFree, MemAvailable
-                key, _, rest = line.partition(b":")
-                values[key.decode()] = int(rest.split()[0]) * 1024
+        for line in os.pread(self._fd, 512, 0).splitlines()[:5]:  # MemTotal..Available
+            key, _, rest = line.partition(b":")
+            values[key.decode()] = int(rest.split()[0]) * 1024
         return values
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def available(self) -> int:
         """What the kernel estimates can be allocated without swapping (MemAvailable)."""
@@ -32,5 +41,4 @@ class MemorySource:
         return self._read()["MemTotal"]
 
     def own_rss(self) -> int:
-        with open(f"/proc/{os.getpid()}/statm", "rb") as f:
-            return int(f.read().split()[1]) * PAGE_SIZE
+        return int(read_proc("/proc/self/statm").split()[1]) * PAGE_SIZE

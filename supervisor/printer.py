@@ -9,8 +9,9 @@ from .units import format_duration, format_size
 
 def stderr_line(text: str) -> None:
     """Print a line on stderr; a closed stderr (``| head``) must not stop the fleet."""
-    try:
-        print(text, file=sys.stderr, flush=True)
+    try:  # one write: print() makes two when stderr is unbuffered
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
     except (BrokenPipeError, OSError):
         pass
 

@@ -157,8 +157,10 @@ def _spawn(job, cage, creds, scratch):
     # the fork, as a shell would start it.
     blocked = signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
-        return Spawner().spawn(job.cmd, cage, env=env, cwd=job.cwd, stdin=subprocess.DEVNULL,
-                               stdout=out_fd, stderr=err_fd, creds=creds)
+        with Spawner() as spawner:
+            return spawner.spawn(job.cmd, cage, env=env, cwd=job.cwd,
+                                 stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
+                                 creds=creds)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(out_fd)

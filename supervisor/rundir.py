@@ -13,15 +13,15 @@ import functools
 import json
 import os
 import re
-import secrets
 import threading
 import time
 
 from .errors import BadInput
+from .jsonout import dumps
 
 
 def new_run_id() -> str:
-    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + os.urandom(2).hex()
 
 
 def safe_stem(name: str) -> str:
@@ -66,8 +66,7 @@ class RunDir:
         path = os.path.join(self.path, name)
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+            f.write(dumps(data) + "\n")
         os.replace(tmp, path)
         return path
 

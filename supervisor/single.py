@@ -91,8 +91,9 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
         env[CAGE_ENV] = cage.name
         started = clock()
         try:
-            proc = Spawner().spawn(cmd, cage, env=env, cwd=opts.cwd, stdin=stdin,
-                                   stdout=stdout, stderr=stderr, creds=opts.creds)
+            with Spawner() as spawner:
+                proc = spawner.spawn(cmd, cage, env=env, cwd=opts.cwd, stdin=stdin,
+                                     stdout=stdout, stderr=stderr, creds=opts.creds)
         except SpawnFailed as failed:
             cage.release()
             return _not_started(cmd, cage, opts, failed, clock() - started)

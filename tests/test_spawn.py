@@ -150,3 +150,36 @@ def test_parent_death_signal_is_set_even_after_a_user_change(path):
         os.waitpid(child, 0)  # reparented to pytest (a subreaper)
     except ChildProcessError:
         pass
+
+
+def test_a_remembered_command_is_checked_again(tmp_path):
+    """The spawner remembers where a command was found; a command removed since is
+    not found, and one that appears on PATH after a miss is found."""
+    if spawn_module._spawn is None:
+        pytest.skip("the lookup cache belongs to the vfork path (no C extension here)")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "as-test-tool"
+    env = {"PATH": str(bindir)}
+    backend = select_backend("rlimit")
+    with Spawner() as spawner:
+        def start():
+            cage = backend.create("x", 64 * MiB)
+            try:
+                child = spawner.spawn(["as-test-tool"], cage, env=env,
+                                      stdin=subprocess.DEVNULL)
+                return os.waitstatus_to_exitcode(os.waitpid(child.pid, 0)[1])
+            finally:
+                cage.release()
+
+        with pytest.raises(SpawnFailed) as info:
+            start()
+        assert info.value.reason is Reason.NOT_FOUND
+        tool.write_text("#!/bin/sh\nexit 7\n")
+        tool.chmod(0o755)
+        assert start() == 7  # found after the earlier miss
+        assert start() == 7  # and again, from the remembered place
+        tool.unlink()
+        with pytest.raises(SpawnFailed) as info:
+            start()
+        assert info.value.reason is Reason.NOT_FOUND
