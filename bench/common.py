@@ -85,19 +85,32 @@ def wall_times(cmd, runs: int, *, env=None, shell: bool = False, timeout: float 
     return times
 
 
-def hyperfine(commands: dict[str, str], runs: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Times of each shell command by hyperfine (if installed; else our own loop)."""
-    if not shutil.which("hyperfine"):
-        return {name: wall_times(cmd, runs, shell=True) for name, cmd in commands.items()}
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"hyperfine-{os.getpid()}.json"
-    args = ["hyperfine", "--style", "none", "--runs", str(runs), "--warmup", str(warmup),
-            "--export-json", str(out), "--shell=sh"]
-    for name, cmd in commands.items():
-        args += ["-n", name, cmd]
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, timeout=1800)
-    data = json.loads(out.read_text())
-    out.unlink()
-    return {r["command"]: r["times"] for r in data["results"]}
+def hyperfine(commands: dict[str, str], runs: int, warmup: int = 1,
+              rounds: int = 1) -> dict[str, list[float]]:
+    """Times of each shell command by hyperfine (if installed; else our own loop).
+
+    With ``rounds`` > 1 the commands take turns: hyperfine runs each ``runs / rounds``
+    times per round. A slow spell of a shared machine then falls on every command
+    alike instead of on whichever ran during it, which would skew the ratios.
+    """
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        if not shutil.which("hyperfine"):
+            for name, cmd in commands.items():
+                times[name] += wall_times(cmd, per_round, shell=True)
+            continue
+        out = Path(os.environ.get("TMPDIR", "/tmp")) / f"hyperfine-{os.getpid()}.json"
+        args = ["hyperfine", "--style", "none", "--runs", str(per_round), "--warmup",
+                str(warmup), "--export-json", str(out), "--shell=sh"]
+        for name, cmd in commands.items():
+            args += ["-n", name, cmd]
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL, timeout=1800)
+        data = json.loads(out.read_text())
+        out.unlink()
+        for result in data["results"]:
+            times[result["command"]] += result["times"]
+    return times
 
 
 def version(cmd: list[str]) -> str:
