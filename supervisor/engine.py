@@ -63,6 +63,7 @@ class LocalEngine:
         self.escape = EscapeWatch(self.loop.table)
         self._creds: dict = {}
         self._environ_raw: dict | None = None
+        self._headroom: int | None = None  # see headroom()
         self._environ_text: dict[str, str] = {}
         self.runs: dict = {}  # task id -> AgentRun, or PooledRun for a pooled task
         self.pools = PoolKeeper(self, emit or (lambda event, **fields: None))
@@ -84,6 +85,10 @@ class LocalEngine:
                               timeout=task.timeout)
         if not isinstance(run, Outcome):
             self.runs[task.id] = run
+            if task.pool is None and self._headroom is not None:
+                self._headroom += max(0, run.spec.limit - run.watchdog.last_usage)
+            else:  # a pool may have started or reused a worker: count again
+                self._headroom = None
         return run
 
     def pool_state(self, task: Task) -> str | None:
@@ -154,6 +159,7 @@ class LocalEngine:
     def step(self, max_wait: float | None) -> list:
         """Drive everything; return the task runs (plain or pooled) that ended."""
         ended = []
+        self._headroom = None  # samples, ends and pool workers change it from here on
         for run in self.loop.step(max_wait):
             out = run.outcome
             # Reaped by the loop: tell Popen, so it never waits on the pid again.
@@ -167,13 +173,21 @@ class LocalEngine:
         self.pools.done = []
         for run in ended:
             self.runs.pop(run.task.id, None)
+        self._headroom = None
         return ended
 
     def headroom(self) -> int:
-        """Memory promised to agents and not used yet: sum of cap - usage."""
-        runs = [r for r in self.runs.values() if getattr(r, "worker", None) is None]
-        runs += [w.run for w in self.pools.all()]
-        return sum(max(0, run.spec.limit - run.watchdog.last_usage) for run in runs)
+        """Memory promised to agents and not used yet: sum of cap - usage.
+
+        Usage changes only while the loop steps, so the sum is kept between steps
+        and each start adds its own share: a burst of 1,000 starts costs O(n), not
+        O(n²)."""
+        if self._headroom is None:
+            runs = [r for r in self.runs.values() if getattr(r, "worker", None) is None]
+            runs += [w.run for w in self.pools.all()]
+            self._headroom = sum(max(0, run.spec.limit - run.watchdog.last_usage)
+                                 for run in runs)
+        return self._headroom
 
     def processes(self) -> list:
         """Every AgentRun alive: task runs and pool workers."""

@@ -11,6 +11,7 @@ from .outcome import Reason, signal_name
 from .units import format_duration, format_size
 
 EXIT_SELF_GUARD = 3
+TABLE_ROWS = 50  # rows of the final table; summary.json has every task
 
 
 def result_entry(task, outcome, rundir) -> dict:
@@ -98,8 +99,11 @@ class FleetResult:
                 "stopping": self.stopping, "message": self.message, "counts": self.counts,
                 "rejected": self.rejected, "tasks": self.tasks}
 
-    def table(self):
-        """A rich Table: agent, task, reason, exit code, peak/cap, duration."""
+    def table(self, max_rows: int = TABLE_ROWS):
+        """A rich Table: agent, task, reason, exit code, peak/cap, duration. Past
+        ``max_rows`` tasks it shows every one that did not end ok (up to the limit)
+        before any that did, and its caption says how many are left to summary.json:
+        a 1,000-row table takes seconds to draw and nobody reads it."""
         from rich.table import Table
 
         table = Table(title=f"run {self.run_id}", title_justify="left")
@@ -107,7 +111,11 @@ class FleetResult:
                               ("exit", "right"), ("tries", "right"),
                               ("peak / cap", "right"), ("time", "right")):
             table.add_column(name, justify=justify)
-        for e in self.tasks:
+        shown = self.tasks
+        if len(shown) > max_rows:
+            keep = {id(e) for e in sorted(shown, key=lambda e: e["reason"] == "ok")[:max_rows]}
+            shown = [e for e in shown if id(e) in keep]
+        for e in shown:
             style = "green" if e["reason"] == "ok" else "red"
             peak = f"{format_size(e['peak_bytes'])} / {format_size(e['limit_bytes'])}"
             table.add_row(e["agent"], e["task"], f"[{style}]{e['reason']}[/]",
@@ -117,8 +125,19 @@ class FleetResult:
         counts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items()))
         table.caption = (f"{len(self.tasks)} tasks: {counts or 'none'}"
                          + (f"; {len(self.rejected)} rejected input lines" if self.rejected
-                            else "") + f" — logs and summary.json in {self.run_dir}")
+                            else "")
+                         + _hidden(self.tasks, shown)
+                         + f" — logs and summary.json in {self.run_dir}")
         return table
+
+
+def _hidden(tasks: list[dict], shown: list[dict]) -> str:
+    """What the table's caption says of the rows it left out."""
+    hidden = len(tasks) - len(shown)
+    if not hidden:
+        return ""
+    not_ok = sum(e["reason"] != "ok" for e in tasks) - sum(e["reason"] != "ok" for e in shown)
+    return f"; {hidden} not shown ({f'{not_ok} of them not ok' if not_ok else 'all ok'})"
 
 
 def _n(task_id: str) -> int:

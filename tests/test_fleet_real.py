@@ -17,6 +17,7 @@ from agent_supervise.agents.loader import parse_fleet
 from agent_supervise.agents.spec import TaskSpec
 from agent_supervise.fleet import Supervisor
 from agent_supervise.memsource import MemorySource
+from agent_supervise.outcome import Reason
 from agent_supervise.rundir import read_events
 from agent_supervise.taskqueue import QueueFull
 
@@ -233,3 +234,40 @@ def test_python_api_submit_close_wait(tmp_path):
     outputs = sorted(Path(t["stdout"]).read_text() for t in result.tasks)
     assert outputs[-2:] == ["one\n", "two\n"] or "one\n" in outputs
     assert all(t["reason"] == "ok" for t in result.tasks)
+
+
+def test_headroom_kept_between_steps_matches_a_fresh_sum(tmp_path):
+    """The engine keeps the promised-memory sum between loop steps and adds each
+    start's share; it must always equal the sum computed afresh."""
+    from agent_supervise.agents.spec import SupervisorSettings, Task
+    from agent_supervise.engine import LocalEngine
+    from agent_supervise.rundir import RunDir
+
+    def fresh(engine):
+        return sum(max(0, r.spec.limit - r.watchdog.last_usage)
+                   for r in engine.runs.values())
+
+    engine = LocalEngine(SupervisorSettings(backend="rlimit"))
+    rundir = RunDir(str(tmp_path / "runs"))
+    try:
+        caps = [40 * MiB, 60 * MiB, 80 * MiB]
+        assert engine.headroom() == 0
+        for i, cap in enumerate(caps):
+            task = Task(id=f"s-{i}", agent="s", n=i, memory_limit=cap, timeout=None,
+                        grace=1.0, cwd=str(tmp_path),
+                        cmd=(PY, "-c", "b = bytearray(8 << 20); import time; "
+                             "time.sleep(60)"))
+            engine.start(task, rundir)
+            assert engine.headroom() == fresh(engine) == sum(caps[:i + 1])
+        deadline = time.monotonic() + 10
+        while fresh(engine) == sum(caps):  # until the watchdogs have sampled
+            assert time.monotonic() < deadline, "no sample within 10 s"
+            engine.step(0.05)
+        assert engine.headroom() == fresh(engine) < sum(caps)
+    finally:
+        engine.stop_all(Reason.STOPPED)
+        deadline = time.monotonic() + 10
+        while engine.runs and time.monotonic() < deadline:
+            engine.step(0.05)
+        engine.close()
+    assert not engine.runs

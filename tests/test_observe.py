@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -243,3 +244,25 @@ def test_dashboard_shows_what_fits_nearest_to_the_cap_first():
     rows = [line for line in text.splitlines() if line.startswith("a-")]
     assert len(rows) == 10 and "a-39" in rows[0]  # the fullest on top
     assert "… 30 more" in text
+
+
+def test_a_long_fleet_table_shows_what_did_not_end_ok_first():
+    from agent_supervise.summary import FleetResult
+
+    def entry(n, reason):
+        return {"agent": "a", "task": f"a-{n}", "reason": reason, "exit_code": 0,
+                "attempts": 1, "peak_bytes": 1 << 20, "limit_bytes": 50 << 20,
+                "duration_s": 0.5}
+
+    tasks = [entry(n, "failed" if n in (7, 70) else "ok") for n in range(1, 121)]
+    result = FleetResult("r", "/runs/r", 1.0, 1, tasks, [], counts={"ok": 118, "failed": 2})
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(result.table(max_rows=10))
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if " a-" in line]
+    assert len(rows) == 10
+    assert [r.split()[3] for r in rows if "failed" in r] == ["a-7", "a-70"]
+    assert "120 tasks: 2 failed, 118 ok; 110 not shown (all ok)" in " ".join(text.split())
+    small = FleetResult("r", "/runs/r", 1.0, 0, tasks[:5], [], counts={"ok": 5})
+    console.print(small.table(max_rows=10))
+    assert "not shown" not in console.export_text()
