@@ -11,7 +11,7 @@
  *
  * Child steps, in order (each failure is reported as "step:errno" on report_fd):
  *   setsid; stdio dup2; enter the cage (write "0" to an open cgroup.procs);
- *   setrlimit; setgroups/setresgid/setresuid; PR_SET_PDEATHSIG (after the
+ *   setrlimit (the cage's; and RLIMIT_NOFILE back to what the supervisor had); setgroups/setresgid/setresuid; PR_SET_PDEATHSIG (after the
  *   credential change, which clears it); parent still alive?; chdir;
  *   signal handlers back to default, mask restored; close other fds on exec;
  *   execve over the candidate paths.
@@ -32,10 +32,13 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436  /* the same number on every architecture */
+#endif
 
 /* Steps, reported to the parent by number. */
 enum { S_SETSID = 1, S_STDIO, S_CAGE, S_RLIMIT, S_GROUPS, S_GID, S_UID, S_PDEATHSIG,
-       S_PARENT_GONE, S_CHDIR, S_CLOEXEC, S_EXEC };
+       S_PARENT_GONE, S_CHDIR, S_EXEC };
 
 static void report(int fd, int step, int err) {
     char buf[32];
@@ -60,9 +63,10 @@ static char **list_to_argv(PyObject *seq) {
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PySequence_GetItem(seq, i);
         if (!item) goto fail;
-        char *s = PyBytes_AsString(item);  /* borrowed into the list's own bytes */
+        char *s;  /* borrowed into the list's own bytes; an embedded NUL is ValueError */
+        int bad = PyBytes_AsStringAndSize(item, &s, NULL);
         Py_DECREF(item);
-        if (!s) goto fail;
+        if (bad < 0) goto fail;
         out[i] = s;
     }
     return out;
@@ -71,8 +75,13 @@ fail:
     return NULL;
 }
 
-static void child(char **paths, char **argv, char **envp, const char *cwd, int fds[3],
-                  int procs_fd, int rl_resource, long long rl_value, long uid, long gid,
+/* Never inlined: the child's locals must live in its own frame, below the parent's
+ * (it shares the parent's stack until exec), not in slots of spawn()'s frame that the
+ * parent reads again once it resumes. */
+static __attribute__((noinline, noreturn)) void child(
+                  char **paths, char **argv, char **envp, const char *cwd, int fds[3],
+                  int procs_fd, int rl_resource, long long rl_value,
+                  long long nofile_soft, long long nofile_hard, long uid, long gid,
                   gid_t *groups, int ngroups, int death_signal, pid_t parent, int report_fd,
                   sigset_t *old_mask) {
     int step;
@@ -86,12 +95,20 @@ static void child(char **paths, char **argv, char **envp, const char *cwd, int f
         }
     }
     for (int i = 0; i < 3; i++) {
-        if (fds[i] >= 0 && fds[i] != i && dup2(fds[i], i) < 0) { step = S_STDIO; goto fail; }
+        if (fds[i] < 0) continue;
+        /* dup2 clears close-on-exec on the copy; an fd already in place keeps it. */
+        if (fds[i] == i ? fcntl(i, F_SETFD, 0) < 0 : dup2(fds[i], i) < 0) {
+            step = S_STDIO; goto fail;
+        }
     }
     if (procs_fd >= 0 && write(procs_fd, "0", 1) != 1) { step = S_CAGE; goto fail; }
     if (rl_resource >= 0) {
         struct rlimit rl = {(rlim_t)rl_value, (rlim_t)rl_value};
         if (setrlimit(rl_resource, &rl) < 0) { step = S_RLIMIT; goto fail; }
+    }
+    if (nofile_soft >= 0) {  /* the limit the supervisor had before raising its own */
+        struct rlimit rl = {(rlim_t)nofile_soft, (rlim_t)nofile_hard};
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0) { step = S_RLIMIT; goto fail; }
     }
     /* Raw system calls, not glibc's wrappers: those broadcast the change to every
      * thread of the process, and a vfork child still shares the parent's thread
@@ -144,22 +161,24 @@ fail:
 
 static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"paths", "argv", "envp", "cwd", "stdin", "stdout", "stderr",
-                            "procs_fd", "rlimit_resource", "rlimit_value", "uid", "gid",
-                            "groups", "death_signal", "report_fd", NULL};
+                            "procs_fd", "rlimit_resource", "rlimit_value", "nofile_soft",
+                            "nofile_hard", "uid", "gid", "groups", "death_signal",
+                            "report_fd", NULL};
     PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *groups_o;
     int fds[3], procs_fd, rl_resource, death_signal, report_fd;
-    long long rl_value;
+    long long rl_value, nofile_soft, nofile_hard;
     long uid, gid;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiiiLllOii", names, &paths_o, &argv_o,
-                                     &envp_o, &cwd_o, &fds[0], &fds[1], &fds[2], &procs_fd,
-                                     &rl_resource, &rl_value, &uid, &gid, &groups_o,
-                                     &death_signal, &report_fd))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiiiLLLllOii", names, &paths_o,
+                                     &argv_o, &envp_o, &cwd_o, &fds[0], &fds[1], &fds[2],
+                                     &procs_fd, &rl_resource, &rl_value, &nofile_soft,
+                                     &nofile_hard, &uid, &gid, &groups_o, &death_signal,
+                                     &report_fd))
         return NULL;
     char **paths = NULL, **argv = NULL, **envp = NULL;
     gid_t *groups = NULL;
     int ngroups = -1;
-    const char *cwd = cwd_o == Py_None ? NULL : PyBytes_AsString(cwd_o);
-    if (cwd_o != Py_None && !cwd) return NULL;
+    char *cwd = NULL;
+    if (cwd_o != Py_None && PyBytes_AsStringAndSize(cwd_o, &cwd, NULL) < 0) return NULL;
     if (!(paths = list_to_argv(paths_o)) || !(argv = list_to_argv(argv_o))
             || !(envp = list_to_argv(envp_o)))
         goto out;
@@ -173,8 +192,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
             if (!g) goto out;
             groups[i] = (gid_t)PyLong_AsLong(g);
             Py_DECREF(g);
+            if (PyErr_Occurred()) goto out;
         }
-        if (PyErr_Occurred()) goto out;
         ngroups = (int)n;
     }
     sigset_t all, old;
@@ -184,8 +203,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
     pid_t parent = getpid();
     pid_t pid = vfork();
     if (pid == 0) {
-        child(paths, argv, envp, cwd, fds, procs_fd, rl_resource, rl_value, uid, gid,
-              groups, ngroups, death_signal, parent, report_fd, &old);
+        child(paths, argv, envp, cwd, fds, procs_fd, rl_resource, rl_value, nofile_soft,
+              nofile_hard, uid, gid, groups, ngroups, death_signal, parent, report_fd, &old);
     }
     int saved = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -209,7 +228,8 @@ out:
 static PyMethodDef methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS,
      "spawn(paths, argv, envp, cwd, stdin, stdout, stderr, procs_fd, rlimit_resource, "
-     "rlimit_value, uid, gid, groups, death_signal, report_fd) -> pid\n\n"
+     "rlimit_value, nofile_soft, nofile_hard, uid, gid, groups, death_signal, "
+     "report_fd) -> pid\n\n"
      "vfork a child that enters its cage and execs. Failures come as 'step:errno' "
      "on report_fd (the child then exits 255)."},
     {NULL, NULL, 0, NULL}};

@@ -75,17 +75,31 @@ def pidfd_supported() -> bool:
     return True
 
 
+#: RLIMIT_NOFILE as it was before raise_open_files_limit(): what agents get back.
+_original_nofile: tuple[int, int] | None = None
+
+
 def raise_open_files_limit() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard limit: each running agent holds a few
     fds (its cage's files, a pidfd), and 1024, the usual soft default, caps a
-    supervisor at ~200 agents. Returns the new soft limit."""
+    supervisor at ~200 agents. Agents get the original limit back (see
+    :func:`original_open_files_limit`). Returns the new soft limit."""
     import resource
 
+    global _original_nofile
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            _original_nofile = _original_nofile or (soft, hard)
             soft = hard
         except (ValueError, OSError):
             pass
     return soft
+
+
+def original_open_files_limit() -> tuple[int, int] | None:
+    """The (soft, hard) RLIMIT_NOFILE to restore in an agent, or None if this process
+    never raised its own: a program that loops up to its limit closing fds, or uses
+    select(), should not start with a million."""
+    return _original_nofile

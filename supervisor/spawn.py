@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 
-from .linux import set_parent_death_signal
+from .linux import original_open_files_limit, set_parent_death_signal
 from .outcome import Reason
 
 try:
@@ -50,6 +51,14 @@ class SpawnFailed(Exception):
     def why(self) -> str:
         """The system's own words for the failure ("Permission denied")."""
         return os.strerror(self.errno) if self.errno else self.message
+
+    @property
+    def detail(self) -> str:
+        """What an outcome's ``detail`` says: nothing for "not found" (the reason says
+        it all), the system's words for "not executable", else the whole message."""
+        if self.reason is Reason.NOT_FOUND:
+            return ""
+        return self.why if self.reason is Reason.NOT_EXECUTABLE else self.message
 
     def __str__(self) -> str:
         return self.message
@@ -98,18 +107,22 @@ class Spawner:
                 fds.append(stream if isinstance(stream, int) else stream.fileno())
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         rl = setup.rlimit or (-1, 0)
+        nofile = original_open_files_limit() or (-1, -1)
         try:
-            pid = _spawn.spawn(
-                [_encode(p) for p in paths], [_encode(a) for a in cmd],
-                [_encode(f"{k}={v}") for k, v in env.items()],
-                None if cwd is None else os.fsencode(cwd), fds[0], fds[1], fds[2],
-                -1 if setup.procs_fd is None else setup.procs_fd, rl[0], rl[1],
-                creds.uid if creds else -1, creds.gid if creds else -1,
-                list(creds.groups) if creds else None, self.death_signal, report_w)
+            try:
+                pid = _spawn.spawn(
+                    [_encode(p) for p in paths], [_encode(a) for a in cmd],
+                    [_encode(f"{k}={v}") for k, v in env.items()],
+                    None if cwd is None else os.fsencode(cwd), fds[0], fds[1], fds[2],
+                    -1 if setup.procs_fd is None else setup.procs_fd, rl[0], rl[1],
+                    nofile[0], nofile[1], creds.uid if creds else -1,
+                    creds.gid if creds else -1, list(creds.groups) if creds else None,
+                    self.death_signal, report_w)
+            finally:
+                os.close(report_w)
+            report = os.read(report_r, 64).decode()  # the child has exec'd or exited
         finally:
-            os.close(report_w)
-        report = os.read(report_r, 64).decode()  # the child has exec'd or exited
-        os.close(report_r)
+            os.close(report_r)
         if not report:
             return Child(pid)
         os.waitpid(pid, 0)  # it exited 255 after reporting
@@ -155,6 +168,10 @@ class Spawner:
     def _fork(self, cmd, setup, creds, env, cwd, stdin, stdout, stderr):
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         steps = setup.steps()
+        nofile = original_open_files_limit()
+        if nofile is not None:
+            steps.append(("setrlimit(RLIMIT_NOFILE)",
+                          lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)))
         steps += creds.child_steps() if creds is not None else []
         steps.append(("prctl(PR_SET_PDEATHSIG)", self._death_signal_step()))
         try:

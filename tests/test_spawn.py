@@ -152,11 +152,12 @@ def test_parent_death_signal_is_set_even_after_a_user_change(path):
         pass
 
 
-def test_a_remembered_command_is_checked_again(tmp_path):
+def test_a_remembered_command_is_checked_again(tmp_path, monkeypatch):
     """The spawner remembers where a command was found; a command removed since is
     not found, and one that appears on PATH after a miss is found."""
     if spawn_module._spawn is None:
         pytest.skip("the lookup cache belongs to the vfork path (no C extension here)")
+    monkeypatch.delenv("AGENT_SUPERVISE_SPAWN", raising=False)
     bindir = tmp_path / "bin"
     bindir.mkdir()
     tool = bindir / "as-test-tool"
@@ -183,3 +184,44 @@ def test_a_remembered_command_is_checked_again(tmp_path):
         with pytest.raises(SpawnFailed) as info:
             start()
         assert info.value.reason is Reason.NOT_FOUND
+
+
+def test_agents_get_the_supervisors_original_open_files_limit(path, monkeypatch):
+    """The supervisor lifts its own RLIMIT_NOFILE; an agent starts with the one the
+    supervisor had before."""
+    import resource
+
+    from agent_supervise import linux
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    monkeypatch.setattr(linux, "_original_nofile", (512, hard))
+    cage = select_backend("rlimit").create("x", 64 * MiB)
+    status, out = run(cage, [PY, "-c", "import resource; "
+                             "print(*resource.getrlimit(resource.RLIMIT_NOFILE))"])
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert out.split() == ["512", str(hard)]
+
+
+def test_a_close_on_exec_fd_already_in_its_stdio_slot_reaches_the_agent(path, tmp_path):
+    """stdin=0 when fd 0 itself is close-on-exec: the agent must still get it."""
+    data = tmp_path / "in.txt"
+    data.write_text("from fd 0\n")
+    saved = os.dup(0)
+    fd = os.open(data, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(fd, 0, inheritable=False)
+        cage = select_backend("rlimit").create("x", 64 * MiB)
+        status, out = run(cage, ["cat"], stdin=0)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0 and out == "from fd 0\n"
+
+
+def test_an_embedded_nul_byte_is_refused(path):
+    cage = select_backend("rlimit").create("x", 64 * MiB)
+    try:
+        with pytest.raises(ValueError):
+            Spawner().spawn(["echo", "a\0b"], cage)
+    finally:
+        cage.release()
