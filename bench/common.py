@@ -7,6 +7,7 @@ and reported as a median (with the spread) and as ratios: absolute times on a sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,15 +125,11 @@ def version(cmd: list[str]) -> str:
 
 
 def machine() -> dict[str, str]:
-    mem = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            mem[key] = int(rest.split()[0]) * 1024
     from agent_supervise.limits import probe_all
+    from agent_supervise.memsource import MemorySource
     backends = ", ".join(p.name for p in probe_all() if p.available)
     return {"kernel": platform.release(), "cpus": str(os.cpu_count()),
-            "memory": f"{mem['MemTotal'] / 2**30:.1f} GiB",
+            "memory": f"{MemorySource().total() / 2**30:.1f} GiB",
             "python": platform.python_version(), "backends here": backends}
 
 
@@ -142,11 +140,26 @@ def fleet_file(path: Path, agents: str, tasks: str, **supervisor) -> Path:
     return path
 
 
-def raise_nofile() -> None:
-    """Many agents at once need many fds: lift the soft limit to the hard one."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+@contextlib.contextmanager
+def scratch(prefix: str):
+    """A temporary folder (fleet files, run folders, agent logs), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+def sleepers_fleet(tmp: Path, n: int, **supervisor) -> Path:
+    """A fleet of ``n`` `sleep 600` agents, all running at once, each in its own cage."""
+    return fleet_file(tmp / "f.yaml", "  s: {cmd: [sleep, '600'], memory_limit: 20M}\n",
+                      f"  - {{agent: s, repeat: {n}}}\n", max_concurrent=n, queue_size=n,
+                      min_free_memory=0, **supervisor)
+
+
+def wait_for_sleepers(sup, n: int, timeout: float, every: float) -> None:
+    """Until the supervisor process ``sup`` (psutil) has ``n`` `sleep` children."""
+    deadline = time.monotonic() + timeout
+    while len([c for c in sup.children() if c.name() == "sleep"]) < n:
+        assert time.monotonic() < deadline, "agents did not all start"
+        time.sleep(every)
 
 
 def verdict(met: bool, what: str) -> str:

@@ -5,39 +5,35 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
-from common import AGENT_SUPERVISE, Section, fleet_file, raise_nofile, verdict
+from common import AGENT_SUPERVISE, Section, scratch, sleepers_fleet, verdict, wait_for_sleepers
+
+from agent_supervise.linux import raise_open_files_limit
 
 MiB = 1 << 20
 
 
 def _rss_with(n: int) -> tuple[float, float]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
-    path = fleet_file(tmp / "f.yaml", "  s: {cmd: [sleep, '600'], memory_limit: 20M}\n",
-                      f"  - {{agent: s, repeat: {n}}}\n", max_concurrent=n, queue_size=n,
-                      min_free_memory=0)
-    proc = subprocess.Popen([AGENT_SUPERVISE, "fleet", "--no-dashboard", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sup = psutil.Process(proc.pid)
-    try:
-        start, deadline = time.monotonic(), time.monotonic() + 120
-        while len([c for c in sup.children() if c.name() == "sleep"]) < n:
-            assert time.monotonic() < deadline, "agents did not all start"
-            time.sleep(0.1)
-        took = time.monotonic() - start
-        time.sleep(2)  # a few watchdog rounds, a few state.json writes
-        return sup.memory_info().rss / MiB, took
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+    with scratch("bench-footprint-") as tmp:
+        proc = subprocess.Popen([AGENT_SUPERVISE, "fleet", "--no-dashboard",
+                                 str(sleepers_fleet(tmp, n))],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sup = psutil.Process(proc.pid)
+        try:
+            start = time.monotonic()
+            wait_for_sleepers(sup, n, timeout=120, every=0.1)
+            took = time.monotonic() - start
+            time.sleep(2)  # a few watchdog rounds, a few state.json writes
+            return sup.memory_info().rss / MiB, took
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
 
 
 def run(quick: bool) -> Section:
-    raise_nofile()
+    raise_open_files_limit()
     rows = []
     for n in ((1, 20) if quick else (1, 100, 1000)):
         rss, took = _rss_with(n)

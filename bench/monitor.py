@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
-from common import AGENT_SUPERVISE, Section, fleet_file, fmt, median, raise_nofile, verdict
+from common import (
+    AGENT_SUPERVISE,
+    Section,
+    fmt,
+    median,
+    scratch,
+    sleepers_fleet,
+    verdict,
+    wait_for_sleepers,
+)
+
+from agent_supervise.linux import raise_open_files_limit
 
 MiB = 1 << 20
 
@@ -39,7 +48,6 @@ def _tick_costs(n: int, repeat: int) -> list:
         for _ in range(n):
             cage = backend.create("sleeper", 20 * MiB)
             cage.attach(Spawner().spawn(["sleep", "600"], cage).pid)
-            cage.spawned()
             cages.append(cage)
         row = [n]
         row.append(fmt(_per_agent_us(lambda c: c.usage(), cages, repeat)) if kernel else "-")
@@ -67,10 +75,12 @@ def _tick_costs(n: int, repeat: int) -> list:
 
 def _supervisor_cpu(n: int, dashboard: bool, seconds: float) -> float:
     """% of one core used by a fleet supervisor watching ``n`` sleeping agents."""
-    tmp = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
-    path = fleet_file(tmp / "f.yaml", "  s: {cmd: [sleep, '600'], memory_limit: 20M}\n",
-                      f"  - {{agent: s, repeat: {n}}}\n", max_concurrent=n, queue_size=n,
-                      min_free_memory=0, poll_interval="100ms")
+    with scratch("bench-monitor-") as tmp:
+        return _cpu_watching(sleepers_fleet(tmp, n, poll_interval="100ms"), n, dashboard,
+                             seconds)
+
+
+def _cpu_watching(path, n: int, dashboard: bool, seconds: float) -> float:
     cmd = f"{AGENT_SUPERVISE} fleet {'--dashboard' if dashboard else '--no-dashboard'} {path}"
     # A terminal for the dashboard: `script` gives the command a pseudo-terminal.
     argv = ["script", "-qfec", cmd, "/dev/null"] if dashboard else cmd.split()
@@ -79,10 +89,7 @@ def _supervisor_cpu(n: int, dashboard: bool, seconds: float) -> float:
     sup = None
     try:
         sup = _find_supervisor(proc.pid)
-        deadline = time.monotonic() + 60
-        while len([c for c in sup.children() if c.name() == "sleep"]) < n:
-            assert time.monotonic() < deadline, "agents did not all start"
-            time.sleep(0.2)
+        wait_for_sleepers(sup, n, timeout=60, every=0.2)
         time.sleep(1)
         before, start = sup.cpu_times(), time.monotonic()
         time.sleep(seconds)
@@ -114,7 +121,7 @@ def _find_supervisor(pid: int) -> psutil.Process:
 
 
 def run(quick: bool) -> Section:
-    raise_nofile()
+    raise_open_files_limit()
     sizes = (10, 100) if quick else (10, 100, 1000)
     rows = [_tick_costs(n, 5 if quick else 20) for n in sizes]
     seconds = 2 if quick else 10

@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
-from common import AGENT_SUPERVISE, Section, fleet_file, verdict
+from common import AGENT_SUPERVISE, Section, fleet_file, scratch, verdict
+
+from agent_supervise.units import parse_size
 
 MiB = 1 << 20
 
 
 def run(quick: bool) -> Section:
     size = "100M" if quick else "1G"
-    nbytes = 100 * MiB if quick else 1 << 30
-    tmp = Path(tempfile.mkdtemp(prefix="bench-output-"))
+    nbytes = parse_size(size)
+    with scratch("bench-output-") as tmp:
+        return _measure(tmp, size, nbytes)
+
+
+def _measure(tmp: Path, size: str, nbytes: int) -> Section:
     start = time.monotonic()
     subprocess.run(f"head -c {size} /dev/zero > {tmp}/direct", shell=True, check=True)
     direct = time.monotonic() - start
@@ -47,7 +52,6 @@ def run(quick: bool) -> Section:
     done.set()
     sampler.join()
     task = json.loads(out)["tasks"][0]
-    Path(task["stdout"]).unlink()
     growth = (max(rss) - rss[0]) / MiB
     rows = [["the agent's stdout is the log file", f"{nbytes / MiB / task['duration_s']:.0f}",
              f"{growth:.1f}"],

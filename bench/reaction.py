@@ -25,7 +25,7 @@ from common import Section, fmt, median, spread
 from trial import (
     NPM_BIN,
     PM2,
-    SESSION,
+    SESSION_ENTRY,
     VENV_BIN,
     Result,
     Trial,
@@ -177,7 +177,7 @@ def run(quick: bool) -> Section:
                           _ratio(median(hits), base.get(" ".join(hog_args))))
                          if hits else "—", cpu, count])
     finally:
-        leftovers += sweep(SESSION)
+        leftovers += sweep(SESSION_ENTRY)
     if quick:
         notes.append("Quick mode: agent-supervise only, 2 runs; pm2, supervisord+memmon and "
                      "circus: peers not installed / skipped in quick mode.")
@@ -190,7 +190,7 @@ def run(quick: bool) -> Section:
                  "trial's environment token); " + (
                      f"{len(set(leftovers))} straggler(s) had to be killed that way."
                      if leftovers else "none was left to kill.")
-                 + (" A final scan of /proc found none left." if not marked(SESSION)
+                 + (" A final scan of /proc found none left." if not marked(SESSION_ENTRY)
                     else " A final scan of /proc still found some: see the log."))
     return Section(
         title="Reaction time to a memory breach",

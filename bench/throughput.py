@@ -29,7 +29,7 @@ def _cost_split(backends: list[str], n: int) -> list[list]:
             t1 = time.perf_counter()
             child = spawning.Spawner().spawn(["true"], cage)
             t2 = time.perf_counter()
-            cage.spawned()
+            cage.attach(child.pid)
             fd = os.pidfd_open(child.pid)
             select.select([fd], [], [], 10)
             t3 = time.perf_counter()

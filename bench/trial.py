@@ -19,6 +19,8 @@ from string import Template
 
 from common import AGENT_SUPERVISE, PY, ROOT
 
+from agent_supervise.proctree import ProcessTable, read_proc
+
 HERE = Path(__file__).resolve().parent
 HOG = str(HERE / "hog_marker.py")
 PEERS = HERE / "peers"
@@ -26,8 +28,10 @@ NPM_BIN = ROOT / ".bench" / "npm" / "node_modules" / ".bin"
 PM2 = NPM_BIN / "pm2"
 VENV_BIN = ROOT / ".bench" / "venv" / "bin"
 CAP = "200M"
-TOKEN_VAR = "BENCH_REACTION_TOKEN"
+TOKEN_VAR = "BENCH_REACTION_TOKEN"  # one per trial
 SESSION = uuid.uuid4().hex[:12]
+SESSION_VAR = "BENCH_REACTION_SESSION"  # in every trial of this run
+SESSION_ENTRY = f"{SESSION_VAR}={SESSION}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PM2_DEFAULT_INTERVAL = 30.0  # s: pm2's constants.js, WORKER_INTERVAL
 MEMMON_TICK = 5.0            # s: TICK_5, the shortest supervisord event period
@@ -35,21 +39,13 @@ MEMMON_TICK = 5.0            # s: TICK_5, the shortest supervisord event period
 
 # -- reading /proc ---------------------------------------------------------------
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return kids
+TABLE = ProcessTable()
 
 
 def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (ProcStat lacks the CPU times)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        data = read_proc(f"/proc/{pid}/stat")
     except OSError:
         return None
     return data[data.rindex(b")") + 2:].decode().split()
@@ -80,34 +76,19 @@ def cpu_seconds(pid: int, children: bool) -> float | None:
     return total
 
 
-def _alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] != "Z"
+def marked(entry: str) -> list[int]:
+    """Live processes whose environment carries ``entry`` (``VAR=value``)."""
+    needle = entry.encode()
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
+            and TABLE.environ_has(int(p), needle) and TABLE.alive(int(p))]
 
 
-def marked(token: str) -> list[int]:
-    """Live processes whose environment carries ``TOKEN_VAR=token...`` (prefix)."""
-    needle = f"{TOKEN_VAR}={token}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if any(entry.startswith(needle) for entry in env.split(b"\0")) and _alive(int(name)):
-            found.append(int(name))
-    return found
-
-
-def sweep(token: str, timeout: float = 5.0) -> list[int]:
-    """SIGKILL every live process carrying the token; wait until they are gone."""
+def sweep(entry: str, timeout: float = 5.0) -> list[int]:
+    """SIGKILL every live process carrying ``entry``; wait until they are gone."""
     killed = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = marked(token)
+        left = marked(entry)
         if not left:
             break
         for pid in left:
@@ -139,7 +120,7 @@ class Trial:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"reaction-{name}-"))
         self.marker = self.tmp / "marker"
         self.token = f"{SESSION}-{name}-{n}"
-        self.env = {**os.environ, TOKEN_VAR: self.token}
+        self.env = {**os.environ, TOKEN_VAR: self.token, SESSION_VAR: SESSION}
         self.procs: list[subprocess.Popen] = []
 
     def fill(self, template: str, out: str, **values) -> Path:
@@ -195,7 +176,8 @@ class Trial:
             return Result("lost", detail="the hog died before it could be watched")
         try:
             hog_parent = int((_stat(pid) or [0, 0])[1])
-            watched = [p for p in _tree(roots) if p != pid and p not in _tree([pid])]
+            hog = set(TABLE.descendants([pid]))
+            watched = [p for p in TABLE.descendants(roots) if p not in hog]
             t0 = time.monotonic()
             c0 = {p: cpu_seconds(p, p != hog_parent) for p in watched}
             poller = select.poll()
@@ -234,19 +216,9 @@ class Trial:
                     pass
             if proc.poll() is None:
                 _killpg(proc)
-        left = sweep(self.token)
+        left = sweep(f"{TOKEN_VAR}={self.token}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         return left
-
-
-def _tree(roots) -> list[int]:
-    seen, stack = [], list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid not in seen and _alive(pid):
-            seen.append(pid)
-            stack += _children(pid)
-    return seen
 
 
 def _killpg(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -259,10 +231,6 @@ def _killpg(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-
-
-def _sleep_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 # -- the supervisors ---------------------------------------------------------------
@@ -317,7 +285,7 @@ def pm2(interval_ms: int | None):
                 return Result("lost", detail=f"pm2 ping failed (see {t.tmp})")
             # The daemon checks every `period` from its start: start the hog at
             # evenly spread points of that period across the N runs.
-            _sleep_until(time.monotonic() + (i + 0.5) / n * period)
+            time.sleep((i + 0.5) / n * period)
             if t.call([PM2, "start", eco], "pm2.out", env, timeout=60) != 0:
                 return Result("lost", detail=f"pm2 start failed (see {t.tmp})")
             god = int((t.tmp / "pm2" / "pm2.pid").read_text())
