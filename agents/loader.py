@@ -22,6 +22,7 @@ from .spec import (
     DegradationSettings,
     FleetSpec,
     PoolSettings,
+    RaySettings,
     SupervisorSettings,
     TaskSpec,
     placeholder_names,
@@ -197,6 +198,8 @@ def parse_fleet(text: str, name: str = "<fleet>", base_dir: str = ".") -> FleetS
     sup.setdefault("log_dir", os.path.join(base_dir, "runs"))
     sup["breaker"] = BreakerSettings(**sup.get("breaker", {}))
     sup["degradation"] = DegradationSettings(**sup.get("degradation", {}))
+    ray = sup.get("ray", {})
+    sup["ray"] = RaySettings(**{**ray, "resources": MappingProxyType(ray.get("resources", {}))})
     return FleetSpec(SupervisorSettings(**sup), MappingProxyType(agents), tuple(tasks),
                      path=name)
 

@@ -80,12 +80,6 @@ class SupervisorSettings:
     degradation: DegradationSettings = field(default_factory=DegradationSettings)
     ray: RaySettings = field(default_factory=RaySettings)
 
-    def __post_init__(self) -> None:
-        if isinstance(self.ray, dict):  # the loader hands nested sections over as mappings
-            object.__setattr__(self, "ray", RaySettings(**{
-                k: MappingProxyType(v) if k == "resources" else v
-                for k, v in self.ray.items()}))
-
     @property
     def eviction_threshold(self) -> int:
         return self.min_free_memory // 2 if self.evict_below is None else self.evict_below

@@ -26,6 +26,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..proctree import ProcessTable
+
 #: A step the child runs before exec: (name of the system call, function).
 ChildStep = tuple[str, Callable[[], None]]
 
@@ -73,10 +75,16 @@ class StaleCage:
 def owner_tag(pid: int | None = None) -> str:
     """``PID-STARTTIME`` of a process: unique even when pids are reused."""
     pid = pid or os.getpid()
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    starttime = data[data.rindex(b")") + 2:].split()[19].decode()
-    return f"{pid}-{starttime}"
+    st = ProcessTable().stat(pid)
+    if st is None:
+        raise ProcessLookupError(pid)
+    return f"{pid}-{st.starttime}"
+
+
+def owner_alive(pid: int, starttime: str) -> bool:
+    """Whether the process that ``owner_tag`` named ``PID-STARTTIME`` still runs."""
+    st = ProcessTable().stat(pid)
+    return st is not None and str(st.starttime) == starttime
 
 
 def cage_name(owner: str, seq: int, label: str) -> str:
@@ -91,11 +99,7 @@ def stale_owner(name: str) -> int | None:
     if not match:
         return None
     pid = int(match.group(1))
-    try:
-        alive = owner_tag(pid) == f"{pid}-{match.group(2)}"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        alive = False
-    return None if alive else pid
+    return None if owner_alive(pid, match.group(2)) else pid
 
 
 def is_cage_name(name: str) -> bool:
@@ -123,9 +127,6 @@ class Cage(abc.ABC):
 
     def attach(self, pid: int) -> None:
         self.pid = pid
-
-    def spawned(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
-        """The agent is inside: release what only the child needed."""
 
     @abc.abstractmethod
     def usage(self) -> int: ...

@@ -64,8 +64,10 @@ class CgroupCage(Cage):
         # Opened here, written by the child: "0" moves the writing process itself.
         self._procs_fd = self._keep_open("cgroup.procs", os.O_WRONLY)
 
-    def spawned(self) -> None:
-        """Close cgroup.procs: the child wrote to it before exec; one fd less an agent."""
+    def attach(self, pid: int) -> None:
+        """The agent is inside (its child wrote to cgroup.procs before exec): close
+        the parent's handle on that file, one fd less per agent."""
+        super().attach(pid)
         if self._procs_fd in self._fds:
             self._fds.remove(self._procs_fd)
             os.close(self._procs_fd)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 
+from ..proctree import ProcessTable, read_proc
 from .base import StaleCage, stale_owner
 
 MARKER = b"AGENT_SUPERVISE_CAGE="
@@ -19,8 +20,7 @@ MARKER = b"AGENT_SUPERVISE_CAGE="
 
 def _marker(pid: int) -> str | None:
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read()
+        env = read_proc(f"/proc/{pid}/environ")
     except OSError:
         return None  # gone, a kernel thread, or another user's (not ours to touch)
     for entry in env.split(b"\0"):
@@ -30,15 +30,13 @@ def _marker(pid: int) -> str | None:
 
 
 def _ancestors() -> set[int]:
-    pids, pid = set(), os.getpid()
+    pids, pid, table = set(), os.getpid(), ProcessTable()
     while pid > 1:
         pids.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-            pid = int(data[data.rindex(b")") + 2:].split()[1])
-        except (OSError, ValueError):
+        st = table.stat(pid)
+        if st is None:
             break
+        pid = st.ppid
     return pids
 
 

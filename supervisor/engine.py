@@ -62,9 +62,9 @@ class LocalEngine:
         self.spawner = Spawner()
         self.escape = EscapeWatch(self.loop.table)
         self._creds: dict = {}
-        self._environ_raw: dict | None = None
-        self._headroom: int | None = None  # see headroom()
+        self._environ_raw: dict | None = None  # see _environ()
         self._environ_text: dict[str, str] = {}
+        self._headroom: int | None = None  # see headroom()
         self.runs: dict = {}  # task id -> AgentRun, or PooledRun for a pooled task
         self.pools = PoolKeeper(self, emit or (lambda event, **fields: None))
 
@@ -119,14 +119,11 @@ class LocalEngine:
                                       stderr=err_fd, creds=creds)
         except SpawnFailed as failed:
             cage.release()
-            detail = failed.why if failed.reason is Reason.NOT_EXECUTABLE else (
-                "" if failed.reason is Reason.NOT_FOUND else failed.message)
-            return self._not_started(task, failed.reason, detail, now, cage.backend)
+            return self._not_started(task, failed.reason, failed.detail, now, cage.backend)
         finally:
             os.close(out_fd)
             os.close(err_fd)
         cage.attach(proc.pid)
-        cage.spawned()  # the child has entered: the parent's handle is no longer needed
         spec = RunSpec(task.cmd, task.memory_limit, label, timeout, task.grace,
                        self.settings.poll_interval)
         run = AgentRun(spec, cage, proc.pid, now, escape=self.escape)
@@ -159,7 +156,6 @@ class LocalEngine:
     def step(self, max_wait: float | None) -> list:
         """Drive everything; return the task runs (plain or pooled) that ended."""
         ended = []
-        self._headroom = None  # samples, ends and pool workers change it from here on
         for run in self.loop.step(max_wait):
             out = run.outcome
             # Reaped by the loop: tell Popen, so it never waits on the pid again.
@@ -173,7 +169,7 @@ class LocalEngine:
         self.pools.done = []
         for run in ended:
             self.runs.pop(run.task.id, None)
-        self._headroom = None
+        self._headroom = None  # samples, ends and pool workers changed it
         return ended
 
     def headroom(self) -> int:

@@ -76,6 +76,7 @@ class AgentRun:
         self.status: int | None = None   # raw waitpid status of the root
         self.oom_seen = False
         self.leftovers = 0
+        self.emptied = False  # finished() saw the cage empty
         self.check_at = now
         self.outcome: Outcome | None = None
         self.task = None  # the fleet's Task, when run by an engine
@@ -193,6 +194,7 @@ class AgentRun:
                 return False
             self.settle_until = None
         if self.cage.is_empty() and not (self.escape and self._check_escape(now)):
+            self.emptied = True  # finish() follows at once: no need to read it again
             return True
         gave_up = self.killed_at is not None and now - self.killed_at > KILL_PATIENCE_S
         return gave_up
@@ -203,7 +205,7 @@ class AgentRun:
         oom = self.cage.oom_kills()
         kernel_peak = self.cage.peak()
         notes = list(getattr(self.cage, "notes", []))
-        remaining = self.cage.members()
+        remaining = [] if self.emptied else self.cage.members()
         if remaining:
             notes.append(f"{len(remaining)} processes survived SIGKILL (uninterruptible "
                          "sleep?); the cage was left for the next start to clean")

@@ -29,6 +29,7 @@ class MemorySource:
         return values
 
     def close(self) -> None:
+        """Close the kept-open /proc/meminfo (reopened if read again)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -151,6 +151,9 @@ class ClusterMemory:
     def own_rss(self) -> int:
         return self._own.own_rss()
 
+    def close(self) -> None:
+        self._own.close()
+
 
 def for_ray(settings):
     """The supervisor settings with the single-machine memory rules switched off."""

@@ -83,7 +83,6 @@ class _Signals:
 
 class RayEngine:
     backend_name = "ray"
-    stale: list = []
 
     def __init__(self, settings, cluster, *, clock=time.monotonic, on_interrupt=None,
                  emit=None) -> None:
@@ -273,9 +272,6 @@ class RayEngine:
         """Forward the driver's signal to every agent; a second one kills at once."""
         for run in list(self.runs.values()):
             self._order(run, Reason.INTERRUPTED, signum, signum)
-
-    def retire_pools(self, why: str) -> bool:
-        return False
 
     def close(self) -> None:
         """Nothing may outlive the run: force-cancel what is left (the worker dies, the

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 
 from .checkpoint import TAIL_BYTES
-from .limits.base import owner_tag
+from .limits.base import owner_alive, owner_tag
 from .linux import PR_SET_CHILD_SUBREAPER, prctl
 
 SCRATCH_PREFIX = "agent-supervise-ray."
@@ -139,12 +139,7 @@ def clean_scratch(tmp: str | None = None) -> int:
         match = _SCRATCH_RE.fullmatch(name)
         if not match:
             continue
-        pid = int(match.group(1))
-        try:
-            alive = owner_tag(pid) == f"{pid}-{match.group(2)}"
-        except (OSError, IndexError):
-            alive = False
-        if not alive:
+        if not owner_alive(int(match.group(1)), match.group(2)):
             shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
             removed += 1
     return removed

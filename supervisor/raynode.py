@@ -168,11 +168,14 @@ def _spawn(job, cage, creds, scratch):
 
 
 def _supervise(job, backend, creds, scratch, orders, where):
-    signals: list[int] = []
     received: list[int] = []
+
+    def on_signal(signum: int) -> None:  # forwarded to the agent, and remembered
+        received.append(signum)
+        loop.interrupt_all(signum)
+
     # reap_foreign=False: zombies that are not the agent's belong to Ray, not to us.
-    loop = Loop(reap_foreign=False, on_interrupt=lambda s: (signals.append(s),
-                                                            received.append(s)))
+    loop = Loop(reap_foreign=False, on_interrupt=on_signal)
     loop.catch_signals()  # ray.cancel arrives as SIGINT: forward it like a terminal's ^C
     run = guard = None
     t0 = time.monotonic()
@@ -190,13 +193,11 @@ def _supervise(job, backend, creds, scratch, orders, where):
             proc = _spawn(job, cage, creds, scratch)
         except SpawnFailed as failed:
             cage.release()
-            detail = failed.why if failed.reason is Reason.NOT_EXECUTABLE else (
-                "" if failed.reason is Reason.NOT_FOUND else failed.message)
-            yield ended(job, failed.reason, f"{where}: {detail}" if detail else where, t0,
+            yield ended(job, failed.reason,
+                        f"{where}: {failed.detail}" if failed.detail else where, t0,
                         cage.backend)
             return
         cage.attach(proc.pid)
-        cage.spawned()  # the child has entered: the parent's handle is no longer needed
         spec = RunSpec(job.cmd, job.memory, job.task_id, job.timeout, job.grace, job.poll)
         run = AgentRun(spec, cage, proc.pid, t0, escape=EscapeWatch(loop.table))
         loop.watch(run)
@@ -206,9 +207,6 @@ def _supervise(job, backend, creds, scratch, orders, where):
         while run.outcome is None:
             loop.step(0.1)
             now = time.monotonic()
-            for signum in signals:
-                run.interrupted(signum, now)
-            signals.clear()
             for cause, sig, cause_signal, *why in orders.fetch(now):
                 if cause == Reason.INTERRUPTED.value:
                     run.interrupted(sig, now)

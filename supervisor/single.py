@@ -17,7 +17,7 @@ from .escape import EscapeWatch
 from .lifecycle import AgentRun, RunSpec
 from .linux import become_subreaper, raise_open_files_limit
 from .loop import Loop
-from .outcome import Outcome, Reason, exit_code_for
+from .outcome import Outcome, exit_code_for
 from .reaper import CAGE_ENV
 from .spawn import Spawner, SpawnFailed
 from .units import parse_duration, parse_size
@@ -98,7 +98,6 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
             cage.release()
             return _not_started(cmd, cage, opts, failed, clock() - started)
         cage.attach(proc.pid)
-        cage.spawned()
         spec = RunSpec(cmd, opts.memory, label, opts.timeout, opts.grace, opts.poll)
         run = AgentRun(spec, cage, proc.pid, started, escape=EscapeWatch(loop.table))
         loop.watch(run)
@@ -116,6 +115,4 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
 def _not_started(cmd, cage, opts: RunOptions, failed: SpawnFailed, duration: float) -> Outcome:
     return Outcome(reason=failed.reason, exit_code=exit_code_for(failed.reason), cmd=cmd,
                    backend=cage.backend, limit_bytes=opts.memory, peak_bytes=None,
-                   duration_s=duration, detail={Reason.NOT_FOUND: "",
-                                                Reason.NOT_EXECUTABLE: failed.why}.get(
-                                                    failed.reason, failed.message))
+                   duration_s=duration, detail=failed.detail)

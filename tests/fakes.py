@@ -13,7 +13,7 @@ import signal
 import time
 
 from agent_supervise.errors import syscall_error
-from agent_supervise.limits.base import Cage
+from agent_supervise.limits.base import Cage, ChildSetup
 from agent_supervise.limits.cgroupfs import CgroupFS
 
 
@@ -36,7 +36,6 @@ class FakeCage(Cage):
         self.ignores_term = False
 
     def child_setup(self):
-        from agent_supervise.limits.base import ChildSetup
         return ChildSetup()
 
     def usage(self) -> int:

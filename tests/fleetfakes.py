@@ -29,6 +29,9 @@ class FakeMemory:
     def own_rss(self) -> int:
         return self.rss
 
+    def close(self) -> None:
+        pass
+
 
 class FakeRun:
     def __init__(self, task, pid: int, start: float, duration: float, reason, usage: int):

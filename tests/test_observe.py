@@ -201,7 +201,8 @@ def test_live_dashboard_draws_in_a_terminal(tmp_path):
                    if line.split("│")[0].strip() == "step-1")
         assert "running" in row or "ok" in row
         deadline = time.monotonic() + 30
-        while "finished" not in screen and time.monotonic() < deadline:
+        # The last frame says "finished"; the summary table is printed after it.
+        while "4 tasks:" not in screen and time.monotonic() < deadline:
             time.sleep(0.3)
             screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", session],
                                     capture_output=True, text=True, timeout=10).stdout

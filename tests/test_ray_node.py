@@ -75,7 +75,6 @@ def test_the_guard_kills_what_a_dead_worker_left_and_removes_it(backend, tmp_pat
     proc = Spawner().spawn(["sh", "-c", "setsid sleep 60 & exec sleep 61"], cage,
                            env={**os.environ, CAGE_ENV: cage.name})
     cage.attach(proc.pid)
-    cage.spawned()
     deadline = time.monotonic() + 10
     while len(_marked(cage.name)) < 2:
         assert time.monotonic() < deadline, "the agent's two processes did not start"
