@@ -142,9 +142,7 @@ def remove_when_empty(fs: CgroupFS, cage: CgroupCage) -> int:
         if inside - killed:  # new ones: forked while an earlier kill ran
             cage.kill()
             killed |= inside
-        # Nothing inside: nothing can fork its way in either, so no need to wait.
-        empty = not inside or cage.wait_empty(
-            max(0.0, min(0.5, deadline - time.monotonic())))
+        empty = cage.wait_empty(max(0.0, min(0.5, deadline - time.monotonic())))
         if empty or time.monotonic() >= deadline:
             try:
                 _remove_children(fs, path)
