@@ -35,24 +35,33 @@ ChildStep = tuple[str, Callable[[], None]]
 @dataclass(frozen=True)
 class ChildSetup:
     """What the child must do before exec to be inside its cage, as data: the
-    spawner does it with raw system calls (a vfork child runs no Python)."""
+    spawner does it with raw system calls (a vfork child runs no Python).
 
-    procs_fd: int | None = None      # write "0" here: move into the cgroup
-    procs_path: str = ""             # (for messages)
-    rlimit: tuple[int, int] | None = None  # (resource, value) for setrlimit
+    ``procs``: open ``cgroup.procs`` files to write "0" into, each with its path for
+    messages (a cage may join several hierarchies: memory and pids on cgroup v1).
+    ``rlimits``: (resource, value) pairs for setrlimit, soft = hard = value.
+    """
+
+    procs: tuple[tuple[int, str], ...] = ()
+    rlimits: tuple[tuple[int, int], ...] = ()
 
     def steps(self) -> list[ChildStep]:
         """The same, as Python functions for subprocess's preexec_fn (the fallback)."""
         import resource
         steps: list[ChildStep] = []
-        if self.procs_fd is not None:
-            fd = self.procs_fd
-            steps.append((f"write(0 > {self.procs_path})", lambda: os.write(fd, b"0")))
-        if self.rlimit is not None:
-            which, value = self.rlimit
+        for fd, path in self.procs:
+            steps.append((f"write(0 > {path})", lambda fd=fd: os.write(fd, b"0")))
+        for which, value in self.rlimits:
             steps.append((f"setrlimit({which}, {value})",
-                          lambda: resource.setrlimit(which, (value, value))))
+                          lambda w=which, v=value: resource.setrlimit(w, (v, v))))
         return steps
+
+    def describe_step(self, index: int) -> str:
+        """The name of the C child's cage step ``index`` (procs first, then rlimits)."""
+        if index < len(self.procs):
+            return f"write(0 > {self.procs[index][1]})"
+        which, value = self.rlimits[index - len(self.procs)]
+        return f"setrlimit({which}, {value})"
 
 CAGE_PREFIX = "agent-supervise"
 _NAME_RE = re.compile(rf"{CAGE_PREFIX}\.(\d+)-(\d+)\.(\d+)(?:\.[\w-]*)?")

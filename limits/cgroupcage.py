@@ -73,7 +73,7 @@ class CgroupCage(Cage):
             os.close(self._procs_fd)
 
     def child_setup(self) -> ChildSetup:
-        return ChildSetup(procs_fd=self._procs_fd, procs_path=self._file("cgroup.procs"))
+        return ChildSetup(procs=((self._procs_fd, self._file("cgroup.procs")),))
 
     # -- while it runs --------------------------------------------------------
     def usage(self) -> int:

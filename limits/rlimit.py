@@ -45,7 +45,7 @@ class RlimitCage(Cage):
         self._value = limit if hard == resource.RLIM_INFINITY or hard >= limit else hard
 
     def child_setup(self) -> ChildSetup:
-        return ChildSetup(rlimit=(KINDS[self.kind], self._value))
+        return ChildSetup(rlimits=((KINDS[self.kind], self._value),))
 
     def members(self) -> list[int]:
         roots = ([self.pid] if self.pid else []) + sorted(self.orphans)

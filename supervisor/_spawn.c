@@ -10,8 +10,9 @@
  * until it execs, so it only touches its own stack and C arrays built beforehand.
  *
  * Child steps, in order (each failure is reported as "step:errno" on report_fd):
- *   setsid; stdio dup2; enter the cage (write "0" to an open cgroup.procs);
- *   setrlimit (the cage's; and RLIMIT_NOFILE back to what the supervisor had); setgroups/setresgid/setresuid; PR_SET_PDEATHSIG (after the
+ *   setsid; stdio dup2; enter the cage (write "0" to each open cgroup.procs);
+ *   setrlimit (the cage's; and RLIMIT_NOFILE back to what the supervisor had);
+ *   setgroups/setresgid/setresuid; PR_SET_PDEATHSIG (after the
  *   credential change, which clears it); parent still alive?; chdir;
  *   signal handlers back to default, mask restored; close other fds on exec;
  *   execve over the candidate paths.
@@ -36,9 +37,12 @@
 #define SYS_close_range 436  /* the same number on every architecture */
 #endif
 
-/* Steps, reported to the parent by number. */
+/* Steps, reported to the parent by number. S_CAGE and S_RLIMIT report
+ * S_CAGE_BASE + the index of the failing cage item instead (procs first, then rlimits). */
 enum { S_SETSID = 1, S_STDIO, S_CAGE, S_RLIMIT, S_GROUPS, S_GID, S_UID, S_PDEATHSIG,
-       S_PARENT_GONE, S_CHDIR, S_EXEC };
+       S_PARENT_GONE, S_CHDIR, S_EXEC, S_CAGE_BASE = 100 };
+
+#define MAX_CAGE_ITEMS 8
 
 static void report(int fd, int step, int err) {
     char buf[32];
@@ -80,7 +84,8 @@ fail:
  * parent reads again once it resumes. */
 static __attribute__((noinline, noreturn)) void child(
                   char **paths, char **argv, char **envp, const char *cwd, int fds[3],
-                  int procs_fd, int rl_resource, long long rl_value,
+                  int *procs_fds, int nprocs, int *rl_resources, long long *rl_values,
+                  int nrlimits,
                   long long nofile_soft, long long nofile_hard, long uid, long gid,
                   gid_t *groups, int ngroups, int death_signal, pid_t parent, int report_fd,
                   sigset_t *old_mask) {
@@ -101,10 +106,12 @@ static __attribute__((noinline, noreturn)) void child(
             step = S_STDIO; goto fail;
         }
     }
-    if (procs_fd >= 0 && write(procs_fd, "0", 1) != 1) { step = S_CAGE; goto fail; }
-    if (rl_resource >= 0) {
-        struct rlimit rl = {(rlim_t)rl_value, (rlim_t)rl_value};
-        if (setrlimit(rl_resource, &rl) < 0) { step = S_RLIMIT; goto fail; }
+    for (int i = 0; i < nprocs; i++) {
+        if (write(procs_fds[i], "0", 1) != 1) { step = S_CAGE_BASE + i; goto fail; }
+    }
+    for (int i = 0; i < nrlimits; i++) {
+        struct rlimit rl = {(rlim_t)rl_values[i], (rlim_t)rl_values[i]};
+        if (setrlimit(rl_resources[i], &rl) < 0) { step = S_CAGE_BASE + nprocs + i; goto fail; }
     }
     if (nofile_soft >= 0) {  /* the limit the supervisor had before raising its own */
         struct rlimit rl = {(rlim_t)nofile_soft, (rlim_t)nofile_hard};
@@ -161,19 +168,42 @@ fail:
 
 static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"paths", "argv", "envp", "cwd", "stdin", "stdout", "stderr",
-                            "procs_fd", "rlimit_resource", "rlimit_value", "nofile_soft",
+                            "procs_fds", "rlimits", "nofile_soft",
                             "nofile_hard", "uid", "gid", "groups", "death_signal",
                             "report_fd", NULL};
-    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *groups_o;
-    int fds[3], procs_fd, rl_resource, death_signal, report_fd;
-    long long rl_value, nofile_soft, nofile_hard;
+    PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *groups_o, *procs_o, *rlimits_o;
+    int fds[3], death_signal, report_fd;
+    long long nofile_soft, nofile_hard;
     long uid, gid;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiiiLLLllOii", names, &paths_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiOOLLllOii", names, &paths_o,
                                      &argv_o, &envp_o, &cwd_o, &fds[0], &fds[1], &fds[2],
-                                     &procs_fd, &rl_resource, &rl_value, &nofile_soft,
+                                     &procs_o, &rlimits_o, &nofile_soft,
                                      &nofile_hard, &uid, &gid, &groups_o, &death_signal,
                                      &report_fd))
         return NULL;
+    /* The cage's steps, copied into C arrays on our stack before vfork. */
+    int procs_fds[MAX_CAGE_ITEMS], rl_resources[MAX_CAGE_ITEMS];
+    long long rl_values[MAX_CAGE_ITEMS];
+    Py_ssize_t nprocs = PySequence_Length(procs_o), nrl = PySequence_Length(rlimits_o);
+    if (nprocs < 0 || nrl < 0) return NULL;
+    if (nprocs > MAX_CAGE_ITEMS || nrl > MAX_CAGE_ITEMS) {
+        PyErr_SetString(PyExc_ValueError, "too many cage steps");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nprocs; i++) {
+        PyObject *o = PySequence_GetItem(procs_o, i);
+        if (!o) return NULL;
+        procs_fds[i] = (int)PyLong_AsLong(o);
+        Py_DECREF(o);
+        if (PyErr_Occurred()) return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nrl; i++) {
+        PyObject *o = PySequence_GetItem(rlimits_o, i);
+        if (!o) return NULL;
+        int ok = PyArg_ParseTuple(o, "iL", &rl_resources[i], &rl_values[i]);
+        Py_DECREF(o);
+        if (!ok) return NULL;
+    }
     char **paths = NULL, **argv = NULL, **envp = NULL;
     gid_t *groups = NULL;
     int ngroups = -1;
@@ -203,7 +233,8 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
     pid_t parent = getpid();
     pid_t pid = vfork();
     if (pid == 0) {
-        child(paths, argv, envp, cwd, fds, procs_fd, rl_resource, rl_value, nofile_soft,
+        child(paths, argv, envp, cwd, fds, procs_fds, (int)nprocs, rl_resources, rl_values,
+              (int)nrl, nofile_soft,
               nofile_hard, uid, gid, groups, ngroups, death_signal, parent, report_fd, &old);
     }
     int saved = errno;
@@ -227,8 +258,8 @@ out:
 
 static PyMethodDef methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS,
-     "spawn(paths, argv, envp, cwd, stdin, stdout, stderr, procs_fd, rlimit_resource, "
-     "rlimit_value, nofile_soft, nofile_hard, uid, gid, groups, death_signal, "
+     "spawn(paths, argv, envp, cwd, stdin, stdout, stderr, procs_fds, rlimits, "
+     "nofile_soft, nofile_hard, uid, gid, groups, death_signal, "
      "report_fd) -> pid\n\n"
      "vfork a child that enters its cage and execs. Failures come as 'step:errno' "
      "on report_fd (the child then exits 255)."},
@@ -252,5 +283,6 @@ PyMODINIT_FUNC PyInit__spawn(void) {
     PyModule_AddIntConstant(m, "S_PARENT_GONE", S_PARENT_GONE);
     PyModule_AddIntConstant(m, "S_CHDIR", S_CHDIR);
     PyModule_AddIntConstant(m, "S_EXEC", S_EXEC);
+    PyModule_AddIntConstant(m, "S_CAGE_BASE", S_CAGE_BASE);
     return m;
 }

@@ -106,7 +106,6 @@ class Spawner:
             else:
                 fds.append(stream if isinstance(stream, int) else stream.fileno())
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
-        rl = setup.rlimit or (-1, 0)
         nofile = original_open_files_limit() or (-1, -1)
         try:
             try:
@@ -114,7 +113,7 @@ class Spawner:
                     [_encode(p) for p in paths], [_encode(a) for a in cmd],
                     [_encode(f"{k}={v}") for k, v in env.items()],
                     None if cwd is None else os.fsencode(cwd), fds[0], fds[1], fds[2],
-                    -1 if setup.procs_fd is None else setup.procs_fd, rl[0], rl[1],
+                    [fd for fd, _ in setup.procs], list(setup.rlimits),
                     nofile[0], nofile[1], creds.uid if creds else -1,
                     creds.gid if creds else -1, list(creds.groups) if creds else None,
                     self.death_signal, report_w)
@@ -230,8 +229,11 @@ def _step_failure(step: int, code: int, cmd, cwd, setup, creds) -> SpawnFailed:
         return _exec_failure(OSError(code, os.strerror(code), cmd[0]), cmd, None)
     if step == _spawn.S_CHDIR:
         return _exec_failure(OSError(code, os.strerror(code), cwd), cmd, cwd)
-    call = {_spawn.S_CAGE: f"write(0 > {setup.procs_path})",
-            _spawn.S_RLIMIT: f"setrlimit{setup.rlimit}",
+    if step >= _spawn.S_CAGE_BASE:
+        call = setup.describe_step(step - _spawn.S_CAGE_BASE)
+        return SpawnFailed(Reason.SETUP_FAILED,
+                           f"entering the cage failed: {call}: {os.strerror(code)}", code)
+    call = {_spawn.S_RLIMIT: "setrlimit(RLIMIT_NOFILE)",
             _spawn.S_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
             _spawn.S_PARENT_GONE: "getppid (the supervisor died meanwhile)",
             _spawn.S_SETSID: "setsid", _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",
