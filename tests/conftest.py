@@ -8,13 +8,17 @@ and fails the test. The same fixture fails a test that leaves a zombie or a cage
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import psutil
 import pytest
@@ -216,6 +220,233 @@ def supervise(backend: str, *cmd, memory: str = "50M", extra=(), timeout: float 
     out = json_outcome(proc)
     assert proc.returncode == out["exit_code"], (proc.returncode, out)
     return out, proc
+
+
+# -- running as another user ---------------------------------------------------------
+
+#: The unprivileged user that the privilege tests switch to.
+OTHER_USER = "nobody"
+#: PATH for processes run as that user: the supervisor's own may start with folders
+#: that user cannot enter (a pyenv under /root), and a login would not have them.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def not_here(reason: str) -> NoReturn:
+    """This machine cannot run the test: skip, saying why; under CI=true, where every
+    test must run, fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (a skip is a failure under CI=true)")
+    pytest.skip(reason)
+
+
+class OtherUser:
+    """An unprivileged user to run processes as, with what those processes need.
+
+    The checkout may sit where that user cannot read (``mktemp -d`` makes 0700
+    folders), and so may the venv and the interpreter it links to (a pyenv under the
+    0700 /root). So this user gets its own: :attr:`python`, an interpreter of this
+    session's version (the compiled extensions must load) that the user can execute
+    itself, and :attr:`pythonpath`, copies of agent_supervise and its dependencies in a
+    folder the user can read. :meth:`run` switches user as a login does (setgroups,
+    setregid, setreuid, then exec), so the kernel checks the exec'd path as that user;
+    ``setpriv`` keeps root's capabilities across its exec, which lets a binary under
+    /root start and then load whatever libpython it can read.
+    """
+
+    def __init__(self, name: str):
+        import pwd
+        entry = pwd.getpwnam(name)
+        self.name, self.uid, self.gid = entry.pw_name, entry.pw_uid, entry.pw_gid
+        self.home = entry.pw_dir
+        self._scratch: Path | None = None
+
+    # -- folders -----------------------------------------------------------------
+
+    def _may(self, st: os.stat_result, bit: int) -> bool:
+        """Whether the mode bits grant this user ``bit`` (4 read, 1 execute/search); it
+        belongs to its own group only (run() clears the supplementary ones)."""
+        if st.st_uid == self.uid:
+            return bool(st.st_mode & (bit << 6))
+        if st.st_gid == self.gid:
+            return bool(st.st_mode & (bit << 3))
+        return bool(st.st_mode & bit)
+
+    def can_reach(self, path: str | Path) -> bool:
+        """Whether this user may enter every folder on the way to ``path`` (both the
+        path as written and with its links resolved). Mode bits only: a cheap filter
+        before running anything; running is the proof."""
+        for p in {Path(os.path.abspath(path)), Path(os.path.realpath(path))}:
+            for folder in p.parents:
+                try:
+                    if not self._may(os.stat(folder), 1):
+                        return False
+                except OSError:
+                    return False
+        return True
+
+    def folder(self, name: str = "shared") -> Path:
+        """A new folder (root's, mode 0755) that this user can enter and read, removed
+        at the end of the session."""
+        if self._scratch is None:
+            bases = [tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]
+            base = next((b for b in bases if os.path.isdir(b)
+                         and self.can_reach(os.path.join(b, "x"))), None)
+            if base is None:
+                not_here(f"no temporary folder that {self.name} can enter: {bases}")
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"agent-supervise-{self.name}.",
+                                                  dir=base))
+            self._scratch.chmod(0o755)
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=self._scratch))
+        folder.chmod(0o755)
+        return folder
+
+    def cleanup(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    # -- running -----------------------------------------------------------------
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a login of this user (plus ``extra``)."""
+        return {"PATH": SYSTEM_PATH, "HOME": self.home, "USER": self.name,
+                "LOGNAME": self.name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                **extra}
+
+    def run(self, cmd, *, env: dict | None = None, cwd: str | Path = "/",
+            timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+        """Run ``cmd`` as this user (no supplementary groups), output captured."""
+        return subprocess.run(cmd, user=self.uid, group=self.gid, extra_groups=[],
+                              env=self.env() if env is None else env, cwd=cwd,
+                              capture_output=True, timeout=timeout, **kw)
+
+    def run_cli(self, *args, timeout: float = 60) -> subprocess.CompletedProcess:
+        """``agent-supervise ARGS`` as this user, from its own copy of the package."""
+        return self.run([self.python, "-s", "-m", "agent_supervise", *args],
+                        env=self.env(PYTHONPATH=self.pythonpath), timeout=timeout)
+
+    @functools.cached_property
+    def python(self) -> str:
+        """An interpreter of this session's Python version that this user can run."""
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        candidates = [sys.executable, getattr(sys, "_base_executable", sys.executable),
+                      os.path.realpath(sys.executable)]
+        for folder in SYSTEM_PATH.split(":"):
+            candidates += [f"{folder}/python{version}", f"{folder}/python3"]
+        tried = []
+        for path in dict.fromkeys(candidates):
+            if not os.path.exists(path):
+                continue
+            if not self.can_reach(path):
+                tried.append(f"{path}: {self.name} cannot reach it")
+                continue
+            try:
+                proc = self.run([path, "-s", "-c", "import sys; print('%d.%d' % "
+                                 "sys.version_info[:2])"], timeout=60)
+            except OSError as err:
+                tried.append(f"{path}: {err.strerror}")
+                continue
+            said = proc.stdout.decode().strip()
+            if proc.returncode == 0 and said == version:
+                return path
+            tried.append(f"{path}: {said or proc.stderr.decode().strip()[-200:]}")
+        not_here(f"no Python {version} that {self.name} can run: " + "; ".join(tried))
+
+    @functools.cached_property
+    def pythonpath(self) -> str:
+        """A folder this user can read, holding copies of agent_supervise (the
+        packages this session imports, so the same code) and of the installed
+        distributions it depends on, at any depth."""
+        dest = self.folder("site")
+        for package, source in _our_packages():
+            shutil.copytree(source, dest.joinpath(*package.split(".")), dirs_exist_ok=True)
+        for dist in _dependencies():
+            root = Path(dist.locate_file(""))
+            for file in dist.files or ():
+                src = Path(dist.locate_file(file))
+                rel = os.path.relpath(src, root)
+                if rel.startswith("..") or not src.is_file():
+                    continue  # a script in bin/, or a RECORD entry that is not there
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+        for top, dirs, files in os.walk(dest):
+            for d in dirs:
+                os.chmod(os.path.join(top, d), 0o755)
+            for f in files:
+                path = os.path.join(top, f)
+                os.chmod(path, os.stat(path).st_mode & 0o777 | 0o444)
+        check = self.run([self.python, "-s", "-c", "import agent_supervise.cli, "
+                          "agent_supervise.limits; print(agent_supervise.__file__)"],
+                         env=self.env(PYTHONPATH=str(dest)))
+        assert check.returncode == 0 and check.stdout.decode().startswith(str(dest)), (
+            f"{self.name} cannot import its copy of agent_supervise in {dest}: "
+            f"{check.stdout.decode()}{check.stderr.decode()}")
+        return str(dest)
+
+
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        return {}
+    with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def _our_packages() -> list[tuple[str, str]]:
+    """(import name, folder) of every package of agent_supervise, as this session
+    imports them: pyproject.toml's list (an editable install maps each to its own
+    folder of the checkout, so walking the first folder would miss the others)."""
+    import importlib
+    names = _pyproject().get("tool", {}).get("setuptools", {}).get("packages")
+    if not names:
+        import agent_supervise.cli  # noqa: F401 - what the CLI imports, at least
+        names = [n for n, m in sys.modules.items() if n.split(".")[0] == "agent_supervise"
+                 and hasattr(m, "__path__")]
+    return [(n, importlib.import_module(n).__path__[0]) for n in sorted(names)]
+
+
+def _dependencies() -> list:
+    """The installed distributions agent_supervise needs at run time, recursively
+    (extras left out)."""
+    import re
+    from importlib import metadata
+    try:
+        roots = metadata.requires("agent-supervise") or []
+    except metadata.PackageNotFoundError:
+        roots = _pyproject().get("project", {}).get("dependencies", [])
+    found: dict[str, object] = {}
+    todo = list(roots)
+    while todo:
+        req = todo.pop()
+        name, _, marker = req.partition(";")
+        if "extra" in marker:
+            continue
+        name = re.match(r"[A-Za-z0-9._-]+", name.strip()).group().lower()
+        key = re.sub(r"[-_.]+", "-", name)
+        if key in found:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # not for this platform (a marker), or the import would fail anyway
+        found[key] = dist
+        todo += dist.requires or []
+    return list(found.values())
+
+
+@pytest.fixture(scope="session")
+def other_user():
+    """The unprivileged user (:data:`OTHER_USER`) as an :class:`OtherUser`. Needs root
+    to switch to it: elsewhere the test skips, saying so (fails under CI=true)."""
+    if os.geteuid() != 0:
+        not_here(f"needs root to run processes as {OTHER_USER}")
+    try:
+        user = OtherUser(OTHER_USER)
+    except KeyError:
+        not_here(f"no user {OTHER_USER!r} on this machine")
+    yield user
+    user.cleanup()
 
 
 # -- figures for the README's reliability section ------------------------------------

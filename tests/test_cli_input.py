@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import PY, cage_dirs, require_backend, required_backends, run_cli
+from conftest import cage_dirs, require_backend, required_backends, run_cli
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -94,20 +92,15 @@ def test_exec_failure_json():
     assert (out["reason"], out["exit_code"], out["pid"]) == ("not_found", 127, None)
 
 
-def test_cgroup_root_not_writable(tmp_path):
-    """A non-root user is refused a root-owned cgroup directory, before anything runs."""
+def test_cgroup_root_not_writable(other_user):
+    """A non-root user is refused a root-owned cgroup directory, before anything runs.
+    (It runs its own copy of the package: it may not read the checkout's.)"""
     require_backend("cgroup1")
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root to switch to an unprivileged user (setpriv)")
     from agent_supervise.limits import select_backend
     parent = select_backend("cgroup1").probe()
-    nobody = pwd.getpwnam("nobody")
     before = cage_dirs()
-    proc = subprocess.run(
-        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
-         "--clear-groups", PY, "-m", "agent_supervise", "run", "--cgroup-root", parent,
-         "--", "true"], capture_output=True, timeout=30, cwd="/")
-    one_line_error(proc, f"--cgroup-root {parent}: not writable by uid {nobody.pw_uid}")
+    proc = other_user.run_cli("run", "--cgroup-root", parent, "--", "true", timeout=30)
+    one_line_error(proc, f"--cgroup-root {parent}: not writable by uid {other_user.uid}")
     assert cage_dirs() == before
 
 

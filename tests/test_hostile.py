@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -103,23 +102,17 @@ def test_hostile_agent_is_contained(backend, case, tmp_path):
     record_figure("hostile", backend, case, contained=True)
 
 
-def test_privilege_drop_makes_the_escape_fail(backend, tmp_path):
+def test_privilege_drop_makes_the_escape_fail(backend, tmp_path, other_user):
     """As another user the agent cannot write into a root-owned cgroup.procs."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch users")
-    # nobody must reach the interpreter, the script and the working folder (the
-    # fleet file's): the venv lives under /root, pytest's tmp_path is private.
-    python = shutil.which("python3", path="/usr/bin:/bin")
-    shared = Path(tempfile.mkdtemp(prefix="agent-supervise-priv-"))
-    try:
-        shared.chmod(0o755)
-        script = shared / "hostile.py"
-        shutil.copy(HOSTILE, script)
-        path = fleet(tmp_path, backend, [python, str(script), "escape"], "user: nobody")
-        path = Path(shutil.copy(path, shared / "fleet.yaml"))
-        proc = run_cli("fleet", "--json", "--no-dashboard", str(path), timeout=120)
-    finally:
-        shutil.rmtree(shared)
+    # The user must reach the interpreter, the script and the working folder (the
+    # fleet file's): the checkout, its venv and pytest's tmp_path may be private.
+    shared = other_user.folder("priv")
+    script = shared / "hostile.py"
+    shutil.copy(HOSTILE, script)
+    path = fleet(tmp_path, backend, [other_user.python, str(script), "escape"],
+                 f"user: {other_user.name}")
+    path = Path(shutil.copy(path, shared / "fleet.yaml"))
+    proc = run_cli("fleet", "--json", "--no-dashboard", str(path), timeout=120)
     summary = json.loads(proc.stdout)
     hostile = next(t for t in summary["tasks"] if t["agent"] == "hostile")
     err = Path(hostile["stderr"]).read_text()
@@ -132,14 +125,14 @@ def test_privilege_drop_makes_the_escape_fail(backend, tmp_path):
     assert owner == 0  # the run folder (and the cage) stay root's
 
 
-def test_run_as_another_user(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch users")
-    out = run_cli("run", "--user", "nobody", "--", "sh", "-c",
+def test_run_as_another_user(tmp_path, other_user):
+    out = run_cli("run", "--user", other_user.name, "--", "sh", "-c",
                   "id -un; echo $HOME; cat /proc/self/status | grep -E '^(Uid|Gid)'")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.decode().splitlines()
-    assert lines[0] == "nobody" and lines[2].split()[1:] == ["65534"] * 4
+    assert lines[0] == other_user.name and lines[1] == other_user.home
+    assert lines[2].split()[1:] == [str(other_user.uid)] * 4
+    assert lines[3].split()[1:] == [str(other_user.gid)] * 4
     bad = run_cli("run", "--user", "no-such-user-x", "--", "true")
     assert bad.returncode == 2 and b"no such user 'no-such-user-x'" in bad.stderr
 

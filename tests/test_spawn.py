@@ -118,11 +118,9 @@ def test_stdio_env_cwd_fds_and_signals(path, tmp_path):
     assert not masks["SigIgn"] & (1 << (signal.SIGPIPE - 1))  # SIGPIPE back to default
 
 
-def test_parent_death_signal_is_set_even_after_a_user_change(path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch users")
+def test_parent_death_signal_is_set_even_after_a_user_change(path, other_user):
     cage = select_backend("rlimit").create("x", 64 * MiB)
-    creds = resolve("nobody")
+    creds = resolve(other_user.name)
     status, out = run(cage, ["sh", "-c", "id -u; grep PPid /proc/self/status; "
                              "cat /proc/self/status | grep -c NoNewPrivs"], creds=creds)
     assert out.split()[0] == str(creds.uid)
