@@ -14,7 +14,7 @@ help: ## Show the targets
 
 # The demo needs the package alone; tests and tools need the dev extra (pytest, ruff,
 # matplotlib, Ray: a few hundred MB), installed on first use.
-$(BASE): pyproject.toml setup.py supervisor/_spawn.c
+$(BASE): pyproject.toml setup.py supervisor/_spawn.c supervisor/_nsinit.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e .
 	@touch $(BASE)

@@ -127,6 +127,23 @@ class Cage(abc.ABC):
     #: Whether the kernel itself enforces the cap on the whole tree. When False
     #: the watchdog is the only tree-wide enforcement (rlimit).
     kernel_enforced = True
+    #: With namespaces of its own (see isolation.py), the agent's root is an init
+    #: that writes the agent's own exit status here; set by the spawner.
+    init_fd: int | None = None
+
+    def close_init(self) -> None:
+        """Close the init's status pipe unread (a run that is given up on)."""
+        if self.init_fd is not None:
+            os.close(self.init_fd)
+            self.init_fd = None
+
+    def init_report(self):
+        """Take the init's report once its process has exited (None without one)."""
+        if self.init_fd is None:
+            return None
+        from .isolation import InitReport
+        fd, self.init_fd = self.init_fd, None
+        return InitReport.read(fd)
 
     @abc.abstractmethod
     def child_setup(self) -> ChildSetup: ...

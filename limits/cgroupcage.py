@@ -116,6 +116,7 @@ class CgroupCage(Cage):
         """Close the files and remove the directory (waiting while it drains)."""
         if self._released:
             return
+        self.close_init()
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()

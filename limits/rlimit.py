@@ -82,6 +82,7 @@ class RlimitCage(Cage):
 
     def release(self) -> None:
         self.orphans.clear()
+        self.close_init()
 
 
 class RlimitBackend(Backend):

@@ -17,6 +17,7 @@
  *   signal handlers back to default, mask restored; close other fds on exec;
  *   execve over the candidate paths.
  */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -25,6 +26,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -40,9 +43,10 @@
 /* Steps, reported to the parent by number. S_CAGE and S_RLIMIT report
  * S_CAGE_BASE + the index of the failing cage item instead (procs first, then rlimits). */
 enum { S_SETSID = 1, S_STDIO, S_CAGE, S_RLIMIT, S_GROUPS, S_GID, S_UID, S_PDEATHSIG,
-       S_PARENT_GONE, S_CHDIR, S_EXEC, S_CAGE_BASE = 100 };
+       S_PARENT_GONE, S_CHDIR, S_EXEC, S_ISOLATE, S_CAGE_BASE = 100 };
 
 #define MAX_CAGE_ITEMS 8
+#define CHILD_STACK (256 * 1024)
 
 static void report(int fd, int step, int err) {
     char buf[32];
@@ -79,17 +83,58 @@ fail:
     return NULL;
 }
 
+/* Everything the child needs, built by the parent before vfork/clone: the child
+ * only reads it (it shares the parent's memory until it execs). */
+struct child_args {
+    char **paths, **argv, **envp;
+    const char *cwd;
+    int fds[3];
+    int *procs_fds, nprocs;
+    int *rl_resources, nrlimits;
+    long long *rl_values;
+    long long nofile_soft, nofile_hard;
+    long uid, gid;
+    gid_t *groups;
+    int ngroups, death_signal, report_fd;
+    pid_t parent;
+    sigset_t *old_mask;
+    /* Namespaces (see _nsinit.c): set only when the child was cloned into new PID,
+     * IPC and mount namespaces. */
+    int isolated;
+    const char *shm_options;   /* tmpfs options for the private /dev/shm */
+    const char *sysctl_paths[4], *sysctl_values[4];
+    const char *parent_proc;   /* "/proc/<parent pid>", to see the parent is alive */
+    int keep_fds[2];           /* survive exec (the init's report and status pipes) */
+};
+
+static int write_file(const char *path, const char *value) {
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = write(fd, value, strlen(value));
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return n == (ssize_t)strlen(value) ? 0 : -1;
+}
+
+/* A private /dev/shm sized to the cap, and the IPC namespace's own SysV limits: the
+ * agent's shared memory is bounded, and it goes when the namespaces go. Mount
+ * events must not propagate back to the supervisor's namespace: make / a slave. */
+static int isolate(struct child_args *a) {
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) return -1;
+    if (mount("agent-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, a->shm_options) < 0)
+        return -1;
+    for (int i = 0; i < 4 && a->sysctl_paths[i]; i++)
+        if (write_file(a->sysctl_paths[i], a->sysctl_values[i]) < 0) return -1;
+    return 0;
+}
+
 /* Never inlined: the child's locals must live in its own frame, below the parent's
- * (it shares the parent's stack until exec), not in slots of spawn()'s frame that the
- * parent reads again once it resumes. */
-static __attribute__((noinline, noreturn)) void child(
-                  char **paths, char **argv, char **envp, const char *cwd, int fds[3],
-                  int *procs_fds, int nprocs, int *rl_resources, long long *rl_values,
-                  int nrlimits,
-                  long long nofile_soft, long long nofile_hard, long uid, long gid,
-                  gid_t *groups, int ngroups, int death_signal, pid_t parent, int report_fd,
-                  sigset_t *old_mask) {
+ * (after vfork it shares the parent's stack until exec), not in slots of spawn()'s
+ * frame that the parent reads again once it resumes. */
+static __attribute__((noinline, noreturn)) void child(struct child_args *a) {
     int step;
+    int fds[3] = {a->fds[0], a->fds[1], a->fds[2]};
     if (setsid() < 0) { step = S_SETSID; goto fail; }
     /* Move any source fd that sits on another stdio slot out of the way first. */
     for (int i = 0; i < 3; i++) {
@@ -106,34 +151,45 @@ static __attribute__((noinline, noreturn)) void child(
             step = S_STDIO; goto fail;
         }
     }
-    for (int i = 0; i < nprocs; i++) {
-        if (write(procs_fds[i], "0", 1) != 1) { step = S_CAGE_BASE + i; goto fail; }
+    for (int i = 0; i < a->nprocs; i++) {
+        if (write(a->procs_fds[i], "0", 1) != 1) { step = S_CAGE_BASE + i; goto fail; }
     }
-    for (int i = 0; i < nrlimits; i++) {
-        struct rlimit rl = {(rlim_t)rl_values[i], (rlim_t)rl_values[i]};
-        if (setrlimit(rl_resources[i], &rl) < 0) { step = S_CAGE_BASE + nprocs + i; goto fail; }
+    for (int i = 0; i < a->nrlimits; i++) {
+        struct rlimit rl = {(rlim_t)a->rl_values[i], (rlim_t)a->rl_values[i]};
+        if (setrlimit(a->rl_resources[i], &rl) < 0) {
+            step = S_CAGE_BASE + a->nprocs + i; goto fail;
+        }
     }
-    if (nofile_soft >= 0) {  /* the limit the supervisor had before raising its own */
-        struct rlimit rl = {(rlim_t)nofile_soft, (rlim_t)nofile_hard};
+    if (a->nofile_soft >= 0) {  /* the limit the supervisor had before raising its own */
+        struct rlimit rl = {(rlim_t)a->nofile_soft, (rlim_t)a->nofile_hard};
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0) { step = S_RLIMIT; goto fail; }
     }
+    /* Before dropping privileges: mounting and the IPC sysctls need them. */
+    if (a->isolated && isolate(a) < 0) { step = S_ISOLATE; goto fail; }
     /* Raw system calls, not glibc's wrappers: those broadcast the change to every
      * thread of the process, and a vfork child still shares the parent's thread
      * list, so the parent's threads would change user too. */
-    if (ngroups >= 0 && syscall(SYS_setgroups, ngroups, groups) < 0) {
+    if (a->ngroups >= 0 && syscall(SYS_setgroups, a->ngroups, a->groups) < 0) {
         step = S_GROUPS; goto fail;
     }
-    if (gid >= 0 && syscall(SYS_setresgid, gid, gid, gid) < 0) { step = S_GID; goto fail; }
-    if (uid >= 0 && syscall(SYS_setresuid, uid, uid, uid) < 0) { step = S_UID; goto fail; }
-    if (death_signal > 0 && prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) < 0) {
+    if (a->gid >= 0 && syscall(SYS_setresgid, a->gid, a->gid, a->gid) < 0) {
+        step = S_GID; goto fail;
+    }
+    if (a->uid >= 0 && syscall(SYS_setresuid, a->uid, a->uid, a->uid) < 0) {
+        step = S_UID; goto fail;
+    }
+    if (a->death_signal > 0 && prctl(PR_SET_PDEATHSIG, a->death_signal, 0, 0, 0) < 0) {
         step = S_PDEATHSIG; goto fail;
     }
-    if (death_signal > 0 && getppid() != parent) {
-        /* The parent died before prctl: nobody will send the signal; act as if sent. */
-        kill(getpid(), death_signal);
+    /* The parent died before prctl: nobody will send the signal; act as if sent. In
+     * a new PID namespace getppid() is 0 (the parent is outside it): look in /proc,
+     * which is still the parent namespace's. */
+    if (a->death_signal > 0 && (a->isolated ? access(a->parent_proc, F_OK) < 0
+                                            : getppid() != a->parent)) {
+        kill(getpid(), a->death_signal);
         step = S_PARENT_GONE; errno = ESRCH; goto fail;
     }
-    if (cwd && chdir(cwd) < 0) { step = S_CHDIR; goto fail; }
+    if (a->cwd && chdir(a->cwd) < 0) { step = S_CHDIR; goto fail; }
     /* Python's handlers are C functions writing to a wakeup fd: back to default. */
     for (int sig = 1; sig < NSIG; sig++) {
         struct sigaction sa;
@@ -146,41 +202,77 @@ static __attribute__((noinline, noreturn)) void child(
             sigaction(sig, &sa, NULL);
         }
     }
-    sigprocmask(SIG_SETMASK, old_mask, NULL);
+    sigprocmask(SIG_SETMASK, a->old_mask, NULL);
     if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
         /* Before Linux 5.11: mark each fd; report_fd stays open until exec. */
         long max = sysconf(_SC_OPEN_MAX);
         for (long fd = 3; fd < max && fd < 65536; fd++) fcntl(fd, F_SETFD, FD_CLOEXEC);
     }
+    for (int i = 0; i < 2; i++) {
+        if (a->keep_fds[i] >= 0 && fcntl(a->keep_fds[i], F_SETFD, 0) < 0) {
+            step = S_ISOLATE; goto fail;
+        }
+    }
     /* Like a shell: a candidate that exists but cannot run (EACCES...) is what to
      * report, unless a later one runs; else "not found". */
     int exec_errno = 0;
-    for (char **p = paths; *p; p++) {
-        execve(*p, argv, envp);
+    for (char **p = a->paths; *p; p++) {
+        execve(*p, a->argv, a->envp);
         if (errno != ENOENT && errno != ENOTDIR && exec_errno == 0) exec_errno = errno;
     }
     errno = exec_errno ? exec_errno : ENOENT;
     step = S_EXEC;
 fail:
-    report(report_fd, step, errno);
+    report(a->report_fd, step, errno);
     _exit(255);
+}
+
+static int cloned_child(void *arg) {
+    child((struct child_args *)arg);  /* never returns */
 }
 
 static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"paths", "argv", "envp", "cwd", "stdin", "stdout", "stderr",
                             "procs_fds", "rlimits", "nofile_soft",
                             "nofile_hard", "uid", "gid", "groups", "death_signal",
-                            "report_fd", NULL};
+                            "report_fd", "isolation", NULL};
     PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *groups_o, *procs_o, *rlimits_o;
+    PyObject *isolation_o = Py_None;
     int fds[3], death_signal, report_fd;
     long long nofile_soft, nofile_hard;
     long uid, gid;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiOOLLllOii", names, &paths_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiOOLLllOii|O", names, &paths_o,
                                      &argv_o, &envp_o, &cwd_o, &fds[0], &fds[1], &fds[2],
                                      &procs_o, &rlimits_o, &nofile_soft,
                                      &nofile_hard, &uid, &gid, &groups_o, &death_signal,
-                                     &report_fd))
+                                     &report_fd, &isolation_o))
         return NULL;
+    struct child_args a;
+    memset(&a, 0, sizeof a);
+    a.keep_fds[0] = a.keep_fds[1] = -1;
+    /* isolation: (shm tmpfs options, ((sysctl path, value), ...), (keep_fd, keep_fd))
+     * as bytes and ints; the strings stay owned by the tuple while we run. */
+    if (isolation_o != Py_None) {
+        PyObject *sysctls;
+        char *shm;
+        if (!PyArg_ParseTuple(isolation_o, "yO(ii)", &shm, &sysctls, &a.keep_fds[0],
+                              &a.keep_fds[1]))
+            return NULL;
+        Py_ssize_t n = PySequence_Length(sysctls);
+        if (n < 0 || n > 4) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "at most 4 sysctls");
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = PySequence_GetItem(sysctls, i);  /* borrowed from the tuple */
+            if (!item) return NULL;
+            int ok = PyArg_ParseTuple(item, "yy", &a.sysctl_paths[i], &a.sysctl_values[i]);
+            Py_DECREF(item);
+            if (!ok) return NULL;
+        }
+        a.isolated = 1;
+        a.shm_options = shm;
+    }
     /* The cage's steps, copied into C arrays on our stack before vfork. */
     int procs_fds[MAX_CAGE_ITEMS], rl_resources[MAX_CAGE_ITEMS];
     long long rl_values[MAX_CAGE_ITEMS];
@@ -230,14 +322,34 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
     sigfillset(&all);
     /* No signal may run a handler in the child while it shares our memory. */
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    pid_t parent = getpid();
-    pid_t pid = vfork();
-    if (pid == 0) {
-        child(paths, argv, envp, cwd, fds, procs_fds, (int)nprocs, rl_resources, rl_values,
-              (int)nrl, nofile_soft,
-              nofile_hard, uid, gid, groups, ngroups, death_signal, parent, report_fd, &old);
+    a.paths = paths; a.argv = argv; a.envp = envp; a.cwd = cwd;
+    memcpy(a.fds, fds, sizeof fds);
+    a.procs_fds = procs_fds; a.nprocs = (int)nprocs;
+    a.rl_resources = rl_resources; a.rl_values = rl_values; a.nrlimits = (int)nrl;
+    a.nofile_soft = nofile_soft; a.nofile_hard = nofile_hard;
+    a.uid = uid; a.gid = gid; a.groups = groups; a.ngroups = ngroups;
+    a.death_signal = death_signal; a.report_fd = report_fd; a.old_mask = &old;
+    a.parent = getpid();
+    char parent_proc[32];
+    snprintf(parent_proc, sizeof parent_proc, "/proc/%d", (int)a.parent);
+    a.parent_proc = parent_proc;
+    pid_t pid;
+    char *stack = NULL;
+    if (a.isolated) {
+        /* glibc's posix_spawn does the same: clone with CLONE_VM | CLONE_VFORK on a
+         * stack of the child's own. The flags put the child at PID 1 of new PID,
+         * IPC and mount namespaces (unshare() would not move the caller itself). */
+        stack = PyMem_Malloc(CHILD_STACK);
+        if (!stack) { pthread_sigmask(SIG_SETMASK, &old, NULL); PyErr_NoMemory(); goto out; }
+        pid = clone(cloned_child, stack + CHILD_STACK,
+                    CLONE_VM | CLONE_VFORK | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNS
+                    | SIGCHLD, &a);
+    } else {
+        pid = vfork();
+        if (pid == 0) child(&a);
     }
     int saved = errno;
+    PyMem_Free(stack);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     PyMem_Free(paths);
     PyMem_Free(argv);
@@ -284,5 +396,6 @@ PyMODINIT_FUNC PyInit__spawn(void) {
     PyModule_AddIntConstant(m, "S_CHDIR", S_CHDIR);
     PyModule_AddIntConstant(m, "S_EXEC", S_EXEC);
     PyModule_AddIntConstant(m, "S_CAGE_BASE", S_CAGE_BASE);
+    PyModule_AddIntConstant(m, "S_ISOLATE", S_ISOLATE);
     return m;
 }

@@ -116,7 +116,7 @@ class LocalEngine:
         try:
             proc = self.spawner.spawn(task.cmd, cage, env=env, cwd=task.cwd, stdin=stdin,
                                       stdout=out_fd if stdout is None else stdout,
-                                      stderr=err_fd, creds=creds)
+                                      stderr=err_fd, creds=creds, grace=task.grace)
         except SpawnFailed as failed:
             cage.release()
             return self._not_started(task, failed.reason, failed.detail, now, cage.backend)

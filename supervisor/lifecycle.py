@@ -110,11 +110,14 @@ class AgentRun:
             self.oom_seen = True
             self.stop(Reason.OOM_KILLED, signal.SIGKILL, now)
 
-    def root_exited(self, status: int, now: float) -> None:
+    def root_exited(self, status: int, now: float, leftovers: int = 0) -> None:
+        """The root exited at ``now``. ``leftovers``: processes it left that its
+        namespace's init has already stopped (see limits/isolation.py)."""
         self.status = status
         self.ended = now
         if self.cause is None and self.state == "running":
             self.state = "draining"
+            self.leftovers = leftovers
             if not self.cage.is_empty():
                 self.leftovers = self.cage.signal(signal.SIGTERM)
                 self.kill_at = now + self.spec.grace

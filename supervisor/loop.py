@@ -140,7 +140,19 @@ class Loop:
                 os.close(pidfd)
             # Its children were reparented to us before it became a zombie.
             self.tracker.scan(self.runs.values())
-            run.root_exited(status, self.clock())
+            now = self.clock()
+            report = run.cage.init_report()
+            if report is None:
+                run.root_exited(status, now)
+                return
+            # The agent's init exited: the agent itself exited drain_s earlier, and
+            # the init gave what it left SIGTERM and the grace before the kernel
+            # killed the rest (see limits/isolation.py).
+            run.root_exited(report.status, now - report.drain_s,
+                            leftovers=report.leftovers)
+            note = report.removed()
+            if note:
+                run.cage.notes.append(note)
 
     def _on_signals(self) -> None:
         for signum in self.signals.drain():
@@ -197,6 +209,8 @@ class Loop:
 
     def close(self) -> None:
         self.tracker.reap(set(self.runs))
+        for run in self.runs.values():
+            run.cage.close_init()
         for pidfd in self._pidfds.values():
             os.close(pidfd)
         self._pidfds.clear()

@@ -160,7 +160,7 @@ def _spawn(job, cage, creds, scratch):
         with Spawner() as spawner:
             return spawner.spawn(job.cmd, cage, env=env, cwd=job.cwd,
                                  stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
-                                 creds=creds)
+                                 creds=creds, grace=job.grace)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(out_fd)

@@ -93,7 +93,8 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
         try:
             with Spawner() as spawner:
                 proc = spawner.spawn(cmd, cage, env=env, cwd=opts.cwd, stdin=stdin,
-                                     stdout=stdout, stderr=stderr, creds=opts.creds)
+                                     stdout=stdout, stderr=stderr, creds=opts.creds,
+                                     grace=opts.grace)
         except SpawnFailed as failed:
             cage.release()
             return _not_started(cmd, cage, opts, failed, clock() - started)

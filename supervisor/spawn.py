@@ -30,6 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from .limits import isolation
 from .linux import original_open_files_limit, set_parent_death_signal
 from .outcome import Reason
 
@@ -67,9 +68,17 @@ class SpawnFailed(Exception):
 class Child:
     """A started agent process, as much of a Popen as the supervisor uses."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, cage=None) -> None:
         self.pid = pid
+        self.cage = cage
         self.returncode: int | None = None  # set by whoever reaps it
+
+    def wait(self) -> int:
+        """Reap it; the agent's own raw wait status (with namespaces, the pid is the
+        agent's init, which reports the agent's status through the cage)."""
+        _, status = os.waitpid(self.pid, 0)
+        report = self.cage.init_report() if self.cage is not None else None
+        return report.status if report is not None else status
 
 
 def fast_path() -> bool:
@@ -85,18 +94,26 @@ class Spawner:
         self._null_fd: int | None = None
 
     def spawn(self, cmd, cage, *, env=None, cwd=None, stdin=None, stdout=None,
-              stderr=None, creds=None):
+              stderr=None, creds=None, grace: float = 2.0):
         """Start ``cmd`` in ``cage`` (as ``creds``' user, if given); return an object
-        with ``pid`` and ``returncode``; raise :class:`SpawnFailed` if it cannot run."""
+        with ``pid`` and ``returncode``; raise :class:`SpawnFailed` if it cannot run.
+
+        Where agents can have namespaces of their own (``limits.isolation``), the pid
+        is their init's, which gives the leftovers ``grace`` after the agent exits,
+        and the cage's ``init_fd`` is where the agent's own exit status will be."""
         setup = cage.child_setup()
         if fast_path():
-            return self._vfork(list(cmd), setup, creds, env, cwd, (stdin, stdout, stderr))
+            plan = isolation.Plan.for_cap(cage.limit) if isolation.enabled() else None
+            return self._vfork(list(cmd), setup, creds, env, cwd, (stdin, stdout, stderr),
+                               plan, grace, cage)
         return self._fork(list(cmd), setup, creds, env, cwd, stdin, stdout, stderr)
 
     # -- vfork, through the C extension -----------------------------------------------
-    def _vfork(self, cmd, setup, creds, env, cwd, stdio) -> Child:
+    def _vfork(self, cmd, setup, creds, env, cwd, stdio, plan=None, grace=2.0,
+               cage=None) -> Child:
         env = os.environ if env is None else env
         paths = [cmd[0]] if os.sep in cmd[0] else self._lookup(cmd[0], env)
+        argv = cmd
         fds = []
         for stream in stdio:
             if stream is None:
@@ -107,24 +124,43 @@ class Spawner:
                 fds.append(stream if isinstance(stream, int) else stream.fileno())
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         nofile = original_open_files_limit() or (-1, -1)
+        init_r = init_w = -1
+        ns = None
+        if plan is not None:
+            init_r, init_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            argv = plan.argv(init_w, report_w, grace, paths, cmd)
+            paths = [isolation.INIT]
+            ns = (plan.shm_options, plan.sysctls, (report_w, init_w))
         try:
             try:
                 pid = _spawn.spawn(
-                    [_encode(p) for p in paths], [_encode(a) for a in cmd],
+                    [_encode(p) for p in paths], [_encode(a) for a in argv],
                     [_encode(f"{k}={v}") for k, v in env.items()],
                     None if cwd is None else os.fsencode(cwd), fds[0], fds[1], fds[2],
                     [fd for fd, _ in setup.procs], list(setup.rlimits),
                     nofile[0], nofile[1], creds.uid if creds else -1,
                     creds.gid if creds else -1, list(creds.groups) if creds else None,
-                    self.death_signal, report_w)
+                    self.death_signal, report_w, ns)
             finally:
                 os.close(report_w)
-            report = os.read(report_r, 64).decode()  # the child has exec'd or exited
+                if init_w >= 0:
+                    os.close(init_w)
+            # Until the agent has exec'd or failed (with namespaces, the init's copy
+            # is closed once it has forked the agent).
+            report = os.read(report_r, 64).decode()
+        except BaseException:
+            if init_r >= 0:
+                os.close(init_r)
+            raise
         finally:
             os.close(report_r)
         if not report:
-            return Child(pid)
-        os.waitpid(pid, 0)  # it exited 255 after reporting
+            if cage is not None and init_r >= 0:
+                cage.init_fd = init_r
+            return Child(pid, cage)
+        if init_r >= 0:
+            os.close(init_r)
+        os.waitpid(pid, 0)  # it (or, with namespaces, its init) exited after reporting
         step, _, code = report.partition(":")
         raise _step_failure(int(step), int(code or 0), cmd, cwd, setup, creds)
 
@@ -234,6 +270,7 @@ def _step_failure(step: int, code: int, cmd, cwd, setup, creds) -> SpawnFailed:
         return SpawnFailed(Reason.SETUP_FAILED,
                            f"entering the cage failed: {call}: {os.strerror(code)}", code)
     call = {_spawn.S_RLIMIT: "setrlimit(RLIMIT_NOFILE)",
+            _spawn.S_ISOLATE: "namespaces (a private /dev/shm, IPC limits, the init's fds)",
             _spawn.S_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
             _spawn.S_PARENT_GONE: "getppid (the supervisor died meanwhile)",
             _spawn.S_SETSID: "setsid", _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",

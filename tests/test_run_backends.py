@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import ALLOC, ESCAPE, NODE_ALLOC, PY, MiB, run_cli, supervise
+from conftest import ALLOC, ESCAPE, NODE_ALLOC, PY, MiB, reap_orphans, run_cli, supervise
 
 KERNEL = ("cgroup1", "cgroup2")
 CAP = 50 * MiB
@@ -224,7 +224,11 @@ def test_supervisor_sigkill_takes_the_agent_along(backend, tmp_path):
     """PR_SET_PDEATHSIG: the agent root dies with a SIGKILLed supervisor."""
     pidfile = tmp_path / "pid"
     proc = subprocess.Popen([PY, "-m", "agent_supervise", "run", "--backend", backend,
-                             "--", "sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"])
+                             "--", "sh", "-c",
+                             # /proc is the supervisor's: the pid as it sees it, also
+                             # when the agent has a PID namespace of its own.
+                             f"read pid rest < /proc/self/stat; echo $pid > {pidfile}; "
+                             "exec sleep 60"])
     deadline = time.monotonic() + 10
     while not (pidfile.exists() and pidfile.read_text().strip()):
         assert time.monotonic() < deadline
@@ -236,12 +240,10 @@ def test_supervisor_sigkill_takes_the_agent_along(backend, tmp_path):
     while _alive(agent):
         assert time.monotonic() < deadline, "agent survived its supervisor"
         time.sleep(0.05)
-    # With its supervisor gone the dead agent was reparented to pytest (a subreaper
-    # for leak detection); init would reap it elsewhere, here the test does.
-    try:
-        os.waitpid(agent, 0)
-    except ChildProcessError:
-        pass
+    # With its supervisor gone the dead agent (and its namespace's init, if it had
+    # one) was reparented to pytest (a subreaper for leak detection); init would reap
+    # them elsewhere, here the test does.
+    reap_orphans()
     # The cage of the killed supervisor is stale: the next start removes it.
     cleanup = run_cli("run", "--backend", backend, "--", "true")
     assert cleanup.returncode == 0
