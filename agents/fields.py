@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadInput
-from ..units import MAX_SIZE, parse_duration, parse_size
+from ..units import MAX_SIZE, parse_cap, parse_duration, parse_size
+from . import bounds as B
 
 #: Agent names become log file names: letters, digits, '_', '-', '.', no '/' or '..'.
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -41,11 +42,12 @@ def _type_name(value: Any) -> str:
 @dataclass(frozen=True)
 class Field:
     name: str
-    kind: str          # size, size0, duration, int, choice, path, cmd, env, text, bool,
-                       # resources, object
+    kind: str          # size, size0, cap, duration, int, choice, path, cmd, env, text,
+                       # bool, resources, object
     doc: str
     default: Any = None
     minimum: float = 1
+    maximum: int | None = None  # kind int: the documented bound (bounds.MAX_REPEAT)
     choices: tuple[str, ...] = ()
     required: bool = False
     sub: tuple = ()    # kind "object": the nested fields (the loader recurses)
@@ -63,6 +65,12 @@ class Field:
         return parse_size(value, what=what, allow_zero=self.kind == "size0")
 
     _size0 = _size
+
+    def _cap(self, value, what):
+        """An agent's memory cap: a size of at least bounds.MIN_CAP."""
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise FieldError(f"{value!r} is not a size", "try 50M")
+        return parse_cap(value, what=what)
 
     def _duration(self, value, what):
         if value is None:
@@ -87,6 +95,10 @@ class Field:
         if value < self.minimum:
             raise FieldError(f"{value} is below the minimum of {self.minimum}",
                              f"try {self.default or self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise FieldError(f"{B.clip(str(value), 40)} is above the maximum of "
+                             f"{self.maximum:,}", f"split it into several tasks of at most "
+                             f"{self.maximum:,}")
         return value
 
     def _choice(self, value, what):
@@ -97,8 +109,9 @@ class Field:
 
     def _text(self, value, what):
         if not isinstance(value, str) or not value:
-            raise FieldError(f"{value!r} is {_type_name(value)}, not text",
+            raise FieldError(f"{_quote(value)} is {_type_name(value)}, not text",
                              "quote it: 'value'")
+        _kernel_text(value)
         return value
 
     _path = _text
@@ -128,8 +141,10 @@ class Field:
         """A user or group: a name, or a numeric id."""
         if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "" or (
                 isinstance(value, int) and value < 0):
-            raise FieldError(f"{value!r} is not a user or group name or id",
+            raise FieldError(f"{_quote(value)} is not a user or group name or id",
                              "write a name such as nobody, or an id such as 65534")
+        if isinstance(value, str):
+            _kernel_text(value)
         return str(value)
 
     def _cmd(self, value, what):
@@ -141,8 +156,12 @@ class Field:
             raise FieldError(f"{_type_name(value)} is not a command", "write cmd: [prog, arg]")
         for i, word in enumerate(value):
             if not isinstance(word, str):
-                raise FieldError(f"word {i} is {_type_name(word)} ({word!r}), not text",
-                                 f"quote it: '{word}'", at=i)
+                raise FieldError(f"word {i} is {_type_name(word)} ({_quote(word)}), not "
+                                 "text", f"quote it: '{B.clip(str(word), 40)}'", at=i)
+            _kernel_text(word, at=i)
+        if not value[0]:  # exec would fail: exit 126, with an agent's slot spent
+            raise FieldError("the program name (word 0) is empty",
+                             "name a program: cmd: [python3, ...]", at=0)
         return tuple(value)
 
     def _env(self, value, what):
@@ -150,11 +169,18 @@ class Field:
             raise FieldError(f"{_type_name(value)} is not a mapping", "write env: {KEY: value}")
         for key, val in value.items():
             if not isinstance(key, str) or not key:
-                raise FieldError(f"the key {key!r} is not text", f"quote it: '{key}'")
+                raise FieldError(f"the key {_quote(key)} is not text",
+                                 f"quote it: '{B.clip(str(key), 40)}'")
             if not isinstance(val, str):
                 what_values = "placeholder" if self.name == "vars" else "environment"
-                raise FieldError(f"{val!r} is {_type_name(val)}; {what_values} values "
-                                 "are text", f"quote it: {key}: '{val}'", at=key)
+                raise FieldError(f"{_quote(val)} is {_type_name(val)}; {what_values} values "
+                                 "are text", f"quote it: {key}: '{B.clip(str(val), 40)}'",
+                                 at=key)
+            if self.name == "env" and "=" in key:
+                raise FieldError(f"the name {_quote(key)} contains '='", "environment "
+                                 "names cannot: the first '=' ends the name", at=key)
+            _kernel_text(key, at=key)
+            _kernel_text(val, at=key)
         return dict(value)
 
     def schema(self) -> dict:
@@ -168,7 +194,11 @@ class Field:
             "duration": {"oneOf": [{"type": "number", "exclusiveMinimum": 0},
                                    {"type": "string", "pattern": DURATION_RE},
                                    {"type": "null"}]},
-            "int": {"type": "integer", "minimum": self.minimum},
+            "cap": {"oneOf": [{"type": "integer", "minimum": B.MIN_CAP,
+                               "maximum": MAX_SIZE},
+                              {"type": "string", "pattern": SIZE_RE}]},
+            "int": {"type": "integer", "minimum": self.minimum,
+                    **({"maximum": self.maximum} if self.maximum is not None else {})},
             "number": {"type": "number", "minimum": self.minimum},
             "choice": {"enum": list(self.choices)},
             "text": {"type": "string", "minLength": 1},
@@ -189,6 +219,18 @@ class Field:
         if self.default is not None:
             out["default"] = self.default
         return out
+
+
+def _quote(value) -> str:
+    """repr() of a value for a message, cut short: it may be a megabyte long."""
+    return B.clip(repr(value), 80)
+
+
+def _kernel_text(value: str, at=None) -> None:
+    """Refuse text no argv, environ or path can carry (a NUL), now, not at spawn."""
+    problem = B.text_problem(value)
+    if problem:
+        raise FieldError(f"{_quote(value)} {problem}", "remove it", at=at)
 
 
 def _splits(text: str) -> bool:
@@ -263,7 +305,11 @@ SUPERVISOR = (
 AGENT = (
     Field("cmd", "cmd", "The command as a list of words; {name} placeholders are filled "
           "from each task's vars.", required=True),
-    Field("memory_limit", "size", "Hard cap on the agent's whole process tree.", "50M"),
+    Field("memory_limit", "cap", "Hard cap on the agent's whole process tree (at least "
+          "1M).", "50M"),
+    Field("pids_limit", "int", "Process cap: at most this many tasks (processes and "
+          "threads) in the agent; a fork refused at it stops the agent (reason "
+          "pids_exceeded). 0 turns it off.", 4096, minimum=0),
     Field("timeout", "duration", "Stop the agent after this long (reason timeout)."),
     Field("grace", "duration", "Time between SIGTERM and SIGKILL for this agent."),
     Field("env", "env", "Extra environment variables."),
@@ -281,7 +327,7 @@ AGENT = (
           minimum=0),
     Field("grow_factor", "number", "With on_memory_kill: grow, multiply the cap by this.",
           2, minimum=1.01),
-    Field("max_memory_limit", "size", "With on_memory_kill: grow, the largest cap."),
+    Field("max_memory_limit", "cap", "With on_memory_kill: grow, the largest cap."),
     Field("pool", "object", "Run as long-lived workers that take one JSON task per line "
           "on stdin and answer one JSON line on stdout.", sub=POOL),
 )
@@ -289,8 +335,9 @@ DEFAULTS = tuple(f for f in AGENT if f.name not in ("cmd", "pool"))
 TASK = (
     Field("agent", "text", "Which agent to run.", required=True),
     Field("vars", "env", "Values for the agent's {placeholders}."),
-    Field("repeat", "int", "Run it this many times.", 1),
-    Field("memory_limit", "size", "Override the agent's cap for this task."),
+    Field("repeat", "int", f"Run it this many times (at most {B.MAX_REPEAT:,}).", 1,
+          maximum=B.MAX_REPEAT),
+    Field("memory_limit", "cap", "Override the agent's cap for this task."),
     Field("timeout", "duration", "Override the agent's timeout for this task."),
 )
 SECTIONS = ("supervisor", "defaults", "agents", "tasks")

@@ -3,19 +3,22 @@
 Errors read ``FILE:LINE:COL: key.path: what is wrong (the fix)`` and are all
 collected before the file is refused, so one run of ``validate`` shows them all.
 Duplicate keys, which PyYAML silently resolves to the last one, are errors: nothing
-the user wrote may be dropped without a word.
+the user wrote may be dropped without a word. The file is read and composed within
+the limits of :mod:`.bounds` (a regular file of at most 1 MiB, 100,000 values with
+aliases expanded, 64 levels deep): a hostile file is refused in milliseconds.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from types import MappingProxyType
 
 import yaml
 
 from ..errors import BadInput
+from . import bounds as B
 from . import fields as F
+from . import yamlbound
 from .spec import (
     AgentSpec,
     BreakerSettings,
@@ -27,6 +30,9 @@ from .spec import (
     TaskSpec,
     placeholder_names,
 )
+from .tasks import did_you_mean, parse_task_json, task_problem
+
+__all__ = ["FleetFileError", "load_fleet", "parse_fleet", "parse_task_json", "task_problem"]
 
 
 class FleetFileError(BadInput):
@@ -35,11 +41,6 @@ class FleetFileError(BadInput):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def did_you_mean(word: str, options) -> str | None:
-    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
-    return f"did you mean {close[0]}?" if close else None
 
 
 class _Checker:
@@ -53,14 +54,16 @@ class _Checker:
     def error(self, node, path: str, message: str, hint: str | None = None) -> None:
         where = f"{self.name}:{node.start_mark.line + 1}:{node.start_mark.column + 1}" \
             if node is not None else self.name
-        text = f"{where}: {path + ': ' if path else ''}{message}"
+        text = f"{where}: {path + ': ' if path else ''}{B.clip(message)}"
         self.problems.append(text + (f" ({hint})" if hint else ""))
 
     def value(self, node, path: str):
         try:
             return self.constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as err:
-            self.error(node, path, f"cannot read this value: {err}")
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
+            # ValueError: a 5,000-digit number, !!timestamp 2001-99-99, !!float x
+            self.error(node, path, f"cannot read this value: {err}",
+                       "write a plain number, size or duration, or quote text")
             return None
 
     def items(self, node, path: str):
@@ -75,16 +78,28 @@ class _Checker:
         for key_node, _ in node.value:  # duplicates among the keys written here
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
+            if not isinstance(key_node, yaml.ScalarNode):  # '? [a, b]': not hashable
+                self.error(key_node, path, f"a key must be text, not {_kind(key_node)}",
+                           "write 'name: value'")
+                return None
             key = self.value(key_node, path)
             if key in seen:
                 self.error(key_node, _join(path, key), f"duplicate key (first at line "
                            f"{seen[key]})", "remove one of them")
             seen.setdefault(key, key_node.start_mark.line + 1)
         # Resolve '<<: *anchor' merges: merged keys come first, written ones override.
-        self.constructor.flatten_mapping(node)
+        try:
+            self.constructor.flatten_mapping(node)
+        except yaml.YAMLError as err:
+            self.error(node, path, f"cannot merge: {err}", "merge only mappings: <<: *name")
+            return None
         merged: dict = {}
         for key_node, value_node in node.value:
-            merged[self.value(key_node, path)] = (key_node, value_node)
+            key = self.value(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
+            if key is None:  # a merged-in mapping's own odd key
+                self.error(key_node, path, "a key must be text", "write 'name: value'")
+                return None
+            merged[key] = (key_node, value_node)
         out = [(key, k, v) for key, (k, v) in merged.items()]
         return out
 
@@ -96,7 +111,7 @@ class _Checker:
         elif err.at is not None and isinstance(node, yaml.MappingNode):
             child = next((v for k, v in node.value if k.value == err.at), None)
             path = f"{path}.{err.at}"
-        if isinstance(child, yaml.ScalarNode):
+        if isinstance(child, yaml.ScalarNode) and (err.hint or "").startswith("quote it"):
             key = f"{err.at}: " if isinstance(err.at, str) else ""
             # YAML 1.1 reads 010 as 8, yes/true/on as booleans: quote what was written.
             self.error(child, path, err.message, f"quote it: {key}'{child.value}'")
@@ -147,25 +162,35 @@ def _kind(node) -> str:
 
 def load_fleet(path: str) -> FleetSpec:
     """Read and validate a fleet file; raise :class:`FleetFileError` listing problems."""
+    data = B.read_regular_file(path)  # not a FIFO, not /dev/zero, at most 1 MiB
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as err:
-        raise BadInput(f"{path}: {err.strerror}", path=path,
-                       hint="give the path of a fleet YAML file") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise BadInput(f"{path}: not UTF-8 text ({err.reason})", path=path) from None
+        line = data.count(b"\n", 0, err.start) + 1
+        raise FleetFileError([f"{path}:{line}: not UTF-8 text ({err.reason} at byte "
+                              f"{err.start}) (save the file as UTF-8)"]) from None
     return parse_fleet(text, path, os.path.dirname(os.path.abspath(path)))
 
 
 def parse_fleet(text: str, name: str = "<fleet>", base_dir: str = ".") -> FleetSpec:
     check = _Checker(name)
+    if len(text) > B.MAX_FILE_BYTES:  # the API's path: load_fleet has checked bytes
+        raise FleetFileError([f"{name}: larger than {B.MAX_FILE_BYTES // B.MiB} MiB, the "
+                              "limit for a fleet file (pass many tasks as JSON lines with "
+                              "--tasks FILE)"])
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yamlbound.compose(text)
+    except yamlbound.TooLarge as err:
+        raise FleetFileError([f"{name}:{err.where}: {err.path + ': ' if err.path else ''}"
+                              f"{err.message} ({err.hint})"]) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
         raise FleetFileError([f"{where}: YAML syntax error: {err.problem or err}"]) from None
+    except yaml.reader.ReaderError as err:  # a character YAML forbids (NUL, controls)
+        line = text.count("\n", 0, err.position) + 1
+        raise FleetFileError([f"{name}:{line}: YAML syntax error: character "
+                              f"{err.character:#04x}: {err.reason}"]) from None
     except yaml.YAMLError as err:
         raise FleetFileError([f"{name}: YAML error: {err}"]) from None
     if root is None:
@@ -268,6 +293,9 @@ def _agent_problem(merged: dict) -> tuple[str, str] | None:
         if any(placeholder_names(w) for w in words if "{" in w):
             return ("a pooled agent's cmd cannot have {placeholders}: its workers are "
                     "long-lived", "tasks reach the workers as JSON lines on stdin instead")
+        problem = B.exec_problem(merged["cmd"], merged["env"], merged["cwd"])
+        if problem:  # (other agents are checked per task, once their values are in)
+            return (f"{problem[0]}: {problem[1]}", problem[2])
     return None
 
 
@@ -278,12 +306,12 @@ def _tasks(check: _Checker, node, agents: dict, declared: set) -> list[TaskSpec]
         check.error(node, "tasks", f"must be a list, not {_kind(node)}",
                     "write '- {agent: name}' lines")
         return []
-    tasks = []
+    tasks, runs = [], 0
     for i, item in enumerate(node.value):
-        path = f"tasks[{i}]"
+        path, known = f"tasks[{i}]", len(check.problems)
         given = check.fields(item, path, F.TASK)
-        if "agent" not in given:
-            continue
+        if "agent" not in given or len(check.problems) > known:
+            continue  # (a value it has is wrong: no cross-checks that would follow from it)
         if given["agent"] not in agents and given["agent"] in declared:
             continue  # the agent itself has errors, reported already
         where = f"{check.name}:{item.start_mark.line + 1}:{item.start_mark.column + 1}"
@@ -291,58 +319,12 @@ def _tasks(check: _Checker, node, agents: dict, declared: set) -> list[TaskSpec]
         if problem:
             check.error(item, path, *problem)
             continue
+        runs += given.get("repeat", 1)
+        if runs > B.MAX_FILE_RUNS:  # the file's runs are listed before the loop starts
+            check.error(item, f"{path}.repeat", f"the file's tasks add up to more than "
+                        f"{B.MAX_FILE_RUNS:,} runs", "feed the rest as JSON lines with "
+                        "--tasks, which are read as they are used")
+            break
         tasks.append(TaskSpec(where=where, **{**given, "vars": MappingProxyType(
             given.get("vars", {}))}))
     return tasks
-
-
-def task_problem(given: dict, agents: dict, declared=()) -> tuple[str, str | None] | None:
-    """Cross-checks of one task against the agents: (message, hint) or None."""
-    name = given["agent"]
-    if name not in agents:
-        names = sorted(set(agents) | set(declared))
-        return (f"agent {name!r} is not defined",
-                did_you_mean(name, names) or f"agents: {', '.join(names) or 'none'}")
-    if agents[name].pool is not None:
-        return None  # vars travel to a pool worker inside its JSON task line
-    needed = agents[name].placeholders
-    values = given.get("vars", {})
-    unused = sorted(set(values) - needed)
-    if unused:
-        return (f"vars.{unused[0]}: agent {name} has no {{{unused[0]}}} placeholder",
-                did_you_mean(unused[0], needed) or "remove it, or use it in the agent's cmd")
-    missing = sorted(needed - set(values))
-    if missing:
-        return (f"agent {name} needs a value for {{{missing[0]}}}",
-                f"add vars: {{{missing[0]}: ...}}")
-    return None
-
-
-def parse_task_json(line: str, agents, where: str) -> TaskSpec:
-    """One ``--tasks -`` line: a JSON object with the keys of a ``tasks:`` entry."""
-    import json
-
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise BadInput(f"{where}: not JSON: {err.msg} at column {err.colno}",
-                       hint='write {"agent": "name", "vars": {...}}') from None
-    if not isinstance(data, dict):
-        raise BadInput(f"{where}: a task must be a JSON object",
-                       hint='write {"agent": "name", "vars": {...}}')
-    known = {f.name: f for f in F.TASK}
-    given = {}
-    for key, value in data.items():
-        if key not in known:
-            raise BadInput(f"{where}: {key}: unknown key",
-                           hint=did_you_mean(key, known) or f"known keys: {', '.join(known)}")
-        try:
-            given[key] = known[key].parse(value, key)
-        except F.FieldError as err:
-            raise BadInput(f"{where}: {key}: {err.message}", hint=err.hint) from None
-    if "agent" not in given:
-        raise BadInput(f"{where}: missing key 'agent'", hint="which agent to run")
-    problem = task_problem(given, agents)
-    if problem:
-        raise BadInput(f"{where}: {problem[0]}", hint=problem[1])
-    return TaskSpec(where=where, **{**given, "vars": MappingProxyType(given.get("vars", {}))})

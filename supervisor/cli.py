@@ -96,9 +96,13 @@ def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as
     agent-supervise run --memory 200M -- python3 agent.py --task x
     """
     require_linux()
+    from .agents.bounds import check_command
     from .single import RunOptions, prepare_backend, run_agent
+    from .units import parse_cap
 
     _check_dashdash(ctx, cmd)
+    check_command(cmd)  # '' or what execve refuses: bad input, not exit 126 or 125
+    parse_cap(memory, what="--memory")  # at least 1M
     opts = RunOptions.parse(memory=memory, backend=backend, rlimit=rlimit_kind,
                             cgroup_root=cgroup_root, timeout=timeout, grace=grace, poll=poll,
                             user=user, group=group)
@@ -184,6 +188,12 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_int
                        hint="add a tasks: list, or pass --tasks - to read JSON lines")
     if address is not None and engine != "ray":
         raise BadInput("--address is for --engine ray", hint="add --engine ray")
+    if tasks_from is not None:
+        from .agents.bounds import stream_problem
+        problem = stream_problem(tasks_from.fileno())
+        if problem:
+            raise BadInput(f"--tasks {tasks_from.name}: {problem}",
+                           hint="give a file or a pipe of JSON lines, or '-' for stdin")
     if engine == "ray":
         from .raycluster import RaySupervisor
         sup = RaySupervisor(spec, address=address, max_concurrent=max_concurrent,

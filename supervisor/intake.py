@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 
-from .agents.loader import task_problem
+from .agents import bounds as B
 from .agents.spec import TaskSpec, make_task
+from .agents.tasks import task_problem
 from .breaker import CircuitOpen
 from .errors import BadInput
 
@@ -19,8 +20,8 @@ class Intake:
     def submit(self, spec: TaskSpec, block: bool = True, timeout: float | None = None) -> None:
         """Queue ``spec`` (``repeat`` times). Blocks while the queue is full; with
         ``block=False`` raises :class:`~agent_supervise.taskqueue.QueueFull`."""
-        problem = task_problem({"agent": spec.agent, "vars": dict(spec.vars)},
-                               self.fleet.agents)
+        problem = task_problem({"agent": spec.agent, "vars": dict(spec.vars),
+                                "repeat": spec.repeat}, self.fleet.agents)
         if problem:
             raise BadInput(f"{spec.where}: {problem[0]}", hint=problem[1])
         self._check_fits([spec])
@@ -52,9 +53,26 @@ class Intake:
         self.engine.wake()
 
     def reject(self, where: str, message: str) -> None:
-        """A task line that could not be used: reported and counted, never dropped silently."""
+        """A task line that could not be used: reported and counted, never dropped silently.
+
+        Each one goes to events.jsonl (and the printer); memory keeps only the first
+        KEPT_REJECTS and one entry counting the rest, so a feed of 300,000 bad lines
+        costs the supervisor nothing more than a feed of 20.
+        """
+        message = B.clip(message)
         with self._lock:
-            self.rejected.append({"where": where, "error": message})
+            self.rejected_count = getattr(self, "rejected_count", 0) + 1
+            if len(self.rejected) < B.KEPT_REJECTS:
+                self.rejected.append({"where": where, "error": message})
+            else:
+                if len(self.rejected) == B.KEPT_REJECTS:
+                    self._first_dropped = where
+                    self.rejected.append({})
+                more = self.rejected_count - B.KEPT_REJECTS
+                self.rejected[-1].update(
+                    where=f"{self._first_dropped} to {where}", more=more,
+                    error=f"{more:,} more rejected lines, not kept in memory: each is in "
+                          "events.jsonl")
         self.events.emit("rejected", where=where, error=message)
 
     def close(self) -> None:

@@ -56,6 +56,20 @@ def parse_size(text: str | int, *, what: str = "size", allow_zero: bool = False)
     return value
 
 
+def parse_cap(text: str | int, *, what: str = "--memory") -> int:
+    """An agent's memory cap: a size of at least :data:`~.agents.bounds.MIN_CAP`
+    (below it nothing can start, and a bare ``1`` almost surely meant ``1M``)."""
+    from .agents.bounds import MIN_CAP
+
+    value = parse_size(text, what=what)
+    if value < MIN_CAP:
+        bare = isinstance(text, int) or str(text).strip().isdigit()
+        hint = f"a number without a unit is bytes: did you mean {text}M?" if bare else \
+            "try 1M or more"
+        raise BadInput(f"{what}: {text!r} is below the smallest cap, 1M", hint=hint)
+    return value
+
+
 def _size_example(raw: str) -> str:
     digits = re.match(r"-?\s*(\d+(?:\.\d+)?)", raw)
     if digits and not raw.lstrip().startswith("-"):

@@ -1,16 +1,21 @@
 """Bad input through the real CLI: exit 2, a message with the file, line, key and a
 hint, and nothing started — checked by putting fake ``echo``/``true``/... first on
-PATH (the corpus's agents use them): if any agent ran, a marker file appears."""
+PATH (the corpus's agents use them): if any agent ran, a marker file appears.
+
+Cages are counted by owner: a cage's name holds its supervisor's pid, and only the
+supervisors a test started are its own (other test sessions and fleets may be
+running on the same machine, making and removing cages of their own meanwhile)."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import cage_dirs, record_figure, run_cli
+from conftest import PY, cage_dirs, record_figure
 
 BAD = sorted((Path(__file__).parent / "data" / "bad").glob("*.yaml"))
 SPIES = ("echo", "true", "sleep", "sh", "python3", "touch", "node")
@@ -30,6 +35,26 @@ def spied_env(tmp_path):
     return env, marker
 
 
+def run_own(*args, env=None, input: bytes | None = None, timeout: float = 60):
+    """``agent-supervise ARGS`` as a real process; (completed, its pid)."""
+    proc = subprocess.Popen([PY, "-m", "agent_supervise", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
+
+
+def cages_of(pids) -> set[str]:
+    """The cages whose names say one of ``pids`` made them
+    (``agent-supervise.<pid>-<start>.<seq>...``, limits/base.py cage_name)."""
+    return {c for c in cage_dirs()
+            if int(os.path.basename(c).split(".")[1].split("-")[0]) in set(pids)}
+
+
 def header(path: Path, key: str) -> str:
     for line in path.read_text().splitlines():
         if line.startswith(f"# {key}:"):
@@ -41,10 +66,12 @@ def header(path: Path, key: str) -> str:
 def test_bad_fleet_file_is_refused_and_nothing_runs(path, tmp_path, spied_env):
     env, marker = spied_env
     record_figure("badinput", "all", path.name, contained=False)
-    before = cage_dirs()
+    pids = []
     for command in ("fleet", "validate"):
-        proc = run_cli(command, "--log-dir", str(tmp_path / "runs"), str(path), env=env) \
-            if command == "fleet" else run_cli(command, str(path), env=env)
+        proc, pid = run_own(command, "--log-dir", str(tmp_path / "runs"), str(path),
+                            env=env) if command == "fleet" else run_own(command, str(path),
+                                                                         env=env)
+        pids.append(pid)
         err = proc.stderr.decode()
         assert proc.returncode == 2, (command, err)
         assert header(path, "expect") in err, err
@@ -56,7 +83,7 @@ def test_bad_fleet_file_is_refused_and_nothing_runs(path, tmp_path, spied_env):
             assert "(" in first and first.rstrip().endswith(")"), first  # a hint
         assert err.splitlines()[-1].endswith("nothing was started")
     assert not marker.exists(), f"an agent ran: {marker.read_text()}"
-    assert not (tmp_path / "runs").exists() and cage_dirs() == before
+    assert not (tmp_path / "runs").exists() and not cages_of(pids)
     record_figure("badinput", "all", path.name, contained=True)
 
 
@@ -85,9 +112,9 @@ def test_bad_fleet_flags_are_refused_and_nothing_runs(case, tmp_path, spied_env)
     a_file.write_text("x")
     args = [str(a_file) if a == "FILE" else a for a in args]
     expect = expect.replace("{FILE}", str(a_file))
-    proc = run_cli("fleet", *args, str(fleet), env=env)
+    proc, pid = run_own("fleet", *args, str(fleet), env=env)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert expect in err and len(err.strip().splitlines()) == 1, err
-    assert not marker.exists() and not (tmp_path / "runs").exists()
+    assert not marker.exists() and not (tmp_path / "runs").exists() and not cages_of([pid])
     record_figure("badinput", "all", f"flag {case}", contained=True)
