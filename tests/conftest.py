@@ -153,10 +153,7 @@ def no_leaks():
             pass
     psutil.wait_procs(live, timeout=5)
     _reap_zombies()
-    # A cage whose supervisor still runs belongs to someone else's test session on
-    # this machine, not to this test, unless that supervisor is this very process.
-    new_cages = {p for p in cage_dirs() - cages_before
-                 if _cage_owner(p) in (None, os.getpid())}
+    new_cages = cages_since(cages_before)
     for path in new_cages:
         _remove_cage(path)
     problems = []
@@ -168,6 +165,13 @@ def no_leaks():
         problems.append(f"leaked cages: {sorted(new_cages)}")
     if problems:
         pytest.fail("; ".join(problems))
+
+
+def cages_since(before: set[str]) -> set[str]:
+    """Cages made since ``before`` (a :func:`cage_dirs`) by this session. A cage whose
+    supervisor still runs belongs to someone else's test session on this machine, not
+    to this test, unless that supervisor is this very process."""
+    return {p for p in cage_dirs() - before if _cage_owner(p) in (None, os.getpid())}
 
 
 def _cage_owner(path: str) -> int | None:

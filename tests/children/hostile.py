@@ -4,6 +4,7 @@ mmap        anonymous mmap chunks of 4 MiB, touched page by page, without end
 fork10      a parent that forks 10 children, each holding 20 MiB
 bomb N      spawns N sleeping processes, then sleeps (default 500)
 escape      writes its own pid into its parent cgroup's cgroup.procs, then allocates
+            (refused, as another user: fills its cap, see fill())
 closed      closes its stdout and keeps running
 """
 import mmap
@@ -65,8 +66,25 @@ def escape():
                 print(f"escaped into {target}", file=sys.stderr, flush=True)
             except OSError as err:
                 print(f"escape refused: {err}", file=sys.stderr, flush=True)
+                fill()
             break
     grow(pause=0.01)
+
+
+def fill(step=4 << 20, pause=0.01):
+    """Still caged: allocate to the cap with C touching the pages (b"\\x01" * step is
+    one memset), so that the kernel's OOM killer ends it. grow()'s Python loop runs
+    bytecode between page faults, so at the cap the kernel can evict the interpreter's
+    own pages and read them back instead: in the VM guest, under Debian's
+    /usr/bin/python3.11 (the one another user can run; the venv's may be out of its
+    reach) the cage thrashed with no OOM kill in 9 of 9 runs, and ended only when the
+    watchdog had seen refaults of the cap's size per second for 2 s running: 4 to 30 s
+    and more, which broke the guest's time limit. With fill(): OOM-killed, 5 of 5, in
+    under 2 s."""
+    held = []
+    while True:
+        held.append(b"\x01" * step)
+        time.sleep(pause)
 
 
 def closed():
