@@ -122,7 +122,9 @@ static int write_file(const char *path, const char *value) {
  * events must not propagate back to the supervisor's namespace: make / a slave. */
 static int isolate(struct child_args *a) {
     if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) return -1;
-    if (mount("agent-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, a->shm_options) < 0)
+    /* A machine without /dev/shm (a minimal container) has none to privatize. */
+    if (access("/dev/shm", F_OK) == 0
+            && mount("agent-shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, a->shm_options) < 0)
         return -1;
     for (int i = 0; i < 4 && a->sysctl_paths[i]; i++)
         if (write_file(a->sysctl_paths[i], a->sysctl_values[i]) < 0) return -1;

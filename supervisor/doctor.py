@@ -71,6 +71,7 @@ def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
         "spawn": "vfork (C extension agent_supervise._spawn)" if spawn.fast_path() else
                  "fork + preexec_fn (the C extension was not built, or "
                  "AGENT_SUPERVISE_SPAWN=python): ~10x slower to start agents",
+        "namespaces": _namespaces(),
         "backends": [{"name": p.name, "available": p.available, "detail": p.detail}
                      for p in probes],
         "auto": chosen,
@@ -100,9 +101,25 @@ def render(report: dict) -> str:
     lines.append(f"PSI: {psi['memory'] if psi['available'] else 'unavailable: ' + psi['reason']}")
     lines.append(f"pidfd: {'yes' if report['pidfd'] else 'no (exits found by SIGCHLD)'}")
     lines.append(f"spawn: {report['spawn']}")
+    ns = report["namespaces"]
+    lines.append(f"namespaces: {ns['detail']}")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def _namespaces() -> dict:
+    """Whether agents get PID, IPC and mount namespaces of their own, and what that
+    means for the promise (limits/isolation.py)."""
+    from .limits import isolation
+    why = isolation.unavailable()
+    if why is None:
+        return {"available": True, "detail": (
+            "yes: each agent has PID, IPC and mount namespaces of its own (its tree "
+            "cannot be shed, dies with its run or a SIGKILLed supervisor, cannot signal "
+            "other agents; a private /dev/shm and SysV limits sized to its cap)")}
+    return {"available": False, "detail": f"no ({why}); "
+            + isolation.rlimit_uncounted(False)}
 
 
 def _gib(n: int | None) -> str:

@@ -51,7 +51,7 @@ TWINS = {
 #: real-kernel-only tests, and doctor's view. rlimit is tested on the host.
 SELECTION = ("tests/test_run_backends.py", "tests/test_api.py",
              "tests/test_cgroup2_kernel.py", "tests/test_cli_input.py",
-             "tests/test_hostile.py",
+             "tests/test_hostile.py", "tests/test_isolation.py",
              "-k", f"(cgroup2 and not ({' or '.join(TWINS)})) or doctor_")
 #: UML runs every guest system call through ptrace (a process start costs ~0.5 s
 #: in there), so the selection takes ~57 s in one guest. Guests are single-CPU:
