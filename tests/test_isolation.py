@@ -96,6 +96,7 @@ HIDDEN = {
 }
 
 
+@pytest.mark.figure("3. memory RSS does not show (/dev/shm, memfd, SysV, deleted tmpfs)")
 @pytest.mark.parametrize("case", sorted(HIDDEN))
 def test_memory_rss_does_not_show_is_capped(backend, case):
     """240 MiB of shared memory under a 50M cap: stopped for memory (kernel backends:
@@ -133,6 +134,7 @@ def _host_sysv_keys() -> set[int]:
         return {int(line.split()[0]) for line in f.readlines()[1:]}
 
 
+@pytest.mark.figure("4. shared memory outliving the agent")
 def test_shared_memory_does_not_outlive_the_agent(backend):
     tag, key = f"as-test-{uuid.uuid4().hex}", 0x5A000000 + os.getpid() % 0xFFFFF
     out, _ = supervise(backend, PY, "-c", LEAVES_SHM.format(tag=tag, key=key))
@@ -152,6 +154,7 @@ def _shedder(tag: str) -> list[str]:
     return ["sh", "-c", f"(setsid env -i {PY} -c '{hold}' &) ; sleep 0.5"]
 
 
+@pytest.mark.figure("5. shedding the tree (double fork, setsid, empty env)")
 def test_a_shed_child_ends_with_its_agent(backend):
     tag = f"as-test-{uuid.uuid4().hex}"
     out, _ = supervise(backend, *_shedder(tag))
@@ -159,6 +162,7 @@ def test_a_shed_child_ends_with_its_agent(backend):
     _wait_gone(tag, 1.0, "outlived its agent")
 
 
+@pytest.mark.figure("5. shedding the tree (double fork, setsid, empty env)")
 def test_a_shed_child_ends_with_a_sigkilled_supervisor(backend):
     tag = f"as-test-{uuid.uuid4().hex}"
     hold = f"import time; x = bytearray(30 << 20); time.sleep(120)  # {tag}"
@@ -181,6 +185,7 @@ def test_a_shed_child_ends_with_a_sigkilled_supervisor(backend):
 
 # -- class 6: agents signalling their neighbours ----------------------------------
 
+@pytest.mark.figure("6. signalling neighbours (kill -9 -1, the supervisor's pid)")
 @pytest.mark.parametrize("user", ["root", "nobody"])
 def test_an_agent_cannot_signal_its_neighbours(backend, user):
     """`kill -9 -1` and a kill of the supervisor's own pid, from inside an agent:

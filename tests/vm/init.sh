@@ -43,10 +43,11 @@ case "$AS_REPO" in
 esac
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs tmpfs /run
-# /dev as on a real system: the guest kernel's devices and a tmpfs /dev/shm (the
-# host's are mounts, not files of its root filesystem).
-mount -t devtmpfs devtmpfs /dev && mkdir -p /dev/shm && \
-    mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+# /dev as on a real system: the guest kernel's devices (its kernel may have mounted
+# them already) and a tmpfs /dev/shm (the host's is a mount, not a file of its root
+# filesystem, so the guest would have none).
+grep -q "^devtmpfs /dev " /proc/mounts || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/shm && mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 if [ -n "$held" ]; then
     mkdir -p "$AS_REPO" && mount --bind /mnt/repo "$AS_REPO" || {
         echo "AGENT-SUPERVISE-VM-STATUS=3 (cannot put $AS_REPO back in place)"; halt; }
