@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from . import __version__
+from . import __version__, stdio
 from .errors import BadInput, NotLinux, SuperviseError
 from .outcome import Reason
 
@@ -24,6 +24,7 @@ RUN_OPTIONS = ("--memory", "--backend", "--rlimit", "--cgroup-root", "--timeout"
 
 def main(argv=None) -> None:
     """Entry point of the ``agent-supervise`` console script."""
+    stdio.install()  # our lines arrive whole even on a non-blocking stdout/stderr
     try:
         code = cli.main(args=argv, prog_name="agent-supervise", standalone_mode=False)
     except click.exceptions.UsageError as err:

@@ -40,14 +40,6 @@ def agent_env(task, rundir) -> dict[str, str]:
     return env
 
 
-def _own_file(path: str, creds) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        os.fchown(fd, creds.uid, creds.gid)
-    finally:
-        os.close(fd)
-
-
 class LocalEngine:
     def __init__(self, settings: SupervisorSettings, *, backend=None, clock=time.monotonic,
                  on_interrupt=None, emit=None) -> None:
@@ -103,16 +95,14 @@ class LocalEngine:
             cage = self.backend.create(label, task.memory_limit)
         except CageError as err:
             return self._not_started(task, Reason.SETUP_FAILED, str(err), now)
-        out_fd, err_fd = rundir.open_logs(task.id, task.attempt)
-        if err_log:  # a pool worker: its own stderr log; its stdout is the protocol pipe
-            os.close(err_fd)
-            err_fd = os.open(os.path.join(rundir.path, err_log),
-                             os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        # A pool worker has its own stderr log (err_log); its stdout is the protocol
+        # pipe. A full run folder gives /dev/null and a note (see rundir.py).
+        out_fd, err_fd = rundir.open_logs(task.id, task.attempt, err_log)
         creds = self.credentials(task)
         env = {**self._environ(), **task.env, **agent_env(task, rundir), **(extra_env or {}),
                **(creds.env() if creds else {}), CAGE_ENV: cage.name}
         if creds:  # the agent may not write in the root-owned run folder: give it its file
-            _own_file(rundir.checkpoint_path(task.id), creds)
+            rundir.give_file(rundir.checkpoint_path(task.id), creds.uid, creds.gid)
         try:
             proc = self.spawner.spawn(task.cmd, cage, env=env, cwd=task.cwd, stdin=stdin,
                                       stdout=out_fd if stdout is None else stdout,

@@ -25,6 +25,7 @@ from .memsource import MemorySource
 from .outcome import Outcome, Reason
 from .policies import Policies
 from .rundir import EventLog, RunDir
+from .stdio import forget_stalls
 from .summary import FleetResult, ResultLog, result_entry
 from .taskqueue import TaskQueue
 from .units import format_size
@@ -50,7 +51,7 @@ class Supervisor(Intake):
         self._check_fits(fleet.tasks)
         self.rundir = RunDir(log_dir or s.log_dir, run_id,
                              where="--log-dir" if log_dir else "supervisor.log_dir")
-        self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock)
+        self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock, self.rundir.health)
         self._check_users(fleet)
         self.engine = engine or _local_engine(s, clock, self._on_interrupt, self.events.emit)
         self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
@@ -68,7 +69,7 @@ class Supervisor(Intake):
         self.started_at = clock()
         #: Every task's entry goes to results.jsonl as it ends; in memory only counts
         #: and the last few stay, so a long run does not grow the supervisor.
-        self.results = ResultLog(f"{self.rundir.path}/results.jsonl")
+        self.results = ResultLog(f"{self.rundir.path}/results.jsonl", self.rundir.health)
         self.rejected: list[dict] = []
         self._counters: collections.Counter = collections.Counter()
         self._file_tasks = iter([(spec, i) for spec in fleet.tasks for i in range(spec.repeat)])
@@ -109,6 +110,7 @@ class Supervisor(Intake):
                     self._ended(run.task, run.outcome, getattr(run, "lost", False))
                 self._watch_checkpoints()
                 self._guard(started)
+                self._folder()
                 self._tick()
             self._retire_pools()
         except BaseException:
@@ -117,12 +119,22 @@ class Supervisor(Intake):
         finally:
             self.engine.close()
             self.memory.close()
+        forget_stalls()  # the agents are gone: the last lines get full patience
         self.result = FleetResult.build(self, self.clock() - started)
+        self._folder()
         self.events.emit("run_ended", exit_code=self.result.exit_code,
                          counts=self.result.counts)
         self._tick(final=True)
+        self.result.settle(self.rundir, self.results)  # a full folder: wait, or stderr
         self.events.close()
         return self.result
+
+    def _folder(self) -> None:
+        """Retry what a full run folder made hold (see spool.py); log its changes."""
+        health = self.rundir.health
+        health.retry()
+        while health.news:
+            self.events.emit("run_folder", **health.news.pop(0))
 
     def _tick(self, final: bool = False) -> None:
         """Run the reporting tickers. One that cannot write any more (its terminal
@@ -192,6 +204,8 @@ class Supervisor(Intake):
             return
         self.policies.started(task)
         out, err = self.rundir.log_paths(task.id, task.attempt)
+        if self.rundir.logs_note(task.id, task.attempt):
+            out = err = None  # the folder was full: its output goes to /dev/null
         self.events.emit("started", task=task.id, agent=task.agent, pid=started.pid,
                          attempt=task.attempt, cage=started.cage.name,
                          backend=started.cage.backend, limit=task.memory_limit,

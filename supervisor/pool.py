@@ -8,6 +8,13 @@ task of its agent as soon as it answers; it is *recycled* (stdin closed, then
 SIGTERM, grace, SIGKILL) when its memory after a task is above ``recycle_above``
 or it reached ``max_tasks``, as Celery's ``worker_max_memory_per_child`` does.
 A worker that dies mid-task loses that task, which the fleet requeues.
+
+A worker that breaks the protocol (an answer that is not JSON, or for another task,
+or longer than :data:`MAX_LINE`; an answer with no task; stdout closed while it
+lives on) fails the task it has with a detail that starts with
+:data:`PROTOCOL_ERROR` and names the cause, and is retired: the pool starts a fresh
+worker for the next task. It is never the worker's *process* ending that decides,
+so such a task does not end ``stopped`` (that is the self-guard's word).
 """
 
 from __future__ import annotations
@@ -20,6 +27,11 @@ from .outcome import Outcome, Reason
 
 #: A result line longer than this is a protocol error (it would have to be held).
 MAX_LINE = 1 << 20
+PROTOCOL_ERROR = "pool protocol error: "
+
+
+class ProtocolError(Exception):
+    """The worker broke the protocol; ``str()`` says how."""
 
 
 @dataclass
@@ -33,6 +45,8 @@ class Worker:
     job: PooledRun | None = None
     tasks_done: int = 0
     retiring: str | None = None  # why it is being recycled
+    eof: bool = False    # it closed its stdout
+    to_send: bytes = b""  # the rest of a task line the stdin pipe did not take yet
 
 
 @dataclass
@@ -64,7 +78,9 @@ def task_line(task) -> bytes:
 
 
 def read_lines(worker: Worker) -> list[bytes] | None:
-    """Lines now readable on the worker's stdout; None at EOF or on a protocol error."""
+    """Lines now readable on the worker's stdout; None at EOF. Raises ProtocolError
+    for a line over MAX_LINE, complete or not (the buffer never holds more than
+    MAX_LINE plus one read)."""
     try:
         chunk = os.read(worker.stdout_fd, 65536)
     except BlockingIOError:
@@ -73,8 +89,9 @@ def read_lines(worker: Worker) -> list[bytes] | None:
         return None
     worker.buffer += chunk
     *lines, worker.buffer = worker.buffer.split(b"\n")
-    if len(worker.buffer) > MAX_LINE:
-        return None
+    if len(worker.buffer) > MAX_LINE or any(len(line) > MAX_LINE for line in lines):
+        worker.buffer = b""
+        raise ProtocolError(f"reply line over {MAX_LINE} bytes")
     return [line for line in lines if line.strip()]
 
 
@@ -82,10 +99,10 @@ def judge(job: PooledRun, line: bytes) -> tuple[Reason, str]:
     """What a result line says about the job: (reason, detail)."""
     try:
         answer = json.loads(line)
-    except ValueError:
-        return Reason.FAILED, f"protocol error: not a JSON line: {line[:80]!r}"
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested too deep
+        return Reason.FAILED, f"{PROTOCOL_ERROR}not a JSON line: {line[:80]!r}"
     if not isinstance(answer, dict) or answer.get("task") != job.task.id:
-        return Reason.FAILED, f"protocol error: expected an answer for {job.task.id}"
+        return Reason.FAILED, f"{PROTOCOL_ERROR}expected an answer for {job.task.id}"
     if answer.get("ok") is True:
         return Reason.OK, ""
     return Reason.FAILED, str(answer.get("error", "the worker said ok: false"))[:500]

@@ -8,7 +8,8 @@ import select
 import signal
 
 from .outcome import Outcome, Reason, exit_code_for
-from .pool import PooledRun, Worker, judge, read_lines, recycle_reason, task_line
+from .pool import PROTOCOL_ERROR as PROTOCOL
+from .pool import PooledRun, ProtocolError, Worker, judge, read_lines, recycle_reason, task_line
 
 
 class PoolKeeper:
@@ -18,6 +19,7 @@ class PoolKeeper:
         self.workers: dict[str, list[Worker]] = {}
         self._count: dict[str, int] = {}
         self.done: list[PooledRun] = []  # jobs that ended since the last step
+        self.rundir = None  # where answers go (one run folder per run)
 
     def all(self) -> list[Worker]:
         return [w for ws in self.workers.values() for w in ws]
@@ -31,6 +33,7 @@ class PoolKeeper:
         return "spawn" if len(self.workers.get(task.agent, [])) < task.pool.size else "busy"
 
     def start(self, task, rundir):
+        self.rundir = rundir
         ws = [w for w in self.workers.get(task.agent, []) if not w.retiring and w.job is None]
         worker = ws[0] if ws else self._spawn(task, rundir)
         if isinstance(worker, Outcome):
@@ -69,30 +72,60 @@ class PoolKeeper:
                         peak=worker.run.cage.usage(),
                         result_path=rundir.log_paths(task.id, task.attempt)[0])
         worker.job = job
-        try:
-            os.write(worker.stdin_fd, task_line(task))
-        except (BlockingIOError, BrokenPipeError) as err:
-            self._fail_worker(worker, f"could not hand it the task: {err}")
+        worker.to_send = task_line(task)
+        self._send(worker, watched=False)
         return job
 
+    def _send(self, worker: Worker, watched: bool = True) -> None:
+        """Hand the task line over; what the pipe does not take now (a line longer
+        than the pipe's buffer) goes when the worker has read some."""
+        try:
+            n = os.write(worker.stdin_fd, worker.to_send)
+        except BlockingIOError:
+            n = 0
+        except BrokenPipeError:  # it is dying: its end decides about the task
+            self._retire(worker, "its stdin closed")
+            return
+        worker.to_send = worker.to_send[n:]
+        if worker.to_send and not watched:
+            self.engine.loop.register(worker.stdin_fd, select.EPOLLOUT,
+                                      lambda: self._send(worker))
+        elif not worker.to_send and watched:
+            self.engine.loop.unregister(worker.stdin_fd)
+
     def _readable(self, worker: Worker) -> None:
-        lines = read_lines(worker)
-        if lines is None:  # EOF or an overlong line: the worker is no longer usable
+        try:
+            lines = read_lines(worker)
+        except ProtocolError as err:
             self.engine.loop.unregister(worker.stdout_fd)
+            self._protocol_error(worker, str(err))
+            return
+        if lines is None:  # EOF: a crash (its end decides) or a worker gone deaf
+            self.engine.loop.unregister(worker.stdout_fd)
+            worker.eof = True
             if worker.job is not None:
-                self._fail_worker(worker, "closed its stdout, or wrote an overlong line")
+                self._retire(worker, f"{PROTOCOL}closed its stdout during a task")
             return
         for line in lines:
             job = worker.job
             if job is None:
-                self._fail_worker(worker, f"answered without a task: {line[:80]!r}")
+                self._protocol_error(worker, f"answered without a task: {line[:80]!r}")
                 return
             reason, detail = judge(job, line)
-            with open(job.result_path, "ab") as f:
-                f.write(line + b"\n")
+            self.rundir.append(job.result_path, line + b"\n")
+            if detail.startswith(PROTOCOL):
+                self._protocol_error(worker, detail[len(PROTOCOL):])
+                return
             self._finish(job, reason, detail)
-            if reason is not Reason.OK and detail.startswith("protocol error"):
-                self._retire(worker, detail)
+
+    def _protocol_error(self, worker: Worker, detail: str) -> None:
+        """The worker broke the protocol: its task fails now, naming the cause, and
+        the worker is retired and stopped; the pool starts another for the next."""
+        why = PROTOCOL + detail
+        self._retire(worker, why)
+        if worker.job is not None:
+            self._finish(worker.job, Reason.FAILED, why)
+        worker.run.stop(Reason.STOPPED, signal.SIGTERM, self.engine.clock())
 
     def _finish(self, job: PooledRun, reason: Reason, detail: str, status=None) -> None:
         worker, now = job.worker, self.engine.clock()
@@ -111,15 +144,12 @@ class PoolKeeper:
             if why:
                 self._retire(worker, why)
 
-    def _fail_worker(self, worker: Worker, why: str) -> None:
-        self._retire(worker, why)
-        worker.run.stop(Reason.STOPPED, signal.SIGTERM, self.engine.clock())
-
     def _retire(self, worker: Worker, why: str) -> None:
         """Recycle: close its stdin (a worker exits at EOF); the grace, then SIGTERM."""
         if worker.retiring:
             return
         worker.retiring = why
+        self.engine.loop.unregister(worker.stdin_fd)
         os.close(worker.stdin_fd)
         worker.stdin_fd = -1
         worker.run.kill_at = self.engine.clock() + worker.run.spec.grace
@@ -132,11 +162,17 @@ class PoolKeeper:
         worker = run.worker
         self.workers[worker.agent].remove(worker)
         if worker.stdin_fd >= 0:
+            self.engine.loop.unregister(worker.stdin_fd)
             os.close(worker.stdin_fd)
         self.engine.loop.unregister(worker.stdout_fd)
         os.close(worker.stdout_fd)
         out = run.outcome
-        if worker.job is not None:
+        if worker.job is not None and worker.eof and run.cause is None and run.killed_at:
+            # It closed its stdout and lived on until its retirement's SIGKILL: a
+            # worker gone deaf, not a crash (which would have ended it by itself).
+            self._finish(worker.job, Reason.FAILED,
+                         f"{PROTOCOL}closed its stdout during a task and did not exit")
+        elif worker.job is not None:
             job = worker.job
             reason = out.reason if out.reason is not Reason.OK else Reason.FAILED
             job.lost = out.reason not in (Reason.TIMEOUT, Reason.INTERRUPTED,

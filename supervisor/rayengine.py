@@ -23,7 +23,7 @@ from .engine import agent_env
 from .loop import INTERRUPTS, SignalInbox
 from .outcome import Outcome, Reason, exit_code_for
 from .raycontrol import Control
-from .rayfiles import append_bytes, checkpoint_tail
+from .rayfiles import checkpoint_tail
 from .raynode import Job, janitor, run_on_node
 from .units import format_size
 
@@ -190,7 +190,8 @@ class RayEngine:
         elif record["kind"] == "sample":
             run.watchdog.last_usage = record["usage"]
             run.watchdog.peak = max(run.watchdog.peak, record["peak"])
-            append_bytes(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
+            if record["checkpoint"]:
+                run.rundir.append(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
         else:
             self._finish(run, record)
             return True
@@ -203,12 +204,12 @@ class RayEngine:
         paths = run.rundir.log_paths(run.task.id, run.task.attempt)
         for stream, path in zip(("stdout", "stderr"), paths, strict=True):
             data, size = record.get(stream) or (b"", 0)
-            with open(path, "wb") as f:
-                f.write(data)
+            run.rundir.append(path, data)  # a full folder: held, retried (spool.py)
             if size > len(data):
                 notes.append(f"{stream}: only its last {format_size(len(data))} of "
                              f"{format_size(size)} came back (supervisor.ray.log_tail)")
-        append_bytes(run.rundir.checkpoint_path(run.task.id), record.get("checkpoint", b""))
+        if record.get("checkpoint"):
+            run.rundir.append(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
         if notes:
             out.detail = "; ".join([out.detail, *notes]) if out.detail else "; ".join(notes)
         out.agent = run.task.id

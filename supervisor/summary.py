@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 from dataclasses import dataclass, field
 
 from .checkpoint import last_line
+from .jsonout import dumps
 from .outcome import Reason, signal_name
+from .rundir import parse_lines
+from .spool import Budget, Spool
 from .units import format_duration, format_size
 
 EXIT_SELF_GUARD = 3
+#: The run folder could not take a write at some point (full, read-only): agents'
+#: own logs may be cut short and the folder may lack lines; the summary (in
+#: summary.json, or on stderr when even that could not be written) has every task.
+EXIT_RUN_FOLDER = 4
+#: At the end, how long to wait for a full run folder to take summary.json and
+#: what is held, before the summary goes to stderr instead.
+FINAL_WAIT_S = 2.0
 TABLE_ROWS = 50  # rows of the final table; summary.json has every task
 
 
@@ -18,6 +29,10 @@ def result_entry(task, outcome, rundir) -> dict:
     """What summary.json and the ``exited`` event say about one task."""
     out, err = rundir.log_paths(task.id, task.attempt)
     started = outcome.reason is not Reason.CANCELLED
+    detail = outcome.detail
+    discarded = rundir.logs_note(task.id, task.attempt, forget=True)
+    if discarded:  # the folder was full when it started
+        started, detail = False, "; ".join(d for d in (detail, discarded) if d)
     return {
         "task": task.id, "agent": task.agent, "reason": outcome.reason.value,
         "exit_code": outcome.exit_code, "peak_bytes": outcome.peak_bytes,
@@ -26,22 +41,23 @@ def result_entry(task, outcome, rundir) -> dict:
         "pid": outcome.pid, "status": outcome.status,
         "signal": signal_name(outcome.signal) if outcome.signal else None,
         "oom_kills": outcome.oom_kills,
-        "detail": outcome.detail, "where": task.where, "cmd": list(task.cmd),
+        "detail": detail, "where": task.where, "cmd": list(task.cmd),
         "stdout": out if started else None, "stderr": err if started else None,
         "attempts": task.attempt, "checkpoint": last_line(rundir.checkpoint_path(task.id)),
     }
 
 
 class ResultLog:
-    """results.jsonl: one line per ended task, flushed as it ends; counts in memory."""
+    """results.jsonl: one line per ended task, written as it ends (held in memory
+    while the folder is full, see spool.py); counts in memory."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, health) -> None:
         self.path = path
-        self._file = open(path, "a", buffering=1)
+        self._spool = Spool(path, health, Budget())
         self.counts: collections.Counter = collections.Counter()
 
     def append(self, entry: dict) -> None:
-        self._file.write(json.dumps(entry) + "\n")
+        self._spool.write((json.dumps(entry) + "\n").encode())
         self.counts[entry["reason"]] += 1
 
     def __len__(self) -> int:
@@ -52,12 +68,11 @@ class ResultLog:
         return len(self) - self.counts["ok"]
 
     def read(self) -> list[dict]:
-        self._file.flush()
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        """Every entry: those in the file and those still held."""
+        return parse_lines(self._spool.contents())
 
     def close(self) -> None:
-        self._file.close()
+        self._spool.close()
 
 
 @dataclass
@@ -71,23 +86,74 @@ class FleetResult:
     stopping: str | None = None
     message: str | None = None
     counts: dict = field(default_factory=dict)
+    run_folder: dict | None = None  # what the full folder cost (spool.FolderHealth)
+    written: bool = True            # summary.json is in the run folder
 
     @classmethod
     def build(cls, sup, duration: float) -> FleetResult:
+        """The result, from results.jsonl and what is held. Counts are kept in
+        memory for every task, even one whose entry the full folder made drop."""
+        health = sup.rundir.health
+        health.retry()
         tasks = sorted(sup.results.read(), key=lambda e: (e["agent"], _n(e["task"])))
-        sup.results.close()
-        counts = dict(collections.Counter(e["reason"] for e in tasks))
+        counts = dict(sup.results.counts)
         if sup.stopping == "interrupted":
             code = 128 + sup.stop_signal
         elif sup.stopping == "self_guard":
             code = EXIT_SELF_GUARD
+        elif health.error is not None:
+            code = EXIT_RUN_FOLDER
         else:
-            code = 0 if all(e["reason"] == "ok" for e in tasks) and not sup.rejected else 1
+            code = 0 if set(counts) <= {"ok"} and not sup.rejected else 1
         result = cls(sup.rundir.run_id, sup.rundir.path, duration, code, tasks,
                      list(sup.rejected), sup.stopping,
-                     getattr(sup, "stop_message", None), counts)
-        sup.rundir.write_json("summary.json", result.to_json())
+                     getattr(sup, "stop_message", None), counts, health.report())
+        result.written = sup.rundir.write_json("summary.json", result.to_json())
         return result
+
+    def settle(self, rundir, results: ResultLog, wait: float = FINAL_WAIT_S) -> None:
+        """The run is over. If its folder could not take every write: wait a little
+        for room (summary.json first, then what is held), then say on stderr what is
+        not in the folder, so that every task is accounted for."""
+        health = rundir.health
+        deadline = time.monotonic() + wait
+        while True:
+            if not self.written:
+                self.run_folder = health.report()
+                self.written = rundir.write_json("summary.json", self.to_json())
+            if (health.retry() and self.written) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        results.close()
+        if health.error is None:
+            return
+        before, report = self.run_folder, health.report()
+        self.run_folder = report
+        if self.written and report != before:  # it caught up meanwhile: say so in it
+            self.written = rundir.write_json("summary.json", self.to_json())
+        dropped = ", ".join(f"{n} lines of {name}" for name, n in
+                            sorted(report["dropped_lines"].items()))
+        facts = [f"{dropped} dropped" if dropped else "no line was dropped"]
+        if report["held_bytes"]:
+            facts.append(f"{report['held_bytes']} bytes held were never written")
+        if report["logs_to_dev_null"]:
+            facts.append(f"{report['logs_to_dev_null']} agents' output went to /dev/null")
+        state = ("takes writes again" if report["writable_again"]
+                 else "still cannot be written")
+        tally = f"{self.total()} tasks: {_counts(self)}"
+        health.say(f"agent-supervise: the run folder {rundir.path} {state} (it failed "
+                   f"with: {health.error}): {'; '.join(facts)}; "
+                   + (f"summary.json accounts for all {tally}{_lost(self)}"
+                      if self.written else
+                      f"summary.json could not be written, so it follows on stderr "
+                      f"({tally}{_lost(self)})")
+                   + f"; exit {EXIT_RUN_FOLDER}" * (self.exit_code == EXIT_RUN_FOLDER))
+        if not self.written:
+            health.say(dumps(self.to_json()))
+
+    def total(self) -> int:
+        """Tasks that ended: every one is counted, even one whose entry was lost."""
+        return sum(self.counts.values())
 
     @property
     def ok(self) -> bool:
@@ -97,7 +163,7 @@ class FleetResult:
         return {"run_id": self.run_id, "run_dir": self.run_dir,
                 "duration_s": round(self.duration_s, 3), "exit_code": self.exit_code,
                 "stopping": self.stopping, "message": self.message, "counts": self.counts,
-                "rejected": self.rejected, "tasks": self.tasks}
+                "run_folder": self.run_folder, "rejected": self.rejected, "tasks": self.tasks}
 
     def table(self, max_rows: int = TABLE_ROWS):
         """A rich Table: agent, task, reason, exit code, peak/cap, duration. Past
@@ -122,13 +188,24 @@ class FleetResult:
                           "-" if e["exit_code"] is None else str(e["exit_code"]),
                           str(e["attempts"]), peak,
                           format_duration(e["duration_s"]))
-        counts = ", ".join(f"{n} {r}" for r, n in sorted(self.counts.items()))
-        table.caption = (f"{len(self.tasks)} tasks: {counts or 'none'}"
+        lost = self.total() - len(self.tasks)
+        table.caption = (f"{len(self.tasks)} tasks: {_counts(self)}"
+                         + (f" ({lost} of them lost to the full run folder)" if lost > 0
+                            else "")
                          + (f"; {len(self.rejected)} rejected input lines" if self.rejected
                             else "")
                          + _hidden(self.tasks, shown)
                          + f" — logs and summary.json in {self.run_dir}")
         return table
+
+
+def _lost(result: FleetResult) -> str:
+    lost = result.total() - len(result.tasks)
+    return f"; {lost} of their entries were dropped (in counts only)" if lost > 0 else ""
+
+
+def _counts(result: FleetResult) -> str:
+    return ", ".join(f"{n} {r}" for r, n in sorted(result.counts.items())) or "none"
 
 
 def _hidden(tasks: list[dict], shown: list[dict]) -> str:

@@ -131,9 +131,18 @@ def _reap_zombies() -> list[int]:
     return zombies
 
 
+def mounts_under(root: str) -> set[str]:
+    """Mount points at or below ``root`` (a test's small filesystems)."""
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4] for line in f}
+    return {p for p in points if p == root or p.startswith(root.rstrip("/") + "/")}
+
+
 @pytest.fixture(autouse=True)
-def no_leaks():
+def no_leaks(tmp_path_factory):
     cages_before = cage_dirs()
+    base = str(tmp_path_factory.getbasetemp())
+    mounts_before = mounts_under(base)
     yield
     deadline = time.monotonic() + LEAK_PATIENCE_S
     me = psutil.Process()
@@ -156,7 +165,12 @@ def no_leaks():
     new_cages = cages_since(cages_before)
     for path in new_cages:
         _remove_cage(path)
+    new_mounts = mounts_under(base) - mounts_before
+    for point in sorted(new_mounts, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
     problems = []
+    if new_mounts:
+        problems.append(f"leaked mounts: {sorted(new_mounts)}")
     if leaked:
         problems.append(f"leaked processes: {leaked}")
     if zombies:

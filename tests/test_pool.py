@@ -73,7 +73,7 @@ def test_failed_answers_and_protocol_errors(tmp_path):
     by_task = {t["task"]: t for t in s["tasks"]}
     assert by_task["w-1"]["reason"] == "failed" and by_task["w-1"]["detail"] == "asked to fail"
     assert by_task["w-2"]["reason"] == "failed"
-    assert by_task["w-2"]["detail"].startswith("protocol error: not a JSON line")
+    assert by_task["w-2"]["detail"].startswith("pool protocol error: not a JSON line")
     assert by_task["w-3"]["reason"] == "ok"
     assert by_task["w-3"]["pid"] != by_task["w-2"]["pid"]  # the garbled worker was recycled
     assert s["returncode"] == 1
