@@ -238,9 +238,17 @@ class SharedMemoryMeter:
         self._shm_dir = self._sysv = None
 
 
+_LIBC: list = []
+
+
+def _setns(fd: int, nstype: int) -> int:
+    if not _LIBC:
+        import ctypes
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+    return _LIBC[0].setns(fd, nstype)
+
+
 def _open_in_ipc_namespace(pid: int, path: str) -> int | None:
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
     try:
         own = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -251,15 +259,15 @@ def _open_in_ipc_namespace(pid: int, path: str) -> int | None:
         os.close(own)
         return None
     try:
-        if libc.setns(theirs, _CLONE_NEWIPC) != 0:
+        if _setns(theirs, _CLONE_NEWIPC) != 0:
             return None
         try:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         finally:
-            if libc.setns(own, _CLONE_NEWIPC) != 0:  # pragma: no cover - never seen
-                raise OSError(ctypes.get_errno(), "setns back to our IPC namespace")
+            if _setns(own, _CLONE_NEWIPC) != 0:  # pragma: no cover - never seen
+                raise OSError("setns back to our own IPC namespace failed")
     finally:
         os.close(own)
         os.close(theirs)
