@@ -139,8 +139,9 @@ class FolderHealth:
             self.failed(error, os.path.basename(path))
             with self._lock:
                 spool = self._by_path.get(path)
-                if spool is None:
-                    spool = self._by_path[path] = Spool(path, self, self.others, _add=False)
+                if spool is None:  # drops counted together: there may be many such files
+                    spool = self._by_path[path] = Spool(path, self, self.others, _add=False,
+                                                        label="other files")
                     self.spools.append(spool)
             spool.hold(rest, begun=len(rest) < len(data))
             return
@@ -160,9 +161,10 @@ class Spool:
     written. Opened lazily: on a full folder even creating the file may fail."""
 
     def __init__(self, path: str, health: FolderHealth, budget: Budget | None = None,
-                 _add: bool = True) -> None:
+                 _add: bool = True, label: str | None = None) -> None:
         self.path = path
         self.name = os.path.basename(path)
+        self.label = label or self.name  # what its dropped lines are counted under
         self.health = health
         self.budget = budget or Budget()
         self.fd: int | None = None
@@ -199,7 +201,7 @@ class Spool:
         if not data:
             return
         if not begun and self.budget.used + len(data) > self.budget.limit:
-            self.health.dropped_one(self.name)
+            self.health.dropped_one(self.label)
             return
         self.held.append(data)
         self.budget.used += len(data)

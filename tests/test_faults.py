@@ -20,6 +20,7 @@ import pytest
 
 from agent_supervise.pool import MAX_LINE
 from agent_supervise.rundir import read_events
+from agent_supervise.spool import Budget, FolderHealth, Spool
 
 from conftest import ALLOC, CHILDREN, PY, require_tool
 
@@ -155,6 +156,35 @@ def test_a_run_folder_that_fills_up_mid_run(tmp_path, backend):
     assert states[:2] == ["unwritable", "writable"]
     assert stderr.count("is full (No space left on device") == 1, stderr
     assert "takes writes again" in stderr
+
+
+@pytest.mark.figure("8. the run folder's filesystem fills up")
+def test_held_writes_are_bounded_and_never_torn(tmp_path):
+    """A line the disk takes only part of keeps its rest held; past the bound whole
+    lines are dropped and counted; once there is room the file is whole lines, in
+    order: every line kept, none torn."""
+    said = []
+    with small_fs(tmp_path / "small") as fs:
+        health = FolderHealth(str(fs), say=said.append)
+        spool = Spool(str(fs / "events.jsonl"), health, Budget(10_000))
+        spool.write(b"first\n")  # the file's last page has room for ~4 KiB more
+        fillers = fill(fs)
+        lines = [b"%04d " % i + b"x" * 994 + b"\n" for i in range(40)]
+        for line in lines:
+            spool.write(line)
+        assert health.failing and len(said) == 1 and "is full" in said[0]
+        assert spool.held_bytes() <= 10_000 + 1000  # the bound, plus a line begun
+        dropped = health.dropped["events.jsonl"]
+        assert dropped > 0 and not health.retry()
+        for path in fillers:
+            path.unlink()
+        assert health.retry() and not health.failing
+        spool.write(b"last\n")
+        spool.close()
+        data = (fs / "events.jsonl").read_bytes().splitlines(keepends=True)
+    kept = lines[:len(lines) - dropped]
+    assert data == [b"first\n", *kept, b"last\n"]
+    assert len(said) == 1
 
 
 @pytest.mark.figure("8. the run folder's filesystem fills up")
