@@ -214,7 +214,9 @@ def boot_sharded(args=SELECTION, *, out_dir: str, shards: int = SHARDS,
     """Run ``args``'s tests in ``shards`` guests side by side."""
     check_bootable()
     parts = shard(collect(args), shards)
-    booting = [start([*part, "-q", "-rA"], out_dir=os.path.join(out_dir, f"guest{i}"),
+    # -v: a test's name is on the console as it starts, so a guest killed at its
+    # timeout shows which test it was in (with -q, only a row of dots).
+    booting = [start([*part, "-v", "-rA"], out_dir=os.path.join(out_dir, f"guest{i}"),
                      timeout=timeout) for i, part in enumerate(parts)]
     return [finish(b) for b in booting]
 
