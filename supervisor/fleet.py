@@ -110,7 +110,7 @@ class Supervisor(Intake):
                     self._ended(run.task, run.outcome, getattr(run, "lost", False))
                 self._watch_checkpoints()
                 self._guard(started)
-                self._folder()
+                self.rundir.health.retry(self.events.emit)  # a full folder (spool.py)
                 self._tick()
             self._retire_pools()
         except BaseException:
@@ -121,20 +121,13 @@ class Supervisor(Intake):
             self.memory.close()
         forget_stalls()  # the agents are gone: the last lines get full patience
         self.result = FleetResult.build(self, self.clock() - started)
-        self._folder()
+        self.rundir.health.retry(self.events.emit)
         self.events.emit("run_ended", exit_code=self.result.exit_code,
                          counts=self.result.counts)
         self._tick(final=True)
         self.result.settle(self.rundir, self.results)  # a full folder: wait, or stderr
         self.events.close()
         return self.result
-
-    def _folder(self) -> None:
-        """Retry what a full run folder made hold (see spool.py); log its changes."""
-        health = self.rundir.health
-        health.retry()
-        while health.news:
-            self.events.emit("run_folder", **health.news.pop(0))
 
     def _tick(self, final: bool = False) -> None:
         """Run the reporting tickers. One that cannot write any more (its terminal

@@ -70,17 +70,19 @@ class FolderHealth:
             self.say(f"agent-supervise: the run folder {self.path} {kind} ({self.error}, "
                      f"writing {what}): agents keep running, capped and watched; the "
                      f"supervisor holds its own writes in memory (up to "
-                     f"{format_size(HOLD_BYTES)} per file, then drops whole lines and "
-                     f"counts them) and retries them; agents whose log files cannot be "
+                     f"{format_size(HOLD_BYTES)} each for events, results and other "
+                     f"files, then drops whole lines and counts them) and retries them; "
+                     f"agents whose log files cannot be "
                      f"created write to /dev/null (exit code 4 at the end)")
 
     def dropped_one(self, name: str) -> None:
         with self._lock:
             self.dropped[name] += 1
 
-    def retry(self) -> bool:
-        """Write what is held (every loop tick; cheap when nothing is). True when
-        nothing is held any more."""
+    def retry(self, emit=None) -> bool:
+        """Write what is held (every loop tick; cheap when nothing is), and hand the
+        changes of state to ``emit`` as ``run_folder`` events. True when nothing is
+        held any more."""
         with self._lock:
             spools = [s for s in self.spools if s.held]
         done = all([spool.flush() for spool in spools])  # every one, in turn
@@ -88,6 +90,8 @@ class FolderHealth:
             self.succeeded()
         if self._by_path:
             self._close_caught_up()
+        while emit and self.news:  # no lock held: the event goes through a spool
+            emit("run_folder", **self.news.pop(0))
         return done
 
     def succeeded(self) -> None:

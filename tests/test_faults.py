@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -91,7 +92,8 @@ def fleet_file(tmp_path: Path, fs: Path, backend: str, tasks: str) -> Path:
         f"supervisor:\n  log_dir: {fs}\n  min_free_memory: 256M\n  backend: {backend}\n"
         f"  max_concurrent: 2\n  grace: 500ms\n"
         f"agents:\n  chatty:\n    cmd: [{json.dumps(PY)}, {json.dumps(CHATTY)}, '{{lines}}']\n"
-        f"  hog:\n    cmd: {json.dumps([PY, ALLOC, '--interval', '0.004'])}\n"
+        # 50 MiB/s: the rlimit watchdog stops it before RLIMIT_DATA fails an allocation
+        f"  hog:\n    cmd: {json.dumps([PY, ALLOC, '--interval', '0.02'])}\n"
         f"tasks:\n{tasks}")
     return path
 
@@ -110,7 +112,7 @@ def test_a_run_folder_that_fills_up_mid_run(tmp_path, backend):
     been stopped at its cap: every task ends and is accounted for in summary.json,
     the hog was still caged, the 'full' line came once, exit 4."""
     tasks = ("  - {agent: chatty, repeat: 2, vars: {lines: '20'}}\n  - {agent: hog}\n"
-             "  - {agent: chatty, repeat: 4, vars: {lines: '3'}}\n")
+             "  - {agent: chatty, repeat: 4, vars: {lines: '10'}}\n")
     with small_fs(tmp_path / "small") as fs:
         proc, out, err = start_fleet(tmp_path, fleet_file(tmp_path, fs, backend, tasks))
         try:
@@ -119,8 +121,7 @@ def test_a_run_folder_that_fills_up_mid_run(tmp_path, backend):
             fillers = fill(fs)
             # The hog starts while the folder is full; it must still be stopped at its
             # cap. Its ending cannot reach events.jsonl now; stderr shows it.
-            wait_for(lambda: any(f"hog-1 {r}" in err.read_text() for r in MEMORY),
-                     proc=proc)
+            wait_for(lambda: re.search(r"hog-1 \w+, exit", err.read_text()), proc=proc)
             for path in fillers:
                 path.unlink()
             assert proc.wait(timeout=60) == 4, err.read_text()[-3000:]
@@ -290,7 +291,7 @@ def test_fleet_output_arrives_on_non_blocking_pipes(tmp_path):
 def test_pool_worker_protocol_errors(tmp_path):
     """An overlong answer, and one nested past any parser's depth: each fails its own
     task with the cause named, retires that worker, and the pool serves the rest.
-    Neither ends 'stopped'."""
+    Neither ends 'stopped'. A task line longer than the pipe still arrives whole."""
     path = tmp_path / "fleet.yaml"
     path.write_text(
         f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
@@ -298,13 +299,14 @@ def test_pool_worker_protocol_errors(tmp_path):
         f"    grace: 500ms\n    pool: {{size: 1}}\n"
         f"tasks:\n  - {{agent: w}}\n  - {{agent: w, vars: {{overlong: '{2 * MAX_LINE}'}}}}\n"
         f"  - {{agent: w}}\n  - {{agent: w, vars: {{nested: '100000'}}}}\n"
-        f"  - {{agent: w}}\n")
+        f"  - {{agent: w}}\n  - {{agent: w, vars: {{pad: '{'p' * 100_000}'}}}}\n")
     proc = subprocess.run([PY, "-m", "agent_supervise", "fleet", "--json", str(path)],
                           capture_output=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     tasks = {t["task"]: t for t in summary["tasks"]}
-    assert summary["counts"] == {"ok": 3, "failed": 2}, summary["counts"]
+    # w-6's task line is longer than the worker's stdin pipe: it goes in parts.
+    assert summary["counts"] == {"ok": 4, "failed": 2}, summary["counts"]
     assert tasks["w-2"]["detail"] == f"pool protocol error: reply line over {MAX_LINE} bytes"
     assert tasks["w-4"]["detail"].startswith("pool protocol error: not a JSON line")
     for bad, after in (("w-2", "w-3"), ("w-4", "w-5")):
