@@ -51,14 +51,15 @@ TWINS = {
 #: real-kernel-only tests, and doctor's view. rlimit is tested on the host.
 SELECTION = ("tests/test_run_backends.py", "tests/test_api.py",
              "tests/test_cgroup2_kernel.py", "tests/test_cli_input.py",
-             "tests/test_hostile.py", "tests/test_isolation.py",
+             "tests/test_hostile.py", "tests/test_isolation.py", "tests/test_faults.py",
              "-k", f"(cgroup2 and not ({' or '.join(TWINS)})) or doctor_")
 #: UML runs every guest system call through ptrace (a process start costs ~0.5 s
 #: in there), so the selection takes ~57 s in one guest. Guests are single-CPU:
 #: two of them, booted side by side, use both of CI's cores and halve the stage.
 SHARDS = 2
 #: Slow in the guest (seconds, measured); used to balance the shards.
-SLOW = {"node": 5.0, "signal_is_forwarded": 3.0, "escapee": 2.5, "hostile": 3.0}
+SLOW = {"node": 5.0, "signal_is_forwarded": 3.0, "escapee": 2.5, "hostile": 3.0,
+        "fills_up": 15.0, "still_full": 7.0}
 GUEST_MEM = "768M"
 #: Host-side limit on the whole boot; the guest's own pytest gets less, so that a
 #: hung test still lets the guest report (see init.sh).
