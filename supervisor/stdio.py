@@ -10,8 +10,8 @@ again would race with the agent (it is still its flag too) and would block forev
 on a reader that stopped; so instead every write goes through :func:`write_all`:
 write, and on EAGAIN or a partial write poll for POLLOUT and carry on for as long as
 the reader keeps taking bytes (at most ``STALL_S`` without progress, ``WRITE_S`` in
-all). A stream that gave up once is not waited on again until a write gets through
-whole, so a reader that stopped costs the fleet's loop one wait, not one per line;
+all). A stream that gave up once is not waited on again until the reader takes a byte
+again, so a reader that stopped costs the fleet's loop one wait, not one per line;
 :func:`forget_stalls` lifts that for the final lines, which get full patience.
 
 :func:`install` puts this under ``sys.stdout`` and ``sys.stderr`` (the CLI calls it
@@ -50,8 +50,9 @@ def write_all(fd: int, data: bytes, stall: float = STALL_S, total: float = WRITE
         except BlockingIOError:
             n = 0
         now = time.monotonic()
-        if n:
+        if n:  # progress: the reader is there (again), so it is worth waiting for
             done, last = done + n, now
+            _stalled.discard(fd)
             continue
         left = min(stall - (now - last), total - (now - start))
         if fd in _stalled or left <= 0:

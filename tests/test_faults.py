@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_supervise import stdio
 from agent_supervise.pool import MAX_LINE
 from agent_supervise.rundir import read_events
 from agent_supervise.spool import Budget, FolderHealth, Spool
@@ -241,6 +242,46 @@ def test_run_outcome_arrives_on_a_stderr_the_agent_made_non_blocking(backend):
             assert tail.startswith("agent-supervise: ") and tail.endswith("\n"), tail[-500:]
             assert " exited with status 3" in tail and "backend " * (
                 backend == "rlimit") in tail
+
+
+@pytest.mark.figure("9. an agent leaves the shared stderr non-blocking")
+def test_a_reader_that_stopped_costs_one_bounded_wait():
+    """write_all waits while nobody reads, but only so long, and only once: later
+    writes to that stream do not wait until one gets through; then it waits again."""
+    r, w = tiny_nonblocking_pipe()
+    try:
+        while True:
+            try:
+                os.write(w, b"z" * 512)
+            except BlockingIOError:
+                break
+        started = time.monotonic()
+        assert stdio.write_all(w, b"line\n", stall=0.3) == 0
+        waited = time.monotonic() - started
+        started = time.monotonic()
+        assert stdio.write_all(w, b"line\n", stall=0.3) == 0
+        assert 0.3 <= waited < 2 and time.monotonic() - started < 0.1
+        os.set_blocking(r, False)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(r, 65536):  # the reader comes back: the pipe drains
+                pass
+        os.set_blocking(r, True)
+        big = b"y" * 20000  # five times the pipe: partial writes while it is read
+        got = bytearray()
+
+        def slow_reader() -> None:
+            while len(got) < len(big):
+                got.extend(os.read(r, 1000))
+                time.sleep(0.01)
+        reader = threading.Thread(target=slow_reader)
+        reader.start()
+        assert stdio.write_all(w, big, stall=2) == len(big)  # waited as it was read
+        reader.join(10)
+        assert bytes(got) == big
+    finally:
+        stdio.forget_stalls()
+        os.close(r)
+        os.close(w)
 
 
 def tiny_nonblocking_pipe() -> tuple[int, int]:
