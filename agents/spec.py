@@ -92,6 +92,7 @@ class AgentSpec:
     name: str
     cmd: tuple[str, ...]
     memory_limit: int = 50 << 20
+    pids_limit: int = 4096  # limits.base.DEFAULT_PIDS_LIMIT; 0: no process cap
     timeout: float | None = None
     grace: float | None = None
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
@@ -145,6 +146,7 @@ class Task:
     pool: PoolSettings | None = None
     user: str | None = None
     group: str | None = None
+    pids_limit: int = 4096
 
 
 @dataclass(frozen=True)
@@ -176,4 +178,4 @@ def make_task(agent: AgentSpec, spec: TaskSpec, n: int, default_grace: float) ->
         cwd=fill(agent.cwd, values),
         env=MappingProxyType({k: fill(v, values) for k, v in agent.env.items()}),
         vars=spec.vars, where=spec.where, pool=agent.pool, user=agent.user,
-        group=agent.group)
+        group=agent.group, pids_limit=agent.pids_limit)

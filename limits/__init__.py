@@ -13,13 +13,14 @@ import os
 from dataclasses import dataclass
 
 from ..errors import BackendUnavailable, BadInput
-from .base import Backend, Cage, StaleCage, Unavailable
+from .base import DEFAULT_PIDS_LIMIT, Backend, Cage, StaleCage, Unavailable
 from .cgroup1 import Cgroup1Backend
 from .cgroup2 import Cgroup2Backend
 from .cgroupfs import cgroup_mounts
 from .rlimit import KINDS, RlimitBackend
 
-__all__ = ["Backend", "Cage", "StaleCage", "Unavailable", "BACKEND_NAMES", "Probe",
+__all__ = ["Backend", "Cage", "StaleCage", "Unavailable", "BACKEND_NAMES", "DEFAULT_PIDS_LIMIT",
+           "Probe",
            "make_backend", "probe_all", "select_backend"]
 
 BACKEND_NAMES = ("cgroup2", "cgroup1", "rlimit")

@@ -5,15 +5,18 @@ really trying it, and *creates* one cage per agent run.
 
 A **cage** is one agent's enclosure. Its life:
 
-1. ``Backend.create(label, limit)`` prepares it in the supervisor (mkdir, write the
-   limit, read it back, open the files the watchdog will read).
+1. ``Backend.create(label, limit, pids=N)`` prepares it in the supervisor (mkdir,
+   write the limits, read them back, open the files the watchdog will read).
 2. ``child_setup()`` says what the child does *before exec* (write to an open
    ``cgroup.procs``, ``setrlimit``), so the agent is capped from its first
    instruction. It is data, not code: the spawner does it with raw system calls
    (see :mod:`agent_supervise.spawn` for why).
 3. ``attach(pid)`` tells the cage the agent's root pid once it exists.
 4. While it runs: ``usage()`` (bytes charged to the whole agent now), ``peak()``,
-   ``oom_kills()``, ``members()``, and ``notify_fd()`` to wake the loop on an OOM.
+   ``oom_kills()``, ``members()``, ``notify_fd()`` to wake the loop on an OOM, and on
+   each watchdog tick ``tampered()`` (a limit changed under the supervisor) and
+   ``pids_exceeded()`` (the process cap was hit); ``placements()`` says which
+   cgroups every thread of the agent must stay in (the escape check).
 5. ``signal(sig)`` reaches every process inside; ``kill()`` SIGKILLs them all.
 6. ``release()`` removes it once ``is_empty()``.
 """
@@ -62,6 +65,26 @@ class ChildSetup:
             return f"write(0 > {self.procs[index][1]})"
         which, value = self.rlimits[index - len(self.procs)]
         return f"setrlimit({which}, {value})"
+
+#: The default process cap (``--pids-limit``, ``pids_limit``): tasks, i.e. processes
+#: and threads, in one agent. 0 turns it off.
+DEFAULT_PIDS_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A cgroup that every thread of the agent must stay in (see escape.py).
+
+    ``hierarchy`` is the key of its line in /proc/PID/cgroup ("" on cgroup v2, a
+    v1 controller such as "memory" or "pids"); ``cgroup`` its path as that file
+    shows it (None when unknown: then the cage's name in the path decides);
+    ``threads()`` reads the thread ids inside it and its sub-cgroups now.
+    """
+
+    hierarchy: str
+    cgroup: str | None
+    threads: Callable[[], set[int]]
+
 
 CAGE_PREFIX = "agent-supervise"
 _NAME_RE = re.compile(rf"{CAGE_PREFIX}\.(\d+)-(\d+)\.(\d+)(?:\.[\w-]*)?")
@@ -179,6 +202,21 @@ class Cage(abc.ABC):
     @abc.abstractmethod
     def members(self) -> list[int]: ...
 
+    def tampered(self) -> str | None:
+        """What changed in the cage's own limits since they were set (the agent wrote
+        to them), or None. Called on every watchdog tick: kept-open fds and pread."""
+        return None
+
+    def pids_exceeded(self) -> str | None:
+        """Why the agent is over its process cap (a fork failed at the kernel's
+        ``pids.max``, or the counted tree reached the cap), or None."""
+        return None
+
+    def placements(self) -> list[Placement]:
+        """The cgroups every thread of the agent must stay in; none for a cage that
+        is no cgroup."""
+        return []
+
     def signal(self, sig: int) -> int:
         """Send ``sig`` to every process inside; return how many were signalled."""
         sent = 0
@@ -214,7 +252,10 @@ class Backend(abc.ABC):
         """Really try the mechanism. Return where cages go; raise :class:`Unavailable`."""
 
     @abc.abstractmethod
-    def create(self, label: str, limit: int) -> Cage: ...
+    def create(self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT,
+               uid: int | None = None) -> Cage:
+        """A cage for one agent: ``limit`` bytes, at most ``pids`` tasks (0: no cap);
+        ``uid`` is the user the agent will run as (None: the supervisor's)."""
 
     def clean_stale(self) -> list[StaleCage]:
         """Remove cages left by supervisors that died. Default: nothing to clean."""

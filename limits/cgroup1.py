@@ -13,6 +13,14 @@ and measured on the project's machines, see ../shared/NOTES.md):
   may still read 0 at that moment, so the event itself is taken as the OOM.
 * ``memory.failcnt`` is unreliable (non-zero without any OOM); it is not used.
 * Removing a cgroup signals its registered eventfds once: unregister first.
+* ``memory.use_hierarchy`` 1 (the only value since Linux 5.11) charges sub-cgroups
+  to their parent: a sub-cgroup an agent running as root makes in its cage, with any
+  limit of its own, stays under the cage's cap. An older kernel may start a cgroup
+  at 0; the cage sets 1 (allowed while it has no children) and guards it.
+* ``memory.oom_control`` ``oom_kill_disable 1`` would make the agent hang at its cap
+  instead of being killed; it is guarded like the limits (guard.py).
+* The pids controller is its own hierarchy: the process cap is a companion leaf
+  there (pids.py), joined by the child with the memory cage.
 """
 
 from __future__ import annotations
@@ -24,24 +32,38 @@ from ..errors import CageError, syscall_error
 from .base import Unavailable
 from .cgroupcage import CgroupBackend, CgroupCage, page_floor
 from .cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
+from .guard import Guard, PeakGuard
+from .pids import PidsHierarchy
 
 
 class Cgroup1Cage(CgroupCage):
     usage_file = "memory.usage_in_bytes"
+    hierarchy = "memory"
+    threads_file = "tasks"
 
     def configure(self) -> None:
         self.notes: list[str] = []
         rounded = str(page_floor(self.limit))
         self.write_checked("memory.limit_in_bytes", str(self.limit), rounded)
+        self._guarded = ["memory.limit_in_bytes"]
         if self.fs.exists(self._file("memory.memsw.limit_in_bytes")):
             self.write_checked("memory.memsw.limit_in_bytes", str(self.limit), rounded)
+            self._guarded.append("memory.memsw.limit_in_bytes")
         else:
             self.notes.append("memory.memsw.limit_in_bytes is missing (swap accounting "
                               "off): the cap covers RAM only")
+        if self.fs.exists(self._file("memory.use_hierarchy")):
+            if self.fs.read(self._file("memory.use_hierarchy")).strip() != "1":
+                self.write_checked("memory.use_hierarchy", "1")
+            self._guarded.append("memory.use_hierarchy")
 
     def open_files(self) -> None:
         super().open_files()
         self._oom_fd = self._keep_open("memory.oom_control")
+        self.guards = [Guard(self._keep_open(name), name) for name in self._guarded]
+        self.guards.append(Guard(self._oom_fd, "memory.oom_control", "oom_kill_disable"))
+        self.guards.append(PeakGuard(self._keep_open("memory.max_usage_in_bytes"),
+                                     "memory.max_usage_in_bytes", self.limit))
         try:
             self._event_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         except OSError as e:
@@ -73,6 +95,25 @@ class Cgroup1Backend(CgroupBackend):
 
     name = "cgroup1"
     cage_class = Cgroup1Cage
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pids = PidsHierarchy(self.fs, self.mountinfo, self.cgroup_file)
+
+    def add_companions(self, cage: CgroupCage) -> None:
+        """The process cap: a leaf of the same name in the v1 pids hierarchy."""
+        if cage.pids_limit <= 0:
+            return
+        try:
+            self.pids.probe()
+        except Unavailable as why:
+            cage.notes.append(f"no process cap from the kernel ({why}): the watchdog "
+                              "counts the cage's processes instead")
+            return
+        cage.companion = self.pids.create(cage.name, cage.pids_limit)
+
+    def clean_stale(self):
+        return super().clean_stale() + self.pids.clean_stale()
 
     def probe(self) -> str:
         if self.parent is not None:

@@ -27,6 +27,12 @@ Kernel behaviour this module relies on (Documentation/admin-guide/cgroup-v2.rst)
   rounded down to a page; the kernel also takes ``50M``, read back as bytes.
 * The root cgroup has no ``memory.*`` limit files, ``cgroup.events`` or
   ``cgroup.kill``, and is exempt from the no-internal-processes rule.
+* The process cap is ``pids.max`` in the same leaf (pids.py), when the pids
+  controller is offered: it is enabled in the parent's ``subtree_control`` beside
+  memory. Sub-cgroups are always charged to their parent (memory and pids alike),
+  so one an agent running as root makes in its cage cannot raise its caps; the
+  leaf's own ``memory.max``, ``memory.swap.max``, ``memory.oom.group`` and
+  ``pids.max`` are guarded against the agent's writes (guard.py).
 """
 
 from __future__ import annotations
@@ -40,24 +46,38 @@ from ..errors import CageError
 from .base import Unavailable
 from .cgroupcage import CgroupBackend, CgroupCage, page_floor
 from .cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
+from .guard import Guard, PeakGuard
+from .pids import exceeded_detail, max_events
 
 
 class Cgroup2Cage(CgroupCage):
     usage_file = "memory.current"
+    hierarchy = ""
+    threads_file = "cgroup.threads"
 
     def configure(self) -> None:
         self.notes: list[str] = []
         self.write_checked("memory.max", str(self.limit), str(page_floor(self.limit)))
+        self._guarded = ["memory.max"]
+        self._pids_events_fd: int | None = None
         if self.fs.exists(self._file("memory.swap.max")):
             self.write_checked("memory.swap.max", "0")
+            self._guarded.append("memory.swap.max")
         else:
             self.notes.append("memory.swap.max is missing (no swap accounting): "
                               "the cap covers RAM only")
         if self.fs.exists(self._file("memory.oom.group")):
             self.write_checked("memory.oom.group", "1")
+            self._guarded.append("memory.oom.group")
         else:
             self.notes.append("memory.oom.group is missing (kernel < 4.19): the "
                               "supervisor kills the rest of the agent after an OOM kill")
+        if self.pids_limit > 0 and self.fs.exists(self._file("pids.max")):
+            self.write_checked("pids.max", str(self.pids_limit))
+            self._guarded.append("pids.max")
+        elif self.pids_limit > 0:
+            self.notes.append("pids.max is missing (the pids controller is not offered "
+                              "here): the watchdog counts the cage's processes instead")
 
     def open_files(self) -> None:
         super().open_files()
@@ -65,6 +85,21 @@ class Cgroup2Cage(CgroupCage):
         # Read once: the read arms kernfs notification; unread, a new fd polls ready
         # and would wake the loop for nothing.
         self._seen_kills = self.oom_kills()
+        self.guards = [Guard(self._keep_open(name), name) for name in self._guarded]
+        if self.fs.exists(self._file("memory.peak")):
+            self.guards.append(PeakGuard(self._keep_open("memory.peak"), "memory.peak",
+                                         self.limit))
+        if "pids.max" in self._guarded:
+            self._pids_events_fd = self._keep_open("pids.events")
+
+    def kernel_pids(self) -> bool:
+        return "pids.max" in self._guarded
+
+    def pids_exceeded(self) -> str | None:
+        if self._pids_events_fd is None or not self._fds:
+            return super().pids_exceeded()
+        refused = max_events(self._pids_events_fd)
+        return exceeded_detail(self.pids_limit, refused) if refused else None
 
     def _events(self) -> dict[str, int]:
         return parse_flat_keyed(os.pread(self._events_fd, 4096, 0).decode())
@@ -185,17 +220,23 @@ class Cgroup2Backend(CgroupBackend):
         if "memory" not in self._controllers(path):
             raise Unavailable("its parent does not delegate the memory controller")
         subtree = os.path.join(path, "cgroup.subtree_control")
-        if "memory" in self.fs.read(subtree).split():
-            return
-        try:
-            self.fs.write(subtree, "+memory")
-        except CageError as err:
-            cause = err.__cause__
-            if isinstance(cause, OSError) and cause.errno == errno.EBUSY and not is_root:
-                raise Unavailable(
-                    "it holds processes, and cgroup v2 lets a non-root cgroup with "
-                    "processes enable no controller for its children") from err
-            raise
+        if "memory" not in self.fs.read(subtree).split():
+            try:
+                self.fs.write(subtree, "+memory")
+            except CageError as err:
+                cause = err.__cause__
+                if isinstance(cause, OSError) and cause.errno == errno.EBUSY and \
+                        not is_root:
+                    raise Unavailable(
+                        "it holds processes, and cgroup v2 lets a non-root cgroup with "
+                        "processes enable no controller for its children") from err
+                raise
+        if "pids" in self._controllers(path) and "pids" not in self.fs.read(
+                subtree).split():
+            try:
+                self.fs.write(subtree, "+pids")
+            except CageError:
+                pass  # then cages count their processes instead (each says so in a note)
 
 
 def _self_and_ancestors(path: str, top: str) -> list[str]:

@@ -1,5 +1,6 @@
 """What the cgroup v1 and v2 cages share: a leaf directory with a written-and-checked
-limit, a kept-open usage file, ``cgroup.procs`` for membership, and stale cleanup."""
+limit, a kept-open usage file, ``cgroup.procs`` for membership, guards on the values
+written (guard.py), an optional v1 pids companion (pids.py), and stale cleanup."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import time
 
 from ..errors import CageError
 from ..proctree import PAGE_SIZE
-from .base import Backend, Cage, ChildSetup, StaleCage, cage_name, stale_owner
-from .cgroupfs import CgroupFS, is_busy, parse_flat_keyed, pread_int
+from .base import (DEFAULT_PIDS_LIMIT, Backend, Cage, ChildSetup, Placement, StaleCage,
+                   cage_name, stale_owner)
+from .cgroupfs import CgroupFS, cgroup_mounts, is_busy, kernel_path, parse_flat_keyed, pread_int
+from .guard import first_change
+from .pids import PidsLeaf, ids_under
 
 #: How long release() and stale cleanup wait for a cgroup to empty and rmdir.
 RMDIR_PATIENCE_S = 3.0
@@ -25,6 +29,8 @@ class CgroupCage(Cage):
     """A leaf cgroup holding one agent."""
 
     usage_file = ""  # memory.current (v2) / memory.usage_in_bytes (v1)
+    hierarchy = ""  # its key in /proc/PID/cgroup: "" (v2) / "memory" (v1)
+    threads_file = ""  # cgroup.threads (v2) / tasks (v1): thread ids inside
 
     def __init__(self, fs: CgroupFS, path: str, limit: int, backend: str) -> None:
         self.fs = fs
@@ -33,6 +39,10 @@ class CgroupCage(Cage):
         self.limit = limit
         self.backend = backend
         self.pid: int | None = None
+        self.pids_limit = 0
+        self.cgroup: str | None = None  # its path as /proc/PID/cgroup shows it
+        self.companion: PidsLeaf | None = None  # v1: the pids leaf beside it
+        self.guards: list = []  # what tampered() re-reads on every tick
         self._fds: list[int] = []
         self._released = False
 
@@ -71,9 +81,14 @@ class CgroupCage(Cage):
         if self._procs_fd in self._fds:
             self._fds.remove(self._procs_fd)
             os.close(self._procs_fd)
+        if self.companion is not None:
+            self.companion.attach()
 
     def child_setup(self) -> ChildSetup:
-        return ChildSetup(procs=((self._procs_fd, self._file("cgroup.procs")),))
+        procs = ((self._procs_fd, self._file("cgroup.procs")),)
+        if self.companion is not None:
+            procs += (self.companion.child_proc(),)
+        return ChildSetup(procs=procs)
 
     # -- while it runs --------------------------------------------------------
     def usage(self) -> int:
@@ -88,15 +103,36 @@ class CgroupCage(Cage):
 
     def members(self) -> list[int]:
         """Processes in the cage and in any sub-cgroup an agent running as root made
-        inside it (``cgroup.procs`` lists only a cgroup's own processes)."""
-        try:
-            pids = [int(p) for p in self.fs.read(self._file("cgroup.procs")).split()]
-            subdirs = self.fs.subdirs(self.path)
-        except CageError:
-            return []
-        for sub in subdirs:
-            pids += type(self)(self.fs, sub, 0, self.backend).members()
+        inside it (``cgroup.procs`` lists only a cgroup's own processes), and in the
+        pids companion (one that left the memory cage is still the agent's)."""
+        pids = ids_under(self.fs, self.path)
+        if self.companion is not None:
+            pids += [p for p in self.companion.members() if p not in pids]
         return pids
+
+    def tampered(self) -> str | None:
+        return first_change(self.guards + (self.companion.guards if self.companion else []))
+
+    def pids_exceeded(self) -> str | None:
+        """The kernel's refusal counter; without a pids controller, the count of
+        processes in the cage reaching the cap (read only in that case)."""
+        if self.companion is not None:
+            return self.companion.exceeded()
+        if self.pids_limit > 0 and not self.kernel_pids():
+            count = len(self.members())
+            if count >= self.pids_limit:
+                return (f"process limit {self.pids_limit} reached: {count} processes in "
+                        "the cage (counted: no pids controller here)")
+        return None
+
+    def kernel_pids(self) -> bool:
+        """Whether the kernel enforces pids_limit (cgroup2 overrides it)."""
+        return self.companion is not None
+
+    def placements(self) -> list[Placement]:
+        own = Placement(self.hierarchy, self.cgroup,
+                        lambda: set(ids_under(self.fs, self.path, self.threads_file)))
+        return [own] + ([self.companion.placement()] if self.companion else [])
 
     def kill(self) -> int:
         return self.signal(signal.SIGKILL)
@@ -121,6 +157,8 @@ class CgroupCage(Cage):
             os.close(fd)
         self._fds.clear()
         remove_when_empty(self.fs, self)
+        if self.companion is not None:
+            self.companion.release()  # empty now: members() covered it too
         self._released = True
 
 
@@ -180,6 +218,12 @@ class CgroupBackend(Backend):
         self.parent: str | None = None
         self._seq = 0
         self._owner: str | None = None
+        self._mounts = None
+
+    def mounts(self):
+        if self._mounts is None:
+            self._mounts = cgroup_mounts(self.mountinfo)
+        return self._mounts
 
     def owner(self) -> str:
         if self._owner is None:
@@ -212,10 +256,14 @@ class CgroupBackend(Backend):
         from .stale import kill_marked_orphans
         return found + kill_marked_orphans()
 
-    def create(self, label: str, limit: int) -> CgroupCage:
+    def create(self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT,
+               uid: int | None = None) -> CgroupCage:
         """mkdir a leaf, write and check its limits, open the files the loop reads."""
         path = self.next_path(label)
-        return self._make(path, limit, open_files=True)
+        return self._make(path, limit, open_files=True, pids=pids)
+
+    def add_companions(self, cage: CgroupCage) -> None:
+        """Cgroups in other hierarchies the agent also joins (cgroup1: pids)."""
 
     def probe_leaf(self, parent: str) -> None:
         """Really create a leaf with a limit in ``parent``, then remove it."""
@@ -223,13 +271,16 @@ class CgroupBackend(Backend):
         path = os.path.join(parent, cage_name(self.owner(), 0, f"probe{self._seq}"))
         self._make(path, 64 << 20, open_files=False).release()
 
-    def _make(self, path: str, limit: int, open_files: bool) -> CgroupCage:
+    def _make(self, path: str, limit: int, open_files: bool, pids: int = 0) -> CgroupCage:
         self.fs.mkdir(path)
         cage = self.cage_class(self.fs, path, limit, self.name)
+        cage.pids_limit = max(0, pids)
+        cage.cgroup = kernel_path(path, self.mounts())
         try:
             cage.configure()
             if open_files:
                 cage.open_files()
+                self.add_companions(cage)
         except BaseException:
             cage.release()
             raise

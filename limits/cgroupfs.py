@@ -157,6 +157,23 @@ def cgroup_dir(mount: Mount, cgroup_path: str) -> str | None:
     return os.path.join(mount.point, rel) if rel else mount.point
 
 
+def kernel_path(directory: str, mounts: list[Mount]) -> str | None:
+    """The cgroup path that /proc/PID/cgroup shows for the cgroup at ``directory``
+    (the inverse of :func:`cgroup_dir`), or None if no mount holds it."""
+    best = None
+    for mount in mounts:
+        point = mount.point.rstrip("/") or "/"
+        if directory == point or directory.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) > len(best[0]):
+                best = (point, mount)
+    if best is None:
+        return None
+    point, mount = best
+    rel = directory[len(point):].strip("/")
+    root = mount.root.rstrip("/")
+    return f"{root}/{rel}" if rel else (root or "/")
+
+
 def is_busy(err: BaseException) -> bool:
     cause = err.__cause__ if isinstance(err.__cause__, OSError) else None
     return cause is not None and cause.errno == errno.EBUSY

@@ -19,9 +19,13 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import time
 
 from ..proctree import ProcessTable
-from .base import Backend, Cage, ChildSetup, Unavailable, cage_name, owner_tag
+from .base import (DEFAULT_PIDS_LIMIT, Backend, Cage, ChildSetup, Placement, Unavailable,
+                   cage_name, owner_tag)
+from .cgroupfs import CgroupFS
+from .pids import PidsHierarchy, PidsLeaf
 
 KINDS = {"data": resource.RLIMIT_DATA, "as": resource.RLIMIT_AS}
 
@@ -29,6 +33,14 @@ KINDS = {"data": resource.RLIMIT_DATA, "as": resource.RLIMIT_AS}
 class RlimitCage(Cage):
     peak_source = "sampled"
     kernel_enforced = False
+    #: The v1 pids leaf it joins where one can be made (pids.py): the process cap,
+    #: and a membership that double forks and a scrubbed environment cannot shed.
+    companion: PidsLeaf | None = None
+    #: RLIMIT_NPROC to set (0: none), see RlimitBackend.create.
+    nproc = 0
+    _count = 0  # processes in the tree at the last usage() walk
+    #: Shared memory RSS does not show (with namespaces only: isolation.py).
+    shared = None
 
     def __init__(self, kind: str, name: str, limit: int, table: ProcessTable) -> None:
         self.kind = kind
@@ -45,20 +57,65 @@ class RlimitCage(Cage):
         self._value = limit if hard == resource.RLIM_INFINITY or hard >= limit else hard
 
     def child_setup(self) -> ChildSetup:
-        return ChildSetup(rlimits=((KINDS[self.kind], self._value),))
+        rlimits = ((KINDS[self.kind], self._value),)
+        if self.nproc:
+            rlimits += ((resource.RLIMIT_NPROC, self.nproc),)
+        procs = (self.companion.child_proc(),) if self.companion else ()
+        return ChildSetup(procs=procs, rlimits=rlimits)
+
+    def attach(self, pid: int) -> None:
+        super().attach(pid)
+        if self.companion is not None:
+            self.companion.attach()
+        from . import isolation
+        if self.init_fd is not None:  # namespaces of its own: its shared memory counts
+            self.shared = isolation.SharedMemoryMeter.open(pid)
+        self.notes.append(isolation.rlimit_uncounted(self.shared is not None))
 
     def members(self) -> list[int]:
         roots = ([self.pid] if self.pid else []) + sorted(self.orphans)
         found = self.table.descendants(roots)
         self.orphans.intersection_update(found)
-        return [p for p in found if self.table.alive(p)]
+        alive = [p for p in found if self.table.alive(p)]
+        return alive + self._outside_tree(found)
+
+    def _outside_tree(self, tree) -> list[int]:
+        """Companion members the tree walk did not reach (live: cgroup.procs drops
+        a process when it exits)."""
+        if self.companion is None:
+            return []
+        seen = set(tree)
+        return [p for p in self.companion.members() if p not in seen]
+
+    def tampered(self) -> str | None:
+        from .guard import first_change
+        return first_change(self.companion.guards) if self.companion else None
+
+    def pids_exceeded(self) -> str | None:
+        """The companion's refusal counter; without one, the tree's process count
+        (from the last usage walk) reaching the cap."""
+        if self.companion is not None:
+            return self.companion.exceeded()
+        if self.pids_limit > 0 and self._count >= self.pids_limit:
+            return (f"process limit {self.pids_limit} reached: {self._count} processes "
+                    "in the tree (counted: no pids cgroup here)")
+        return None
+
+    def placements(self) -> list[Placement]:
+        return [self.companion.placement()] if self.companion else []
 
     def usage(self) -> int:
         """Summed RSS of the tree. Shared pages count once per process, so this
         over-counts (a safe direction for a cap); PSS would cost 5-20x more. A zombie
         or a process gone meanwhile reads as 0: no liveness check is needed here."""
         roots = ([self.pid] if self.pid else []) + sorted(self.orphans)
-        return sum(self.table.rss(p) for p in self.table.descendants(roots))
+        tree = self.table.descendants(roots)
+        self._count = len(tree)
+        pids = tree + self._outside_tree(tree)
+        rss = sum(self.table.rss(p) for p in pids)
+        if self.shared is None:
+            return rss
+        return rss + self.shared.bytes(pids, time.monotonic())
 
     def peak(self) -> int | None:
         return None
@@ -83,10 +140,17 @@ class RlimitCage(Cage):
     def release(self) -> None:
         self.orphans.clear()
         self.close_init()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+        if self.companion is not None:
+            self.companion.release()
+            self.companion = None
 
 
 class RlimitBackend(Backend):
-    def __init__(self, kind: str = "data", table: ProcessTable | None = None) -> None:
+    def __init__(self, kind: str = "data", table: ProcessTable | None = None,
+                 pids: PidsHierarchy | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"rlimit kind must be one of {sorted(KINDS)}, not {kind!r}")
         self.kind = kind
@@ -94,6 +158,7 @@ class RlimitBackend(Backend):
         self.table = table or ProcessTable()
         self._seq = 0
         self._owner: str | None = None
+        self.pids = pids or PidsHierarchy(CgroupFS())
 
     def probe(self) -> str:
         try:
@@ -107,10 +172,27 @@ class RlimitBackend(Backend):
     def clean_stale(self):
         """Processes of agents whose supervisor died (see stale.py)."""
         from .stale import kill_marked_orphans
-        return kill_marked_orphans()
+        return kill_marked_orphans() + self.pids.clean_stale()
 
-    def create(self, label: str, limit: int) -> RlimitCage:
+    def create(self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT,
+               uid: int | None = None) -> RlimitCage:
+        """The rlimits, plus the process cap: a pids companion leaf where the machine
+        has a writable v1 pids hierarchy (made even without a cap, for membership);
+        else the watchdog counts the tree, and an agent running as a dropped user also
+        gets RLIMIT_NPROC. That rlimit is per user, not per agent: the kernel counts
+        every task of the uid on the machine (other agents and programs of that user
+        too) and exempts root, so it is set only where nothing better exists."""
         self._seq += 1
         self._owner = self._owner or owner_tag()
-        return RlimitCage(self.kind, cage_name(self._owner, self._seq, label), limit,
+        cage = RlimitCage(self.kind, cage_name(self._owner, self._seq, label), limit,
                           self.table)
+        cage.pids_limit = max(0, pids)
+        try:
+            cage.companion = self.pids.create(cage.name, cage.pids_limit)
+        except Unavailable as why:
+            if cage.pids_limit:
+                cage.notes.append(f"no process cap from the kernel ({why}): the watchdog "
+                                  "counts the agent's tree instead")
+            if cage.pids_limit and uid is not None and uid != 0:
+                cage.nproc = cage.pids_limit
+        return cage

@@ -19,7 +19,7 @@ from .errors import BadInput, NotLinux, SuperviseError
 from .outcome import Reason
 
 RUN_OPTIONS = ("--memory", "--backend", "--rlimit", "--cgroup-root", "--timeout",
-               "--grace", "--poll", "--json", "--user", "--group")
+               "--grace", "--poll", "--json", "--user", "--group", "--pids-limit")
 
 
 def main(argv=None) -> None:
@@ -87,10 +87,13 @@ class _RunCommand(click.Command):
 @click.option("--user", help="Run CMD as this user (needs root); it then cannot leave its "
               "cgroup.")
 @click.option("--group", help="Run CMD with this group (default: the user's).")
+@click.option("--pids-limit", default="4096", show_default=True,
+              help="Process cap: tasks (processes and threads) in the agent; a fork "
+              "refused at it stops the agent, exit 137. 0: none.")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as_json, user,
-        group, cmd):
+        group, pids_limit, cmd):
     """Run CMD under a hard memory cap and exit like it, or with a precise reason.
 
     \b
@@ -106,7 +109,7 @@ def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as
     parse_cap(memory, what="--memory")  # at least 1M
     opts = RunOptions.parse(memory=memory, backend=backend, rlimit=rlimit_kind,
                             cgroup_root=cgroup_root, timeout=timeout, grace=grace, poll=poll,
-                            user=user, group=group)
+                            user=user, group=group, pids_limit=pids_limit)
     chosen = prepare_backend(opts)
     for stale in opts.stale_cleaned:
         click.echo(f"agent-supervise: cleaned up after dead supervisor pid "

@@ -92,7 +92,8 @@ class LocalEngine:
         """Make a cage, spawn ``task.cmd`` in it, and have the loop watch it."""
         now = self.clock()
         try:
-            cage = self.backend.create(label, task.memory_limit)
+            cage = self.backend.create(label, task.memory_limit, pids=task.pids_limit,
+                                       uid=getattr(self.credentials(task), "uid", None))
         except CageError as err:
             return self._not_started(task, Reason.SETUP_FAILED, str(err), now)
         # A pool worker has its own stderr log (err_log); its stdout is the protocol

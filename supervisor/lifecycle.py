@@ -13,15 +13,22 @@ Rules:
 * Over the cap (watchdog), timeout, or a signal to the supervisor: SIGTERM (or the
   forwarded signal) to every process, ``grace``, then SIGKILL. A memory breach that
   keeps growing during the grace is killed at once: a cap that waits is no cap.
+* A cage whose own limits changed under the supervisor (the agent, as root, wrote
+  to them: see limits/guard.py) and a process found outside its cage (escape.py)
+  stop the agent at once as ``escaped``; a fork refused at the process cap stops it
+  at once as ``pids_exceeded``. Both are looked for on every watchdog tick (the
+  escape check once a second) and once more when the run ends.
 * The first cause that stopped the agent is its reason.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 from dataclasses import dataclass
 
+from .escape import CONFIRM_AFTER_S, EscapeState
 from .outcome import Outcome, Reason, exit_code_for
 from .units import format_size
 from .watchdog import ThrashDetector, Watchdog
@@ -62,6 +69,7 @@ class AgentRun:
         self.pid = pid
         self.escape = escape  # an EscapeWatch: cage members vs the process tree
         self.escape_at = now + ESCAPE_CHECK_S
+        self.escape_state = EscapeState()  # a check waiting for its second look
         #: Descendants adopted by the supervisor (shared with an rlimit cage's set).
         self.orphans: set[int] = getattr(cage, "orphans", set())
         self.started = now
@@ -90,6 +98,8 @@ class AgentRun:
 
     # -- events ---------------------------------------------------------------
     def sample(self, now: float) -> None:
+        if self.cause is None and self._cage_breached(now):
+            return
         usage = self.cage.usage()
         over = self.watchdog.observe(now, usage)
         if over and self.cause is None:
@@ -103,6 +113,22 @@ class AgentRun:
         elif (self.cause is Reason.MEMORY_EXCEEDED and self.state == "stopping"
               and usage > self.breach_usage + ESCALATE_FRACTION * self.spec.limit):
             self._kill(now)
+
+    def _cage_breached(self, now: float) -> bool:
+        """Tampered limits (escaped) or a fork refused at the cap (pids_exceeded):
+        a few preads on kept-open fds; the agent is killed at once."""
+        cause, why = self._breach()
+        if why:
+            self.detail = why
+            self.stop(cause, signal.SIGKILL, now)
+        return bool(why)
+
+    def _breach(self) -> tuple[Reason | None, str | None]:
+        why = self.cage.tampered()
+        if why:
+            return Reason.ESCAPED, why
+        why = self.cage.pids_exceeded()
+        return (Reason.PIDS_EXCEEDED, why) if why else (None, None)
 
     def notified(self, now: float) -> None:
         """The cage's notification fd woke: an OOM kill means the agent is done for."""
@@ -142,25 +168,43 @@ class AgentRun:
             self.cage.kill()  # processes forked while the first kill ran
         if self.status is None and now >= self.watchdog.next_due:
             self.sample(now)
-        if self.escape is not None and self.status is None and now >= self.escape_at:
-            self.escape_at = now + ESCAPE_CHECK_S
+        if self.escape is not None and now >= self.escape_at and (
+                self.status is None or self.escape_state.suspects):
             self._check_escape(now)
         if self.state == "killing" or self.status is not None:
             self.check_at = now + DRAIN_CHECK_S  # poll the draining cage
 
-    def _check_escape(self, now: float) -> list[int]:
-        """Kill processes of the tree found outside the cage; stop the agent."""
-        outside = self.escape.outside(self)
-        if outside:
-            for pid in outside:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+    def _check_escape(self, now: float) -> bool:
+        """One look of the two-look escape check (escape.py): kill established
+        escapees, stop the agent. True while suspects wait or escapees were found."""
+        state = self.escape_state
+        if state.suspects:
+            found = self.escape.second_look(self, state)
+        else:
+            found = self.escape.first_look(self, state)
+        self.escape_at = now + self._escape_interval()
+        if found:
+            self.escape.kill(found)
             if self.cause is None:
-                self.detail = f"{len(outside)} processes left the cage: {outside[:5]}"
+                seen = "; ".join(f"{s.pid} ({s.where})" for s in found[:3])
+                self.detail = f"{len(found)} processes left the cage: {seen}"
                 self.stop(Reason.ESCAPED, signal.SIGKILL, now)
-        return outside
+        return bool(found or state.suspects)
+
+    def _escape_interval(self) -> float:
+        """Jittered, so that an agent hopping out of its cage and back cannot keep
+        in step with the checks; a second look soon after a suspect, and looks that
+        soon while a process that moved out and back in before is alive."""
+        state = self.escape_state
+        if state.suspects or state.moved_back:
+            return CONFIRM_AFTER_S
+        return ESCAPE_CHECK_S * random.uniform(0.5, 1.5)
+
+    def _escape_pending(self, now: float) -> bool:
+        """At the end, with the cage empty: is anything of the tree still outside?"""
+        if self.escape_state.suspects and now < self.escape_at:
+            return True  # the second look is not due yet
+        return self._check_escape(now)
 
     def stop(self, cause: Reason, sig: int, now: float, cause_signal: int | None = None) -> None:
         if self.cause is not None or self.state in ("killing", "done"):
@@ -182,7 +226,8 @@ class AgentRun:
     def next_due(self) -> float:
         times = [self.kill_at, self.deadline if self.status is None else None,
                  self.watchdog.next_due if self.status is None else None,
-                 self.settle_until]
+                 self.settle_until, self.escape_at if self.escape_state.suspects or (
+                     self.escape_state.moved_back and self.status is None) else None]
         if self.state == "killing" or (self.status is not None and self.state != "done"):
             times.append(self.check_at)
         return min(t for t in times if t is not None) if any(
@@ -196,7 +241,7 @@ class AgentRun:
             if self.cage.oom_kills() == 0 and now < self.settle_until:
                 return False
             self.settle_until = None
-        if self.cage.is_empty() and not (self.escape and self._check_escape(now)):
+        if self.cage.is_empty() and not (self.escape and self._escape_pending(now)):
             self.emptied = True  # finish() follows at once: no need to read it again
             return True
         gave_up = self.killed_at is not None and now - self.killed_at > KILL_PATIENCE_S
@@ -205,6 +250,9 @@ class AgentRun:
     # -- outcome --------------------------------------------------------------
     def finish(self, now: float) -> Outcome:
         """Read the final counters, release the cage and say how the run ended."""
+        if self.cause is None:  # changed or hit since the last tick
+            self.cause, why = self._breach()
+            self.detail = why or self.detail
         oom = self.cage.oom_kills()
         kernel_peak = self.cage.peak()
         notes = list(getattr(self.cage, "notes", []))

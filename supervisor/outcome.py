@@ -23,6 +23,7 @@ class Reason(str, enum.Enum):
     SIGNALED = "signaled"                # killed by a signal nobody here sent
     OOM_KILLED = "oom_killed"            # the kernel's OOM killer fired in the cage
     MEMORY_EXCEEDED = "memory_exceeded"  # the watchdog saw the tree over its cap
+    PIDS_EXCEEDED = "pids_exceeded"      # a fork was refused at its process cap
     TIMEOUT = "timeout"                  # ran longer than its timeout
     INTERRUPTED = "interrupted"          # the supervisor got SIGINT/SIGTERM/SIGHUP
     NOT_FOUND = "not_found"              # exec: no such file
@@ -30,7 +31,7 @@ class Reason(str, enum.Enum):
     SETUP_FAILED = "setup_failed"        # the cage could not be made or entered
     STOPPED = "stopped"                  # the supervisor stopped it (self-guard)
     EVICTED = "evicted"                  # stopped to free memory (pressure rule)
-    ESCAPED = "escaped"                  # a process moved itself out of its cage
+    ESCAPED = "escaped"                  # left its cage, or changed the cage's limits
     CANCELLED = "cancelled"              # never started: the fleet was stopped first
 
     def __str__(self) -> str:
@@ -42,6 +43,7 @@ FIXED_CODES = {
     Reason.OK: 0,
     Reason.OOM_KILLED: 128 + signal.SIGKILL,
     Reason.MEMORY_EXCEEDED: 128 + signal.SIGKILL,
+    Reason.PIDS_EXCEEDED: 128 + signal.SIGKILL,
     Reason.TIMEOUT: 124,
     Reason.NOT_FOUND: 127,
     Reason.NOT_EXECUTABLE: 126,
@@ -123,6 +125,8 @@ class Outcome:
             Reason.OOM_KILLED: f"{cmd} killed by the kernel: memory limit {limit} reached "
                                f"({facts})",
             Reason.MEMORY_EXCEEDED: f"{cmd} killed: memory limit {limit} exceeded ({facts})",
+            Reason.PIDS_EXCEEDED: f"{cmd} killed at its process limit (backend "
+                                  f"{self.backend})",
             Reason.TIMEOUT: f"{cmd} timed out after {format_duration(self.duration_s)}",
             Reason.INTERRUPTED: f"{cmd} stopped: agent-supervise received "
                                 f"{signal_name(self.signal)}",
@@ -132,7 +136,7 @@ class Outcome:
             Reason.SETUP_FAILED: f"{cmd} not started",
             Reason.STOPPED: f"{cmd} stopped by agent-supervise",
             Reason.EVICTED: f"{cmd} evicted: the machine ran short of memory",
-            Reason.ESCAPED: f"{cmd} left its cage (moved into another cgroup): stopped",
+            Reason.ESCAPED: f"{cmd} broke out of its cage: stopped",
             Reason.CANCELLED: f"{cmd} never started",
         }[self.reason]
         if self.reason is Reason.FAILED and self.backend.startswith("rlimit"):

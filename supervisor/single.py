@@ -38,11 +38,12 @@ class RunOptions:
     cwd: str | None = None
     creds: Credentials | None = None
     stale_cleaned: list = field(default_factory=list)
+    pids_limit: int = limits.DEFAULT_PIDS_LIMIT  # 0: no process cap
 
     @classmethod
     def parse(cls, *, memory="50M", backend="auto", rlimit="data", cgroup_root=None,
               timeout=None, grace="2s", poll="100ms", env=None, cwd=None, user=None,
-              group=None) -> RunOptions:
+              group=None, pids_limit=limits.DEFAULT_PIDS_LIMIT) -> RunOptions:
         """Parse sizes and durations like systemd, resolve the user; raise BadInput
         naming the value."""
         timeout_s = parse_duration(timeout, what="--timeout", allow_zero=True) \
@@ -54,7 +55,17 @@ class RunOptions:
         return cls(memory=parse_size(memory, what="--memory"), backend=backend,
                    rlimit=rlimit, cgroup_root=cgroup_root, timeout=timeout_s or None,
                    grace=parse_duration(grace, what="--grace", allow_zero=True),
-                   poll=parse_duration(poll, what="--poll"), env=env, cwd=cwd, creds=creds)
+                   poll=parse_duration(poll, what="--poll"), env=env, cwd=cwd, creds=creds,
+                   pids_limit=_parse_pids_limit(pids_limit))
+
+
+def _parse_pids_limit(value) -> int:
+    """``--pids-limit``: a whole number of tasks, 0 for none."""
+    text = str(value).strip()
+    if not text.isdigit() or len(text) > 7:
+        raise BadInput(f"--pids-limit {value!r}: not a whole number of processes "
+                       "(at most 9999999)", hint="try 4096; 0 turns the process cap off")
+    return int(text)
 
 
 def prepare_backend(opts: RunOptions) -> limits.Backend:
@@ -85,7 +96,8 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
     loop = Loop(clock=clock)
     loop.catch_signals()  # from here on, even during spawn (main thread only)
     try:
-        cage = backend.create(label, opts.memory)
+        cage = backend.create(label, opts.memory, pids=opts.pids_limit,
+                              uid=opts.creds.uid if opts.creds else None)
         env = dict(os.environ if opts.env is None else opts.env)
         env.update(opts.creds.env() if opts.creds else {})
         env[CAGE_ENV] = cage.name

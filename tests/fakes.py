@@ -75,7 +75,8 @@ class FakeCgroup2FS(CgroupFS):
     * a child gets the controllers in its parent's ``cgroup.subtree_control``, and
       ``memory.*`` files only when memory is among them; the root cgroup has no
       ``memory.max``, ``cgroup.events`` or ``cgroup.kill``;
-    * limits are stored in pages (``memory.max``, ``memory.swap.max``);
+    * limits are stored in pages (``memory.max``, ``memory.swap.max``); ``pids.*``
+      files come with the pids controller, as ``memory.*`` ones with memory;
     * ``cgroup.subtree_control``: an unknown controller is EINVAL, one the cgroup
       lacks ENOENT, and a non-root cgroup with processes of its own EBUSY (the
       no-internal-processes rule); it lists controllers in the kernel's order and
@@ -121,6 +122,9 @@ class FakeCgroup2FS(CgroupFS):
                           "memory.peak": "0\n", "memory.stat": "anon 0\nfile 0\n",
                           "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"
                                            "oom_group_kill 0\n"})
+        if "pids" in controllers.split() and path != self.root:
+            files.update({"pids.max": "max\n", "pids.current": "0\n",
+                          "pids.events": "max 0\n"})
         for name, text in files.items():
             if name not in self.missing:
                 self._put(os.path.join(path, name), text)

@@ -149,6 +149,11 @@ def test_parent_death_signal_is_set_even_after_a_user_change(path, other_user):
         os.waitpid(child, 0)  # reparented to pytest (a subreaper)
     except ChildProcessError:
         pass
+    # The helper's rlimit cage has a pids companion leaf (limits/pids.py); its owner
+    # was SIGKILLed, so it is stale: what the next start of agent-supervise removes.
+    from agent_supervise.limits.cgroupfs import CgroupFS
+    from agent_supervise.limits.pids import PidsHierarchy
+    PidsHierarchy(CgroupFS()).clean_stale()
 
 
 def test_a_remembered_command_is_checked_again(tmp_path, monkeypatch):
