@@ -10,7 +10,8 @@
  * until it execs, so it only touches its own stack and C arrays built beforehand.
  *
  * Child steps, in order (each failure is reported as "step:errno" on report_fd):
- *   setsid; stdio dup2; enter the cage (write "0" to each open cgroup.procs);
+ *   setsid (or, for `run` in a terminal, a process group of its own made the terminal's
+ *   foreground one); stdio dup2; enter the cage (write "0" to each open cgroup.procs);
  *   setrlimit (the cage's; and RLIMIT_NOFILE back to what the supervisor had);
  *   setgroups/setresgid/setresuid; PR_SET_PDEATHSIG (after the
  *   credential change, which clears it); parent still alive?; chdir;
@@ -105,6 +106,7 @@ struct child_args {
     const char *sysctl_paths[4], *sysctl_values[4];
     const char *parent_proc;   /* "/proc/<parent pid>", to see the parent is alive */
     int keep_fds[2];           /* survive exec (the init's report and status pipes) */
+    int fg_tty;                /* >= 0: stay in the session, own the terminal's foreground */
 };
 
 static int write_file(const char *path, const char *value) {
@@ -137,7 +139,16 @@ static int isolate(struct child_args *a) {
 static __attribute__((noinline, noreturn)) void child(struct child_args *a) {
     int step;
     int fds[3] = {a->fds[0], a->fds[1], a->fds[2]};
-    if (setsid() < 0) { step = S_SETSID; goto fail; }
+    if (a->fg_tty >= 0) {
+        /* As a shell's job control does: a process group of its own, in the caller's
+         * session (so /dev/tty opens and the terminal's signals reach it), made the
+         * terminal's foreground group. Every signal is blocked here, so the
+         * tcsetpgrp of a background group is allowed rather than stopped by SIGTTOU.
+         * In a new PID namespace getpid() is 1, which names this process there. */
+        if (setpgid(0, 0) < 0 || tcsetpgrp(a->fg_tty, getpid()) < 0) {
+            step = S_SETSID; goto fail;
+        }
+    } else if (setsid() < 0) { step = S_SETSID; goto fail; }
     /* Move any source fd that sits on another stdio slot out of the way first. */
     for (int i = 0; i < 3; i++) {
         if (fds[i] >= 0 && fds[i] < 3 && fds[i] != i) {
@@ -196,8 +207,12 @@ static __attribute__((noinline, noreturn)) void child(struct child_args *a) {
     for (int sig = 1; sig < NSIG; sig++) {
         struct sigaction sa;
         if (sig == SIGKILL || sig == SIGSTOP) continue;
+        /* The supervisor ignores the job-control signals while it is in the
+         * background of a terminal: the agent gets them back at their default. */
+        int ours = sig == SIGPIPE || sig == SIGXFSZ
+                   || (a->fg_tty >= 0 && (sig == SIGTTOU || sig == SIGTTIN || sig == SIGTSTP));
         if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL
-                && (sa.sa_handler != SIG_IGN || sig == SIGPIPE || sig == SIGXFSZ)) {
+                && (sa.sa_handler != SIG_IGN || ours)) {
             sa.sa_handler = SIG_DFL;
             sa.sa_flags = 0;
             sigemptyset(&sa.sa_mask);
@@ -237,21 +252,23 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"paths", "argv", "envp", "cwd", "stdin", "stdout", "stderr",
                             "procs_fds", "rlimits", "nofile_soft",
                             "nofile_hard", "uid", "gid", "groups", "death_signal",
-                            "report_fd", "isolation", NULL};
+                            "report_fd", "isolation", "foreground_tty", NULL};
     PyObject *paths_o, *argv_o, *envp_o, *cwd_o, *groups_o, *procs_o, *rlimits_o;
     PyObject *isolation_o = Py_None;
+    int fg_tty = -1;
     int fds[3], death_signal, report_fd;
     long long nofile_soft, nofile_hard;
     long uid, gid;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiOOLLllOii|O", names, &paths_o,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOiiiOOLLllOii|Oi", names, &paths_o,
                                      &argv_o, &envp_o, &cwd_o, &fds[0], &fds[1], &fds[2],
                                      &procs_o, &rlimits_o, &nofile_soft,
                                      &nofile_hard, &uid, &gid, &groups_o, &death_signal,
-                                     &report_fd, &isolation_o))
+                                     &report_fd, &isolation_o, &fg_tty))
         return NULL;
     struct child_args a;
     memset(&a, 0, sizeof a);
     a.keep_fds[0] = a.keep_fds[1] = -1;
+    a.fg_tty = fg_tty;
     /* isolation: (shm tmpfs options, ((sysctl path, value), ...), (keep_fd, keep_fd))
      * as bytes and ints; the strings stay owned by the tuple while we run. */
     if (isolation_o != Py_None) {

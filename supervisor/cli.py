@@ -115,12 +115,21 @@ def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as
         click.echo(f"agent-supervise: cleaned up after dead supervisor pid "
                    f"{stale.owner_pid}: {stale.path} (killed {stale.killed} processes)",
                    err=True)
-    outcome = run_agent(cmd, opts, backend=chosen)
+    from .terminal import Terminal
+    terminal = Terminal.attach()  # in a terminal's foreground: the agent's job now
+    outcome = run_agent(cmd, opts, backend=chosen, terminal=terminal)
     if as_json:
         click.echo(json.dumps(outcome.to_json()), err=True)
-    elif outcome.reason is not Reason.OK:
-        click.echo(f"agent-supervise: {outcome.message()}", err=True)
+    elif outcome.reason not in QUIET_REASONS:
+        # Only when agent-supervise acted (or the command never ran), as timeout(1)
+        # adds nothing to a command's own failure.
+        start = Terminal.clean_line() if terminal else ""
+        click.echo(f"{start}agent-supervise: {outcome.message()}", err=True)
     return outcome.exit_code
+
+
+#: Endings that are the command's own: `run` adds no line of its own to them.
+QUIET_REASONS = frozenset({Reason.OK, Reason.FAILED, Reason.SIGNALED})
 
 
 def _check_dashdash(ctx, cmd) -> None:

@@ -68,6 +68,10 @@ def _parse_pids_limit(value) -> int:
     return int(text)
 
 
+#: How often `run` in a terminal looks whether ^Z stopped its agent.
+STOP_CHECK_S = 0.1
+
+
 def prepare_backend(opts: RunOptions) -> limits.Backend:
     """Choose and probe the backend, become a subreaper, clean stale cages."""
     backend = limits.select_backend(opts.backend, rlimit=opts.rlimit,
@@ -80,12 +84,15 @@ def prepare_backend(opts: RunOptions) -> limits.Backend:
 
 def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
               stderr=None, label: str | None = None, backend: limits.Backend | None = None,
-              clock=time.monotonic, on_started=None) -> Outcome:
+              clock=time.monotonic, on_started=None, terminal=None) -> Outcome:
     """Run ``cmd`` in a cage until it and everything it started are gone.
 
     Raises :class:`~agent_supervise.errors.BadInput` for bad settings (nothing is
     started). Every other ending, including "command not found", is an
     :class:`Outcome` with an exact reason and a shell-style exit code.
+
+    ``terminal`` (a :class:`~agent_supervise.terminal.Terminal`): make the agent that
+    terminal's foreground job, as a shell would; it is restored when the run ends.
     """
     cmd = tuple(cmd)
     if not cmd:
@@ -106,10 +113,13 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
             with Spawner() as spawner:
                 proc = spawner.spawn(cmd, cage, env=env, cwd=opts.cwd, stdin=stdin,
                                      stdout=stdout, stderr=stderr, creds=opts.creds,
-                                     grace=opts.grace)
+                                     grace=opts.grace,
+                                     foreground_tty=terminal.fd if terminal else None)
         except SpawnFailed as failed:
             cage.release()
             return _not_started(cmd, cage, opts, failed, clock() - started)
+        if terminal is not None:
+            terminal.started(proc.pid, init=cage.init_fd is not None)
         cage.attach(proc.pid)
         spec = RunSpec(cmd, opts.memory, label, opts.timeout, opts.grace, opts.poll)
         run = AgentRun(spec, cage, proc.pid, started, escape=EscapeWatch(loop.table))
@@ -117,12 +127,19 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
         if on_started:
             on_started(run)
         while run.outcome is None:
-            loop.step()
+            if terminal is None:
+                loop.step()
+            else:  # a ^Z shows as a stopped group, not as an event: look often
+                loop.step(max_wait=STOP_CHECK_S)
+                if run.outcome is None and run.status is None:
+                    terminal.check_stopped(loop.table, cage.members())
         proc.returncode = run.outcome.status if run.outcome.status is not None \
             else -(run.outcome.signal or 0)  # reaped by us: keep Popen from waiting
         return run.outcome
     finally:
         loop.close()
+        if terminal is not None:
+            terminal.restore()
 
 
 def _not_started(cmd, cage, opts: RunOptions, failed: SpawnFailed, duration: float) -> Outcome:

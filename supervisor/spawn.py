@@ -94,23 +94,28 @@ class Spawner:
         self._null_fd: int | None = None
 
     def spawn(self, cmd, cage, *, env=None, cwd=None, stdin=None, stdout=None,
-              stderr=None, creds=None, grace: float = 2.0):
+              stderr=None, creds=None, grace: float = 2.0, foreground_tty: int | None = None):
         """Start ``cmd`` in ``cage`` (as ``creds``' user, if given); return an object
         with ``pid`` and ``returncode``; raise :class:`SpawnFailed` if it cannot run.
 
         Where agents can have namespaces of their own (``limits.isolation``), the pid
         is their init's, which gives the leftovers ``grace`` after the agent exits,
-        and the cage's ``init_fd`` is where the agent's own exit status will be."""
+        and the cage's ``init_fd`` is where the agent's own exit status will be.
+
+        ``foreground_tty``: instead of a session of its own, the agent gets a process
+        group of its own in this session, made that terminal's foreground group (see
+        terminal.py)."""
         setup = cage.child_setup()
         if fast_path():
             plan = isolation.Plan.for_cap(cage.limit) if isolation.enabled() else None
             return self._vfork(list(cmd), setup, creds, env, cwd, (stdin, stdout, stderr),
-                               plan, grace, cage)
-        return self._fork(list(cmd), setup, creds, env, cwd, stdin, stdout, stderr)
+                               plan, grace, cage, foreground_tty)
+        return self._fork(list(cmd), setup, creds, env, cwd, stdin, stdout, stderr,
+                          foreground_tty)
 
     # -- vfork, through the C extension -----------------------------------------------
     def _vfork(self, cmd, setup, creds, env, cwd, stdio, plan=None, grace=2.0,
-               cage=None) -> Child:
+               cage=None, foreground_tty=None) -> Child:
         env = os.environ if env is None else env
         paths = [cmd[0]] if os.sep in cmd[0] else self._lookup(cmd[0], env)
         argv = cmd
@@ -140,7 +145,8 @@ class Spawner:
                     [fd for fd, _ in setup.procs], list(setup.rlimits),
                     nofile[0], nofile[1], creds.uid if creds else -1,
                     creds.gid if creds else -1, list(creds.groups) if creds else None,
-                    self.death_signal, report_w, ns)
+                    self.death_signal, report_w, ns,
+                    -1 if foreground_tty is None else foreground_tty)
             finally:
                 os.close(report_w)
                 if init_w >= 0:
@@ -200,9 +206,12 @@ class Spawner:
         return [found]
 
     # -- fork + preexec_fn, through subprocess ----------------------------------------
-    def _fork(self, cmd, setup, creds, env, cwd, stdin, stdout, stderr):
+    def _fork(self, cmd, setup, creds, env, cwd, stdin, stdout, stderr,
+              foreground_tty=None):
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         steps = setup.steps()
+        if foreground_tty is not None:
+            steps.insert(0, ("tcsetpgrp", _foreground_step(foreground_tty)))
         nofile = original_open_files_limit()
         if nofile is not None:
             steps.append(("setrlimit(RLIMIT_NOFILE)",
@@ -212,7 +221,8 @@ class Spawner:
         try:
             return subprocess.Popen(
                 cmd, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-                close_fds=True, start_new_session=True, restore_signals=True,
+                close_fds=True, start_new_session=foreground_tty is None,
+                process_group=None if foreground_tty is None else 0, restore_signals=True,
                 preexec_fn=_child_setup(steps, report_w))
         except subprocess.SubprocessError as err:
             os.close(report_w)
@@ -238,6 +248,23 @@ class Spawner:
                 os.kill(os.getpid(), sig)
 
         return step
+
+
+def _foreground_step(tty: int):
+    def step() -> None:
+        # SIGTTOU would stop a background group's tcsetpgrp: block it for the call,
+        # and give the agent the job-control signals at their default.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+        try:
+            os.tcsetpgrp(tty, os.getpid())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig in (signal.SIGTTOU, signal.SIGTTIN, signal.SIGTSTP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except ValueError:  # spawned from a thread: its dispositions stay
+                pass
+    return step
 
 
 _FS_CODEC = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
@@ -273,7 +300,7 @@ def _step_failure(step: int, code: int, cmd, cwd, setup, creds) -> SpawnFailed:
             _spawn.S_ISOLATE: "namespaces (a private /dev/shm, IPC limits, the init's fds)",
             _spawn.S_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
             _spawn.S_PARENT_GONE: "getppid (the supervisor died meanwhile)",
-            _spawn.S_SETSID: "setsid", _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",
+            _spawn.S_SETSID: "setsid (or setpgid + tcsetpgrp in a terminal)", _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",
             }.get(step, f"drop privileges to {creds.user if creds else '?'}")
     return SpawnFailed(Reason.SETUP_FAILED,
                        f"entering the cage failed: {call}: {os.strerror(code)}", code)
