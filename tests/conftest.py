@@ -481,6 +481,27 @@ def record_figure(group: str, key: str, case: str, contained: bool) -> None:
     FIGURES.setdefault(group, {}).setdefault(key, {})[case] = contained
 
 
+#: The README row of a test marked ``@pytest.mark.figure("row")``: every run of it
+#: (each backend, each case) counts, contained when it passed.
+ROWS = "rows"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "figure(row): a row of the README's reliability "
+                            "figures that this test's cases count in")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    marker = item.get_closest_marker("figure")
+    if marker is None or report.skipped or (report.when != "call" and report.passed):
+        return
+    params = getattr(item, "callspec", None)
+    backend = params.params.get("backend", "any") if params else "any"
+    record_figure(ROWS, f"{marker.args[0]}\0{backend}", item.name, report.passed)
+
+
 def merge_figures(figures: dict) -> None:
     """Figures measured elsewhere (the VM guests) join this session's."""
     for group, keys in figures.items():
@@ -516,7 +537,28 @@ def figures_block(figures: dict) -> str:
         f"{growth / (1 << 20):+.1f} MiB from task {tasks // 10} to task {tasks}.",
         f"- Bad input (tests/test_bad_input.py): **{sum(bad.values())}/{len(bad)} "
         "rejected** with exit 2, the file, line, key and a hint, and nothing started.",
+        *rows_block(figures.get(ROWS, {}), backends),
         END])
+
+
+def rows_block(rows: dict, backends: list[str]) -> list[str]:
+    """One row per class of hostile agent or fault (the ``figure`` marker): passed of
+    run, per backend ("any": tests that do not depend on one)."""
+    if not rows:
+        return []
+    by_row: dict[str, dict[str, dict]] = {}
+    for key, cases in rows.items():
+        row, backend = key.split("\0")
+        by_row.setdefault(row, {})[backend] = cases
+    columns = backends + ["any"]
+    lines = ["", "| class (round 2) | " + " | ".join(
+        f"{b} (VM)" if b == "cgroup2" else b for b in columns) + " |",
+        "|---|" + "---|" * len(columns)]
+    for row in sorted(by_row):
+        cells = [f"{sum(c.values())}/{len(c)}" if (c := by_row[row].get(b)) else "–"
+                 for b in columns]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import PY, reap_orphans, require_tool
 
-pytestmark = pytest.mark.figure("17. run in a terminal: /dev/tty, keys, ^C, ^Z, resize, modes")
+pytestmark = pytest.mark.figure("run in a terminal (tmux): /dev/tty, keys, ^C, ^Z, resize, modes")
 
 
 class Tmux:
