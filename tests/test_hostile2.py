@@ -57,6 +57,7 @@ def run_fleet(path: Path, timeout: float = 300) -> list[dict]:
 
 # -- class 1: benign agents are never escapees --------------------------------------
 
+@pytest.mark.figure("1. benign agents called escaped (exiting children)")
 @pytest.mark.parametrize("kind", BUSY)
 def test_fifty_busy_agents_all_end_ok(backend, kind, tmp_path):
     """50 runs of an agent that keeps many short-lived children: zero escapes."""
@@ -68,6 +69,7 @@ def test_fifty_busy_agents_all_end_ok(backend, kind, tmp_path):
     assert not bad, bad
 
 
+@pytest.mark.figure("1. benign agents called escaped (exiting children)")
 def test_exiting_children_seen_outside_are_not_escapes(backend, tmp_path):
     """The escape check run back to back while an agent's children exit: the kernel
     shows exiting tasks outside the cage (v1: ``/``), the check never confirms one."""
@@ -129,6 +131,7 @@ ESCAPES = {"pids": ("cgroup1", "rlimit"), "thread": ("cgroup1",),
            "decoy": KERNEL, "swing": KERNEL}
 
 
+@pytest.mark.figure("1. benign agents called escaped (exiting children)")
 @pytest.mark.parametrize("mode", ESCAPES)
 def test_real_escapes_are_caught(backend, mode, tmp_path):
     if backend not in ESCAPES[mode]:
@@ -173,6 +176,7 @@ TAMPERING = {
 }
 
 
+@pytest.mark.figure("2. cage tampering (limits changed, sub-cgroups)")
 @pytest.mark.parametrize("mode", TAMPERING)
 def test_changed_cage_limits_stop_the_agent(backend, mode):
     backends, details = TAMPERING[mode]
@@ -189,6 +193,7 @@ def test_changed_cage_limits_stop_the_agent(backend, mode):
         assert out["peak_bytes"] < out["limit_bytes"] + (40 << 20), out
 
 
+@pytest.mark.figure("2. cage tampering (limits changed, sub-cgroups)")
 def test_a_sub_cgroup_with_a_higher_limit_stays_under_the_cap(backend):
     """Sub-cgroups are charged to their parent: the cage's cap still holds."""
     if backend not in KERNEL:
@@ -210,6 +215,7 @@ BOMBS = {
 }
 
 
+@pytest.mark.figure("7. fork bombs (--pids-limit)")
 @pytest.mark.parametrize("bomb", BOMBS)
 def test_fork_bomb_ends_pids_exceeded(backend, bomb):
     started = time.monotonic()
@@ -227,6 +233,7 @@ def test_fork_bomb_ends_pids_exceeded(backend, bomb):
     assert time.monotonic() - started < (30 if IN_VM else 10)
 
 
+@pytest.mark.figure("7. fork bombs (--pids-limit)")
 def test_threads_count_toward_the_cap(backend):
     # Small stacks: under RLIMIT_DATA each thread's 8 MiB stack would count first.
     cmd = [PY, "-c", "import threading, time\nthreading.stack_size(256 << 10)\n"
