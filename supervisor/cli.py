@@ -205,7 +205,8 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_int
         from .agents.bounds import stream_problem
         problem = stream_problem(tasks_from.fileno())
         if problem:
-            raise BadInput(f"--tasks {tasks_from.name}: {problem}",
+            shown = "-" if tasks_from.name == "<stdin>" else tasks_from.name
+            raise BadInput(f"--tasks {shown}: {problem}",
                            hint="give a file or a pipe of JSON lines, or '-' for stdin")
     if engine == "ray":
         from .raycluster import RaySupervisor
