@@ -155,9 +155,10 @@ def sleepers_fleet(tmp: Path, n: int, **supervisor) -> Path:
 
 
 def wait_for_sleepers(sup, n: int, timeout: float, every: float) -> None:
-    """Until the supervisor process ``sup`` (psutil) has ``n`` `sleep` children."""
+    """Until the supervisor process ``sup`` (psutil) has ``n`` `sleep` descendants (with
+    namespaces of their own, agents are children of their init)."""
     deadline = time.monotonic() + timeout
-    while len([c for c in sup.children() if c.name() == "sleep"]) < n:
+    while len([c for c in sup.children(recursive=True) if c.name() == "sleep"]) < n:
         assert time.monotonic() < deadline, "agents did not all start"
         time.sleep(every)
 

@@ -87,6 +87,7 @@ read -r word
 i=0
 while [ $i -lt 50 ]; do
   pids=$( { [ -n "$1" ] && cat $(find "$1" -name cgroup.procs); \
+            [ -n "$4" ] && cat $(find "$4" -name cgroup.procs); \
             grep -lz "^AGENT_SUPERVISE_CAGE=$3\$" /proc/[0-9]*/environ | cut -d/ -f3; \
           } 2>/dev/null | sort -u)
   [ -z "$pids" ] && break
@@ -95,6 +96,7 @@ while [ $i -lt 50 ]; do
   i=$((i + 1))
 done
 [ -n "$1" ] && find "$1" -depth -type d -exec rmdir {} + 2>/dev/null
+[ -n "$4" ] && find "$4" -depth -type d -exec rmdir {} + 2>/dev/null
 rm -rf "$2"
 """
 
@@ -114,7 +116,9 @@ def spawn_guard(cage, scratch: str) -> int:
             # A background job's stdin is /dev/null unless redirected: pass the pipe as 3.
             ["sh", "-c", 'exec 3<&0; sh -c "$0" guard "$@" <&3 3<&- &', GUARD,
              getattr(cage, "path", ""),
-             scratch, cage.name],
+             scratch, cage.name,
+             # the v1 pids companion leaf, where the cage has one (limits/pids.py)
+             getattr(getattr(cage, "companion", None), "path", "")],
             stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         starter.wait(timeout=10)

@@ -97,6 +97,7 @@ def test_a_dismissed_guard_leaves_everything_alone(tmp_path):
     os.close(fd)
     time.sleep(0.3)
     assert tmp_path.exists()
+    cage.release()  # the test's own cage (a pids companion leaf, where there is one)
 
 
 def _wait_killed(pid: int) -> None:

@@ -26,8 +26,9 @@ run_guest = importlib.util.module_from_spec(_spec)
 sys.modules["run_guest"] = run_guest  # dataclasses look their module up there
 _spec.loader.exec_module(run_guest)
 
-#: Each guest's budget: the measured runs took 32 s (see README).
-STAGE_BUDGET_S = 60.0
+#: Each guest's budget: 32 s measured before round 2 of the hostile cases; 45 s with
+#: the isolation, faults and hostile2 cases in one guest on a loaded 2-core machine.
+STAGE_BUDGET_S = 120.0
 
 
 @pytest.fixture(autouse=True)

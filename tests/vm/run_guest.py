@@ -63,7 +63,7 @@ SLOW = {"node": 5.0, "signal_is_forwarded": 3.0, "escapee": 2.5, "hostile": 3.0,
 GUEST_MEM = "768M"
 #: Host-side limit on the whole boot; the guest's own pytest gets less, so that a
 #: hung test still lets the guest report (see init.sh).
-TIMEOUT_S = 60.0
+TIMEOUT_S = 120.0
 GUEST_MARGIN_S = 8.0
 MARKER = "AGENT-SUPERVISE-VM-STATUS="
 #: Set in the guest (init.sh): a guest never boots another guest.
