@@ -33,6 +33,7 @@ class Probe:
     name: str
     available: bool
     detail: str  # where cages go when available, the reason when not
+    advice: tuple[str, ...] = ()  # when not: what would make it work here (cgroup2)
 
 
 def make_backend(name: str, *, rlimit: str = "data", cgroup_root: str | None = None) -> Backend:
@@ -114,7 +115,12 @@ def probe_all(*, rlimit: str = "data", cgroup_root: str | None = None) -> list[P
     for name in BACKEND_NAMES:
         backend = make_backend(name, rlimit=rlimit, cgroup_root=cgroup_root)
         try:
-            found.append(Probe(name, True, backend.probe()))
+            where = backend.probe()
+            note = getattr(backend, "placement_note", lambda: None)()
+            found.append(Probe(name, True, f"{where} ({note})" if note else where))
         except Unavailable as err:
-            found.append(Probe(name, False, str(err)))
+            found.append(Probe(name, False, str(err),
+                               tuple(getattr(backend, "advice", lambda: ())())))
+        finally:
+            getattr(backend, "close", lambda: None)()  # a delegated scope goes back
     return found

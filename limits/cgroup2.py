@@ -41,10 +41,12 @@ import errno
 import os
 import select
 import time
+import weakref
 
 from ..errors import CageError
+from . import systemd as sd
 from .base import Unavailable
-from .cgroupcage import CgroupBackend, CgroupCage, page_floor
+from .cgroupcage import CgroupBackend, CgroupCage, page_floor, remove_when_empty
 from .cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
 from .guard import Guard, PeakGuard
 from .pids import exceeded_detail, max_events
@@ -160,13 +162,28 @@ class Cgroup2Cage(CgroupCage):
         return super().kill()
 
 
+_AUTO = object()  # Cgroup2Backend(systemd=...): detect
+_SCOPE = object()  # the probe's step "ask systemd for a delegated scope"
+
+
 class Cgroup2Backend(CgroupBackend):
     """Leaves under the supervisor's own cgroup (or ``root``) on the unified hierarchy."""
 
     name = "cgroup2"
     cage_class = Cgroup2Cage
 
+    def __init__(self, fs=None, root=None, *, systemd=_AUTO, **kw) -> None:
+        super().__init__(fs, root, **kw)
+        if systemd is _AUTO:  # the real thing on the real cgroupfs; tests pass theirs
+            off = os.environ.get("AGENT_SUPERVISE_SYSTEMD") == "0"
+            systemd = None if fs is not None or off else sd.Systemd()
+        self.systemd = systemd
+        self.scope: sd.DelegatedScope | None = None
+        self._why_no_scope: str | None = None  # None: the systemd step was not reached
+
     def probe(self) -> str:
+        """Where cages go: ``--cgroup-root``; else the own cgroup; else (systemd) a
+        delegated scope (systemd.py); else the nearest ancestor that can host them."""
         if self.parent is not None:
             return self.parent
         mount = self._memory_mount()
@@ -178,8 +195,17 @@ class Cgroup2Backend(CgroupBackend):
                 raise Unavailable("this process's cgroup is not visible under "
                                   f"{mount.point}")
             candidates = _self_and_ancestors(own, mount.point)
+            if self.systemd is not None:
+                candidates.insert(1, _SCOPE)
         reasons = []
         for candidate in candidates:
+            if candidate is _SCOPE:
+                try:
+                    return self._delegated_scope(mount.point)
+                except Unavailable as err:
+                    self._why_no_scope = str(err)
+                    reasons.append(f"systemd: {err}")
+                    continue
             try:
                 self._prepare_parent(candidate, is_root=candidate == mount.point)
                 self.probe_leaf(candidate)
@@ -189,6 +215,44 @@ class Cgroup2Backend(CgroupBackend):
             self.parent = candidate
             return candidate
         raise Unavailable("; ".join(reasons))
+
+    def _delegated_scope(self, mount_point: str) -> str:
+        manager = self.systemd.find_manager()
+        scope = self.systemd.scope(manager, self.fs, mount_point)
+        path = scope.start()
+        try:
+            self._prepare_parent(path, is_root=False)
+            self.probe_leaf(path)
+        except (Unavailable, CageError) as err:
+            scope.close()
+            raise sd.ScopeFailed(f"{scope.describe()} at {path}: {err}") from err
+        self.scope, self.parent = scope, path
+        self._close = weakref.finalize(self, scope.close)  # at exit, or when dropped
+        return path
+
+    def close(self) -> None:
+        """Give the delegated scope back (a no-op without one); cages first."""
+        if self.scope is not None:
+            self._close()
+
+    def placement_note(self) -> str | None:
+        """What doctor says beside the parent directory."""
+        return self.scope.describe() if self.scope is not None else None
+
+    def advice(self) -> list[str]:
+        """What would give kernel caps here, when the systemd step found none."""
+        if self._why_no_scope is None:
+            return []
+        return sd.advice(has_systemd=sd.systemd_running())
+
+    def clean_stale(self):
+        found = super().clean_stale()
+        if self.scope is not None:  # scopes of dead supervisors beside ours
+            found += sd.clean_stale_scopes(
+                self.fs, os.path.dirname(self.parent), keep=self.parent,
+                remove=lambda path: remove_when_empty(
+                    self.fs, self.cage_class(self.fs, path, 0, self.name)))
+        return found
 
     def _memory_mount(self):
         mounts = [m for m in cgroup_mounts(self.mountinfo) if m.fstype == "cgroup2"]

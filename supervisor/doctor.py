@@ -72,7 +72,9 @@ def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
                  "fork + preexec_fn (the C extension was not built, or "
                  "AGENT_SUPERVISE_SPAWN=python): ~10x slower to start agents",
         "namespaces": _namespaces(),
-        "backends": [{"name": p.name, "available": p.available, "detail": p.detail}
+        "systemd": _systemd(),
+        "backends": [{"name": p.name, "available": p.available, "detail": p.detail,
+                      **({"advice": list(p.advice)} if p.advice else {})}
                      for p in probes],
         "auto": chosen,
         "warnings": warnings,
@@ -90,6 +92,9 @@ def render(report: dict) -> str:
     for b in report["backends"]:
         mark = "yes" if b["available"] else "no "
         lines.append(f"  {b['name']:8} {mark}  {b['detail']}")
+        if b.get("advice"):
+            lines.append(f"           kernel caps ({b['name']}) for this user, any of:")
+            lines += [f"           - {a}" for a in b["advice"]]
     lines.append(f"  auto picks: {report['auto'] or 'nothing'}")
     lines += ["", "cgroup mounts:"]
     for m in report["cgroups"]["mounts"] or [{"point": "none", "type": "", "options": []}]:
@@ -101,11 +106,25 @@ def render(report: dict) -> str:
     lines.append(f"PSI: {psi['memory'] if psi['available'] else 'unavailable: ' + psi['reason']}")
     lines.append(f"pidfd: {'yes' if report['pidfd'] else 'no (exits found by SIGCHLD)'}")
     lines.append(f"spawn: {report['spawn']}")
+    lines.append(f"systemd: {report['systemd']['detail']}")
     ns = report["namespaces"]
     lines.append(f"namespaces: {ns['detail']}")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def _systemd() -> dict:
+    """Which systemd manager would hand out a delegated scope (limits/systemd.py)."""
+    from .limits import systemd
+    try:
+        manager = systemd.find_manager()
+    except systemd.NoManager as err:
+        return {"manager": None, "detail": f"no delegated scope: {err}"}
+    return {"manager": "user" if manager.user else "system",
+            "detail": f"cgroup2 cages may go in a delegated scope from {manager.describe()} "
+                      "(systemd-run --scope -p Delegate=yes, held while agent-supervise "
+                      "runs)"}
 
 
 def _namespaces() -> dict:
