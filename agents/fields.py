@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadInput
-from ..units import MAX_SIZE, parse_cap, parse_duration, parse_size
+from ..units import parse_cap, parse_duration, parse_size
 from . import bounds as B
 
 #: Agent names become log file names: letters, digits, '_', '-', '.', no '/' or '..'.
@@ -184,42 +184,9 @@ class Field:
         return dict(value)
 
     def schema(self) -> dict:
-        out = {"description": self.doc}
-        kinds = {
-            "size": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
-                               {"type": "string", "pattern": SIZE_RE}]},
-            "size0": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SIZE},
-                                {"type": "string",
-                                 "pattern": rf"^[0-9]+(\.[0-9]+)?{_UNIT}$"}]},
-            "duration": {"oneOf": [{"type": "number", "exclusiveMinimum": 0},
-                                   {"type": "string", "pattern": DURATION_RE},
-                                   {"type": "null"}]},
-            "cap": {"oneOf": [{"type": "integer", "minimum": B.MIN_CAP,
-                               "maximum": MAX_SIZE},
-                              {"type": "string", "pattern": SIZE_RE}]},
-            "int": {"type": "integer", "minimum": self.minimum,
-                    **({"maximum": self.maximum} if self.maximum is not None else {})},
-            "number": {"type": "number", "minimum": self.minimum},
-            "choice": {"enum": list(self.choices)},
-            "text": {"type": "string", "minLength": 1},
-            "path": {"type": "string", "minLength": 1},
-            "ident": {"oneOf": [{"type": "string", "minLength": 1},
-                                {"type": "integer", "minimum": 0}]},
-            "bool": {"type": "boolean"},
-            "resources": {"type": "object",
-                          "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
-            "cmd": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-        }
-        if self.kind == "object":
-            out.update({"type": ["object", "null"], "additionalProperties": False,
-                        "properties": {f.name: f.schema() for f in self.sub}})
-            return out
-        out.update(kinds[self.kind])
-        if self.default is not None:
-            out["default"] = self.default
-        return out
-
+        """This field in JSON Schema (agents/schema.py knows each kind's shape)."""
+        from .schema import field_schema
+        return field_schema(self)
 
 def _quote(value) -> str:
     """repr() of a value for a message, cut short: it may be a megabyte long."""

@@ -7,7 +7,10 @@ without a value — only the loader (``agent-supervise validate``) checks.
 
 from __future__ import annotations
 
+from ..units import MAX_SIZE
+from . import bounds as B
 from . import fields as F
+from .fields import _UNIT, DURATION_RE, SIZE_RE
 
 
 def _object(table, doc: str) -> dict:
@@ -34,3 +37,42 @@ def fleet_schema() -> dict:
                       "items": _object(F.TASK, "One task (repeat: N runs it N times).")},
         },
     }
+
+
+def field_schema(f) -> dict:
+    """One field of the table in JSON Schema."""
+    out = {"description": f.doc}
+    kinds = {
+        "size": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
+                           {"type": "string", "pattern": SIZE_RE}]},
+        "size0": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SIZE},
+                            {"type": "string",
+                             "pattern": rf"^[0-9]+(\.[0-9]+)?{_UNIT}$"}]},
+        "duration": {"oneOf": [{"type": "number", "exclusiveMinimum": 0},
+                               {"type": "string", "pattern": DURATION_RE},
+                               {"type": "null"}]},
+        "cap": {"oneOf": [{"type": "integer", "minimum": B.MIN_CAP,
+                           "maximum": MAX_SIZE},
+                          {"type": "string", "pattern": SIZE_RE}]},
+        "int": {"type": "integer", "minimum": f.minimum,
+                **({"maximum": f.maximum} if f.maximum is not None else {})},
+        "number": {"type": "number", "minimum": f.minimum},
+        "choice": {"enum": list(f.choices)},
+        "text": {"type": "string", "minLength": 1},
+        "path": {"type": "string", "minLength": 1},
+        "ident": {"oneOf": [{"type": "string", "minLength": 1},
+                            {"type": "integer", "minimum": 0}]},
+        "bool": {"type": "boolean"},
+        "resources": {"type": "object",
+                      "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+        "cmd": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+    }
+    if f.kind == "object":
+        out.update({"type": ["object", "null"], "additionalProperties": False,
+                    "properties": {sub.name: field_schema(sub) for sub in f.sub}})
+        return out
+    out.update(kinds[f.kind])
+    if f.default is not None:
+        out["default"] = f.default
+    return out

@@ -19,6 +19,8 @@ from .spec import TaskSpec, fill
 
 
 def did_you_mean(word, options) -> str | None:
+    if len(str(word)) > 100:  # names are at most 64; difflib on a long word costs ms
+        return None
     close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
     return f"did you mean {close[0]}?" if close else None
 

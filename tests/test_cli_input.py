@@ -116,12 +116,12 @@ def test_explicit_cgroup_root_is_used(tmp_path):
     require_backend("cgroup1")
     from agent_supervise.limits import select_backend
     parent = select_backend("cgroup1").probe()
-    sub = os.path.join(parent, "explicit-root-test")
+    sub = os.path.join(parent, f"explicit-root-test-{os.getpid()}")  # other sessions
     os.mkdir(sub)
     try:
         proc = run_cli("run", "--cgroup-root", sub, "--", "cat", "/proc/self/cgroup")
         assert proc.returncode == 0, proc.stderr
-        assert "/explicit-root-test/agent-supervise." in proc.stdout.decode()
+        assert f"/explicit-root-test-{os.getpid()}/agent-supervise." in proc.stdout.decode()
     finally:
         os.rmdir(sub)
 
