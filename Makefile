@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
 .DEFAULT_GOAL := help
-.PHONY: help run test vmtest soak lint bench venv clean
+.PHONY: help run test vmtest systemdtest soak lint bench venv clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,9 @@ test: $(STAMP) $(ACTIONLINT) ## Run the test suite (real processes under real li
 
 vmtest: $(STAMP) ## Only the VM stage: the cgroup2 tests in a User-Mode Linux guest
 	$(BIN)/python tests/vm/run_guest.py
+
+systemdtest: $(STAMP) ## Only the systemd stage: agent-supervise under systemd as PID 1 (UML guest)
+	$(BIN)/python -m pytest -q -rA tests/test_systemd_stage.py
 
 soak: $(STAMP) ## The long soak: 10,000 tasks through a queue of 4 (a few minutes)
 	AGENT_SUPERVISE_SOAK_TASKS=10000 $(BIN)/python -m pytest -q tests/test_soak.py

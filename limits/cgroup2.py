@@ -201,7 +201,7 @@ class Cgroup2Backend(CgroupBackend):
         for candidate in candidates:
             if candidate is _SCOPE:
                 try:
-                    return self._delegated_scope(mount.point)
+                    return self._delegated_scope(mount.point, own)
                 except Unavailable as err:
                     self._why_no_scope = str(err)
                     reasons.append(f"systemd: {err}")
@@ -216,16 +216,18 @@ class Cgroup2Backend(CgroupBackend):
             return candidate
         raise Unavailable("; ".join(reasons))
 
-    def _delegated_scope(self, mount_point: str) -> str:
+    def _delegated_scope(self, mount_point: str, own: str) -> str:
         manager = self.systemd.find_manager()
         scope = self.systemd.scope(manager, self.fs, mount_point)
         path = scope.start()
         try:
+            if not self.systemd.can_enter(own, path):
+                scope.join()  # from session-N.scope (ssh, su -l, tmux there)
             self._prepare_parent(path, is_root=False)
             self.probe_leaf(path)
         except (Unavailable, CageError) as err:
             scope.close()
-            raise sd.ScopeFailed(f"{scope.describe()} at {path}: {err}") from err
+            raise sd.ScopeFailed(f"{scope.unit} at {path}: {err}") from err
         self.scope, self.parent = scope, path
         self._close = weakref.finalize(self, scope.close)  # at exit, or when dropped
         return path
@@ -243,7 +245,7 @@ class Cgroup2Backend(CgroupBackend):
         """What would give kernel caps here, when the systemd step found none."""
         if self._why_no_scope is None:
             return []
-        return sd.advice(has_systemd=sd.systemd_running())
+        return self.systemd.advice()
 
     def clean_stale(self):
         found = super().clean_stale()

@@ -9,16 +9,22 @@ driver do so): ``systemd-run --user --scope`` from the user's manager
 (``user@UID.service``), ``systemd-run --scope`` from PID 1 as root.
 
 How the supervisor comes to own one: it starts a **holder**, ``systemd-run [--user]
---scope -p Delegate=yes --unit=agent-supervise-<pid>-<start>-<n> -- cat``, whose
-stdin is a pipe only the supervisor writes to. The cages are made inside the
-scope's cgroup. The supervisor itself stays where it was (its terminal, its tmux
-pane, its service keep their accounting), no D-Bus code is needed in here, and the
-scope's life is the holder's: ``cat`` reads EOF and exits when the supervisor closes
-the pipe or dies in any way (SIGKILL included: the kernel closes its end; the fd is
-close-on-exec, so no agent holds it). Moving the supervisor itself (StartTransientUnit
-with its own pid, or a re-exec under systemd-run) was not chosen: it changes where
-the user's process lives, and a supervisor inside the scope is one more process
-under the no-internal-processes rule.
+--scope -p Delegate=yes -p OOMPolicy=continue --unit=agent-supervise-<pid>-<start>-<n>
+-- cat``, whose stdin is a pipe only the supervisor writes to, and makes the cages
+inside the scope's cgroup. systemd-run does the D-Bus work and waits for the start
+job (errors come back as its message); the scope's life is the holder's: ``cat``
+reads EOF and exits when the supervisor closes the pipe or dies in any way (SIGKILL
+included: the kernel closes its end; the fd is close-on-exec, so no agent holds it).
+The supervisor stays where it was when its children can enter the scope from there
+(root anywhere; a desktop terminal, or a user service, already inside the user
+manager's tree): its terminal, tmux pane or service keeps its process and its
+accounting. When they cannot (from ``session-N.scope``: ssh, ``su -l``, a console
+login, tmux started there; or a cron job of a lingering user), the supervisor
+**joins** the scope: ``busctl call ... AttachProcessesToUnit`` moves it into
+``<scope>/supervisor``, since no process may move itself out of a cgroup whose
+common ancestor with the target is not its own (below). A re-exec under systemd-run
+would do that for the CLI only, not for the Python API or a Ray node; asking systemd
+to move the pid works for every caller.
 
 What this relies on, from the kernel (Documentation/admin-guide/cgroup-v2.rst) and
 systemd (systemd.resource-control(5), systemd-run(1), "Control Group APIs and
@@ -37,18 +43,27 @@ Delegation"):
   into ``<scope>/holder`` first (moving within a subtree needs write access to the
   common ancestor's ``cgroup.procs``: the scope's, which is ours). Then ``+memory``
   and ``+pids`` are enabled and the cages are its other children.
+* A process is moved into a cgroup (by itself or by another) only by a writer with
+  write access to ``cgroup.procs`` of the common ancestor of where it is and where
+  it goes ("Delegation Containment"; with ``nsdelegate``, within its cgroup
+  namespace). From ``session-N.scope`` into the user's scope that ancestor is
+  ``user-UID.slice``, root's: an agent child's write of ``0`` fails with EACCES.
+  ``AttachProcessesToUnit(unit, subcgroup, pids)`` is systemd's way into a delegated
+  unit's sub-cgroup for a caller that owns the processes; the user manager has
+  PID 1 do the move. It returns once the process has moved.
 * A scope ends when its cgroup is empty (``populated 0`` covers the subtree):
   systemd stops it and removes its cgroup with the empty sub-cgroups. At the end the
-  cages are gone, the holder exits, its cgroup is removed: the scope goes.
+  cages are gone, the holder exits, its cgroup is removed: the scope goes (with a
+  supervisor that joined it: when the supervisor exits).
   A SIGKILLed supervisor's scope stays while something it left runs in a cage; the
   next start finds it by name (its owner's pid and start time), kills what is left,
   removes the cgroups, and systemd removes the scope.
 * ``memory.events`` is hierarchical: an OOM kill in a cage counts in the scope's
-  too, and since systemd 253 scopes obey ``OOMPolicy=`` (default ``stop``): one
-  agent's OOM kill would stop the scope and every agent in it. So the scope is asked
-  for with ``OOMPolicy=continue``; systemd 252 knows no OOMPolicy for scopes (it
-  refuses the property: "Unknown assignment"), and then the scope is asked for
-  without it (252 does not act on a scope's OOM kill).
+  too, and scopes obey ``OOMPolicy=``, which defaults to ``stop``
+  (``DefaultOOMPolicy=``; systemd 252 shows ``OOMPolicy=stop`` for a transient
+  scope): one agent's OOM kill would stop the scope and kill every agent in it. So
+  the scope is asked for with ``OOMPolicy=continue``; a systemd that refuses the
+  property ("Unknown assignment") is asked again without it.
 * ``systemd-run --user`` finds the manager at ``$XDG_RUNTIME_DIR/systemd/private``
   or the user bus (``$DBUS_SESSION_BUS_ADDRESS``, ``$XDG_RUNTIME_DIR/bus``). A shell
   without ``XDG_RUNTIME_DIR`` (``su`` without ``-l``, cron) is given
@@ -80,8 +95,10 @@ from .base import StaleCage, Unavailable, is_cage_name, owner_alive, owner_tag
 #: backends in one process, as doctor and a run make).
 UNIT_PREFIX = "agent-supervise-"
 _UNIT_RE = re.compile(r"agent-supervise-(\d+)-(\d+)-(\d+)\.scope")
-#: The sub-cgroup of the scope the holder process sits in.
+#: The sub-cgroups of the scope the holder process, and (when it must join) the
+#: supervisor itself, sit in.
 HOLDER = "holder"
+SUPERVISOR = "supervisor"
 #: How long systemd-run may take to create the scope (D-Bus round trips; a slow
 #: first start of a user manager's D-Bus activation).
 START_TIMEOUT_S = 20.0
@@ -108,6 +125,14 @@ class Manager:
 
     def flags(self) -> list[str]:
         return ["--user"] if self.user else []
+
+    def bus_flags(self) -> list[list[str]]:
+        """How busctl reaches the manager, in order: its own socket (no D-Bus daemon
+        needed, as systemctl and systemd-run do), then the bus."""
+        if self.user:
+            runtime = self.env.get("XDG_RUNTIME_DIR", f"/run/user/{self.uid}")
+            return [[f"--address=unix:path={runtime}/systemd/private"], ["--user"]]
+        return [["--address=unix:path=/run/systemd/private"], ["--system"]]
 
     def describe(self) -> str:
         if self.user:
@@ -208,10 +233,14 @@ class DelegatedScope:
         self.unit = f"{UNIT_PREFIX}{owner_tag()}-{DelegatedScope._count}.scope"
         self.path: str | None = None
         self.proc: subprocess.Popen | None = None
+        self.joined = ""  # how this process moved into SUPERVISOR (busctl's flags), if so
         self._write_fd: int | None = None
 
     def describe(self) -> str:
-        return f"a delegated scope {self.unit} from {self.manager.describe()}"
+        joined = "; agent-supervise moved into it (busctl " + self.joined + \
+            " AttachProcessesToUnit), since agents could not enter it from its own " \
+            "cgroup" if self.joined else ""
+        return f"a delegated scope {self.unit} from {self.manager.describe()}{joined}"
 
     def command(self, oom_policy: bool = True) -> list[str]:
         cat = shutil.which("cat") or "/bin/cat"
@@ -283,6 +312,47 @@ class DelegatedScope:
         self.proc, self._write_fd = proc, write_fd
         return cgroup
 
+    # -- the supervisor itself -----------------------------------------------------
+    def join(self, busctl: str | None = None) -> None:
+        """Move this process into ``<scope>/supervisor``, asking the manager.
+
+        Needed when its children could not enter the cages themselves: a process may
+        move (itself included) only if it can write ``cgroup.procs`` of the common
+        ancestor of where it is and where it goes, and from ``session-N.scope`` that is
+        ``user-UID.slice``, root's. ``AttachProcessesToUnit`` is systemd's own way into
+        a delegated unit's sub-cgroup; the user manager gets PID 1 to do the move."""
+        busctl = busctl or shutil.which("busctl", path=self.manager.env.get(
+            "PATH", "") + ":/usr/bin:/bin")
+        if busctl is None:
+            raise ScopeFailed(f"{self.unit}: busctl is not installed: this process "
+                              "cannot be moved into the scope, and its agents could not "
+                              "enter it from here")
+        sub = os.path.join(self.path, SUPERVISOR)
+        try:
+            self.fs.mkdir(sub)
+        except CageError as err:
+            raise ScopeFailed(str(err)) from err
+        tried = []
+        for flags in self.manager.bus_flags():
+            cmd = [busctl, *flags, f"--timeout={self.timeout:g}", "call",
+                   "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                   "org.freedesktop.systemd1.Manager", "AttachProcessesToUnit", "ssau",
+                   self.unit, "/" + SUPERVISOR, "1", str(os.getpid())]
+            try:
+                done = subprocess.run(cmd, env=self.manager.env, capture_output=True,
+                                      stdin=subprocess.DEVNULL, timeout=self.timeout + 5)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                tried.append(f"{' '.join(cmd)}: {err}")
+                continue
+            here = _cgroup_of(os.getpid()) or ""
+            if done.returncode == 0 and here.endswith(f"/{self.unit}/{SUPERVISOR}"):
+                self.joined = " ".join(flags)
+                return
+            said = done.stderr.decode(errors="replace").strip().splitlines()
+            tried.append(f"{' '.join(cmd)}: exit {done.returncode}: "
+                         f"{said[-1] if said else 'no message'} (this process is in {here})")
+        raise ScopeFailed("; ".join(tried))
+
     # -- end ----------------------------------------------------------------------
     def close(self) -> None:
         """Let the holder go (EOF), reap it, remove its cgroup; systemd then stops
@@ -308,8 +378,10 @@ class DelegatedScope:
                     return  # the next start's stale cleanup takes it
                 time.sleep(0.005)
         # Our cages are gone: wait (briefly) for systemd to remove the scope, so that
-        # nothing of ours is left when the supervisor exits.
-        while self.fs.exists(self.path) and not _has_cages(self.fs, self.path):
+        # nothing of ours is left when the supervisor exits. (Joined: it goes when
+        # this process exits.)
+        while not self.joined and self.fs.exists(self.path) and not _has_cages(
+                self.fs, self.path):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.005)
@@ -317,6 +389,14 @@ class DelegatedScope:
 
 class _UnknownProperty(Exception):
     pass
+
+
+def can_enter(own: str, target: str, access=os.access) -> bool:
+    """Whether a child of this process can move itself from the cgroup directory
+    ``own`` into ``target``: the kernel asks for write access to ``cgroup.procs`` of
+    their common ancestor (cgroup-v2.rst, "Delegation Containment")."""
+    common = os.path.commonpath([own, target])
+    return access(os.path.join(common, "cgroup.procs"), os.W_OK)
 
 
 def _cgroup_of(pid: int) -> str | None:
@@ -367,8 +447,9 @@ def clean_stale_scopes(fs, slice_dir: str, remove: Callable[[str], int],
                 killed, removed = remove(sub), True
             except CageError:
                 killed, removed = 0, False
-            # The holder's cgroup is said only when something was wrong with it.
-            if os.path.basename(sub) != HOLDER or killed or not removed:
+            # The holder's and the supervisor's cgroups are said only when something
+            # was wrong with them.
+            if os.path.basename(sub) not in (HOLDER, SUPERVISOR) or killed or not removed:
                 found.append(StaleCage(sub, owner[0], killed, removed))
     return found
 
@@ -381,3 +462,9 @@ class Systemd:
 
     def scope(self, manager: Manager, fs, mount_point: str) -> DelegatedScope:
         return DelegatedScope(manager, fs, mount_point=mount_point)
+
+    def can_enter(self, own: str, target: str) -> bool:
+        return can_enter(own, target)
+
+    def advice(self) -> list[str]:
+        return advice()

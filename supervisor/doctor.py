@@ -45,6 +45,7 @@ def _psi() -> dict:
 
 def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
     """Everything doctor reports, as plain data (``--json`` prints it as is)."""
+    own = own_cgroups()  # before probing: under systemd a probe may move this process
     probes = limits.probe_all(rlimit=rlimit, cgroup_root=cgroup_root)
     chosen = next((p.name for p in probes if p.available), None)
     mem = _meminfo()
@@ -65,7 +66,7 @@ def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
         "cgroups": {"mounts": [{"point": m.point, "type": m.fstype,
                                 "options": [o for o in m.options if o not in ("rw", "ro")]}
                                for m in cgroup_mounts()],
-                    "own": own_cgroups()},
+                    "own": own},
         "psi": _psi(),
         "pidfd": pidfd_supported(),
         "spawn": "vfork (C extension agent_supervise._spawn)" if spawn.fast_path() else
@@ -123,8 +124,8 @@ def _systemd() -> dict:
         return {"manager": None, "detail": f"no delegated scope: {err}"}
     return {"manager": "user" if manager.user else "system",
             "detail": f"cgroup2 cages may go in a delegated scope from {manager.describe()} "
-                      "(systemd-run --scope -p Delegate=yes, held while agent-supervise "
-                      "runs)"}
+                      f"(systemd-run{' --user' if manager.user else ''} --scope -p "
+                      "Delegate=yes, held while agent-supervise runs)"}
 
 
 def _namespaces() -> dict:
