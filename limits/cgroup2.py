@@ -250,11 +250,23 @@ class Cgroup2Backend(CgroupBackend):
     def clean_stale(self):
         found = super().clean_stale()
         if self.scope is not None:  # scopes of dead supervisors beside ours
-            found += sd.clean_stale_scopes(
-                self.fs, os.path.dirname(self.parent), keep=self.parent,
-                remove=lambda path: remove_when_empty(
-                    self.fs, self.cage_class(self.fs, path, 0, self.name)))
+            found += sd.clean_stale_scopes(self.fs, os.path.dirname(self.parent),
+                                           self._remove_stale, keep=self.parent)
         return found
+
+    def _remove_stale(self, path: str) -> int:
+        """A cage of a dead supervisor's scope. Once its last process is gone the
+        scope is empty and systemd removes its cgroups while this still waits on
+        them (ENODEV, ENOENT): gone is what was wanted."""
+        cage = self.cage_class(self.fs, path, 0, self.name)
+        inside = 0
+        try:
+            inside = len(cage.members())
+            return remove_when_empty(self.fs, cage)
+        except (OSError, CageError):
+            if self.fs.exists(path):
+                raise
+            return inside
 
     def _memory_mount(self):
         mounts = [m for m in cgroup_mounts(self.mountinfo) if m.fstype == "cgroup2"]

@@ -445,7 +445,7 @@ def clean_stale_scopes(fs, slice_dir: str, remove: Callable[[str], int],
         for sub in subs:
             try:
                 killed, removed = remove(sub), True
-            except CageError:
+            except (OSError, CageError):
                 killed, removed = 0, False
             # The holder's and the supervisor's cgroups are said only when something
             # was wrong with them.

@@ -497,3 +497,28 @@ def test_stale_scopes_of_dead_supervisors_are_emptied(tmp_path):
     assert sorted(os.listdir(dead)) == sorted(e for e in os.listdir(dead)
                                               if not os.path.isdir(f"{dead}/{e}"))
     assert os.path.isdir(f"{alive}/{sd.HOLDER}")  # a live supervisor's: untouched
+
+
+def test_a_stale_scope_that_systemd_removes_while_it_is_cleaned(tmp_path, monkeypatch):
+    """The last leftover dies, the scope is empty, systemd removes its cgroups while
+    the cleanup still waits on them (seen in the guest: ENODEV on cgroup.events)."""
+    import errno
+    import shutil
+
+    from agent_supervise.limits.cgroup2 import Cgroup2Cage
+    fs, root, systemd, backend = _hierarchy(tmp_path)
+    backend.probe()
+    dead = f"{root}{APP}/agent-supervise-999999999-1-1.scope"
+    fs.mkdir(dead)
+    fs.write(f"{dead}/cgroup.subtree_control", "+memory +pids")
+    fs.mkdir(f"{dead}/agent-supervise.999999999-1.3.sh")
+    fs.add_process(f"{dead}/agent-supervise.999999999-1.3.sh", 4000002)
+
+    def systemd_removes_it(self, timeout):
+        shutil.rmtree(dead)
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
+
+    monkeypatch.setattr(Cgroup2Cage, "wait_empty", systemd_removes_it)
+    found = [c for c in backend.clean_stale() if c.path.startswith(root)]
+    assert found == [StaleCage(f"{dead}/agent-supervise.999999999-1.3.sh", 999999999, 1,
+                               True)]
