@@ -30,13 +30,14 @@ KERNEL = ("cgroup1", "cgroup2")
 TAMPER = str(CHILDREN / "tamper.py")
 ESCAPE2 = str(CHILDREN / "escape2.py")
 #: UML runs every process start through ptrace (~0.5 s for python): the guest
-#: runs the same checks with fewer children a run (the 50 runs stay 50).
+#: runs the same checks with fewer children a run (the 50 runs stay 50; the Python
+#: kind, 50 interpreters, is left to the host: TWINS in tests/vm/run_guest.py).
 IN_VM = bool(os.environ.get("AGENT_SUPERVISE_IN_VM"))
 BUSY = {
     "sh-subshells": ["sh", "-c", "for i in $(seq %d); do (true &) ; /bin/true; done"
-                     % (20 if IN_VM else 600)],
-    "python-subprocesses": [PY, "-c", "import subprocess\nfor i in range(%d): "
-                            "subprocess.run(['true'])" % (5 if IN_VM else 150)],
+                     % (10 if IN_VM else 600)],
+    "python-subprocesses": [PY, "-c", "import subprocess\nfor i in range(150): "
+                            "subprocess.run(['true'])"],
 }
 
 
@@ -52,6 +53,7 @@ def fleet_file(tmp_path: Path, backend: str, agents: str, tasks: str,
 def run_fleet(path: Path, timeout: float = 300) -> list[dict]:
     proc = run_cli("fleet", "--json", "--no-dashboard", str(path), timeout=timeout)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    assert proc.stdout, proc.stderr[-2000:]
     return json.loads(proc.stdout)["tasks"]
 
 
@@ -78,7 +80,7 @@ def test_exiting_children_seen_outside_are_not_escapes(backend, tmp_path):
     from agent_supervise.spawn import Spawner
 
     cage = select_backend(backend).create("busy", 64 << 20)
-    loops = 60 if IN_VM else 3000
+    loops = 30 if IN_VM else 3000
     cmd = ["sh", "-c", f"for i in $(seq {loops}); do (true &) ; /bin/true; done"]
     with Spawner() as spawner:
         child = spawner.spawn(cmd, cage, stdout=subprocess.DEVNULL,
@@ -99,7 +101,7 @@ def test_exiting_children_seen_outside_are_not_escapes(backend, tmp_path):
         cage.kill()
         cage.release()
         reap_orphans()
-    assert looks > (10 if IN_VM else 200)
+    assert looks > (5 if IN_VM else 200)
     assert confirmed == 0
     if backend == "cgroup1":
         assert raw > 0, "no exiting task was ever seen outside: the race was not exercised"
@@ -244,15 +246,17 @@ def test_threads_count_toward_the_cap(backend):
 
 
 def test_pids_limit_zero_turns_the_cap_off(backend):
-    cmd = ["sh", "-c", "for i in $(seq 100); do sleep 1 & done; wait"]
+    n = 30 if IN_VM else 100
+    cmd = ["sh", "-c", f"for i in $(seq {n}); do sleep 1 & done; wait"]
     off, _ = supervise(backend, *cmd, memory="200M", extra=("--pids-limit", "0"))
     assert off["reason"] == "ok", off
-    capped, _ = supervise(backend, *cmd, memory="200M", extra=("--pids-limit", "50"))
+    capped, _ = supervise(backend, *cmd, memory="200M", extra=("--pids-limit",
+                                                                 str(n // 2)))
     assert capped["reason"] == "pids_exceeded", capped
 
 
 def test_pids_limit_from_fleet_defaults_and_agents(backend, tmp_path):
-    sleeps = json.dumps(["sh", "-c", "for i in $(seq 40); do sleep 1 & done; wait"])
+    sleeps = json.dumps(["sh", "-c", "for i in $(seq 25); do sleep 1 & done; wait"])
     agents = (f"  inherits:\n    cmd: {sleeps}\n"
               f"  unlimited:\n    cmd: {sleeps}\n    pids_limit: 0\n"
               f"  roomy:\n    cmd: {sleeps}\n    pids_limit: 100\n")

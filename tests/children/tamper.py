@@ -9,7 +9,7 @@ memsw        v1: raise memory.memsw.limit_in_bytes / v2: memory.swap.max to max
 oom          v1: oom_kill_disable 1 / v2: memory.oom.group 0
 pids         raise pids.max to max (v2: the cage; v1: the pids companion)
 raise-restore  raise the limit, use 150 MiB, free it, put the limit back, sleep
-subcgroup    make a sub-cgroup with a 1G limit inside its cage and move into it
+subcgroup    make a sub-cgroup inside its cage, move into it, give it a 1G limit
 """
 import os
 import sys
@@ -91,8 +91,16 @@ elif mode == "raise-restore":
 elif mode == "subcgroup":
     sub = f"{mem}/sub"
     os.mkdir(sub)
-    write(f"{sub}/{limit_file}", "1G")
-    write(f"{sub}/cgroup.procs", "0")
+    if not v1:  # v2: move in first, then ask for memory files in the sub-cgroup (the
+        write(f"{sub}/cgroup.procs", "0")  # cage's other processes may make it EBUSY)
+        try:
+            write(f"{mem}/cgroup.subtree_control", "+memory")
+        except OSError as err:
+            print(f"+memory refused: {err}", file=sys.stderr, flush=True)
+    if os.path.exists(f"{sub}/{limit_file}"):
+        write(f"{sub}/{limit_file}", "1G")
+    if v1:
+        write(f"{sub}/cgroup.procs", "0")
 else:
     sys.exit(f"unknown mode {mode}")
 grow()
