@@ -24,6 +24,10 @@ some that are exiting, and the kernel shows those outside:
   process with a pidfd; the second look, ``CONFIRM_AFTER_S`` later, needs that very
   process not exited (its pidfd not readable), in the tree again, alive and still
   outside. The kill goes through the pidfd, so it can never hit a stranger.
+* A child being forked is visible in /proc before the kernel gives it its parent's
+  cgroups (``cgroup_fork()`` starts it on the root css_set, ``cgroup_post_fork()``
+  moves it after ``attach_pid()``): it too shows ``/``, and is not exiting. The
+  second look clears it.
 * A process seen outside and then back inside moved twice: it is remembered, looked
   at every ``CONFIRM_AFTER_S`` from then on, and the next time it is seen outside
   one look is enough. The checks are jittered (lifecycle.py), so that a process
@@ -38,6 +42,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 from dataclasses import dataclass, field
 
 from .proctree import ProcessTable, read_proc
@@ -47,6 +52,10 @@ CHECK_EVERY_S = 1.0
 CONFIRM_AFTER_S = 0.05
 #: do_exit() sets it first thing (include/linux/sched.h).
 PF_EXITING = 0x4
+#: A process younger than this at the first look may have been seen between
+#: attach_pid() and cgroup_post_fork(): back inside later, it did not move back.
+YOUNG_S = 0.1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -55,6 +64,7 @@ class Suspect:
     starttime: int
     pidfd: int | None
     where: str  # "TID in /path" as the first look saw it
+    young: bool = False  # started just now: maybe seen in the fork window
 
 
 @dataclass
@@ -168,6 +178,9 @@ class EscapeWatch:
             pidfd = None  # no pidfd (Linux < 5.3): the start time alone names it
         st = self.table.stat(pid)
         suspect = Suspect(pid, st.starttime if st else -1, pidfd, seen)
+        if st is not None:
+            age = time.clock_gettime(time.CLOCK_BOOTTIME) - st.starttime / CLK_TCK
+            suspect.young = age < YOUNG_S
         if st is None or _exited(suspect):
             _close(suspect)
             return None
@@ -185,7 +198,7 @@ class EscapeWatch:
             if same and self._look(pid, self._threads(pid), places, run.cage.name):
                 found.append(suspect)
                 continue
-            if same and _alive(pid):
+            if same and _alive(pid) and not suspect.young:
                 state.moved_back.add((pid, suspect.starttime))
             _close(suspect)
         state.suspects = {}
