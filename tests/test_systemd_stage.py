@@ -39,8 +39,9 @@ systemd_guest = importlib.util.module_from_spec(_spec)
 sys.modules["systemd_guest"] = systemd_guest  # dataclasses look their module up there
 _spec.loader.exec_module(systemd_guest)
 
-#: One boot with every check: measured 17-23 s wall pinned to one core (README).
-STAGE_BUDGET_S = 60.0
+#: One boot with every check, pinned to one core: 18-31 s wall measured, 66 s while
+#: other test suites kept both cores busy (README).
+STAGE_BUDGET_S = 90.0
 SCOPE = re.compile(r"/agent-supervise-\d+-\d+-\d+\.scope/agent-supervise\.\d+-\d+\.\d+\.")
 USER_SLICE = "/user.slice/user-1001.slice/user@1001.service/app.slice/"
 

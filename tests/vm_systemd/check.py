@@ -37,6 +37,9 @@ PY = sys.executable
 AS = f"{PY} -s -m agent_supervise"
 HOG = f"{PY} -s {REPO}/tests/vm_systemd/hog.py"
 CG = "/sys/fs/cgroup"
+#: Every user's steps end by then (the unit's own limit is 130 s): a hung step
+#: still leaves time to report.
+DEADLINE = time.monotonic() + 115
 OURS = "agent-supervise-check"  # this service, and the --cgroup-root test's folder
 #: What an ordinary agent prints: its cgroup, its parent's subtree_control and owner.
 WHERE = ("c=$(cut -d: -f3 /proc/self/cgroup); echo \"cgroup $c\"; "
@@ -152,7 +155,8 @@ def run_user(who: str, uid: int, steps_of, how: list[str]) -> dict:
            "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.monotonic()
     proc = subprocess.run([*how, f"sh {path}" if how[-1] == "-c" else path],
-                          env=env, capture_output=True, timeout=120)
+                          env=env, capture_output=True,
+                          timeout=max(5.0, DEADLINE - time.monotonic()))
     found = {"how": " ".join(how), "wall_s": round(time.monotonic() - started, 2),
              "shell_rc": proc.returncode,
              "shell_err": proc.stderr.decode(errors="replace")[-2000:], "steps": {}}
