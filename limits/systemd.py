@@ -127,12 +127,11 @@ class Manager:
         return ["--user"] if self.user else []
 
     def bus_flags(self) -> list[list[str]]:
-        """How busctl reaches the manager, in order: its own socket (no D-Bus daemon
-        needed, as systemctl and systemd-run do), then the bus."""
-        if self.user:
-            runtime = self.env.get("XDG_RUNTIME_DIR", f"/run/user/{self.uid}")
-            return [[f"--address=unix:path={runtime}/systemd/private"], ["--user"]]
-        return [["--address=unix:path=/run/systemd/private"], ["--system"]]
+        """How busctl reaches the manager: over the bus (the user's bus, from
+        dbus-user-session, for a user manager). Not through the manager's own socket
+        (``systemd/private``), as systemctl does: busctl greets it as a bus (Hello)
+        and it answers "Invalid request descriptor" (systemd 252)."""
+        return [["--user"]] if self.user else [["--system"]]
 
     def describe(self) -> str:
         if self.user:
