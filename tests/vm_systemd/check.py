@@ -12,7 +12,9 @@ up. Three users, each with the same steps and a few of their own:
   scope of its own user manager (a desktop terminal), and after a SIGKILLed
   supervisor left a process in its scope.
 * **runner** (uid 1002), without a user manager (``runuser -u``: no PAM session,
-  like a CI runner's job in its service): rlimit, and doctor's explanation.
+  like a CI runner's job in its service): rlimit, and doctor's explanation. Then,
+  as runner with passwordless sudo, every job of the GitHub Actions workflow
+  (workflow.py: the guest stands in for ``ubuntu-latest``).
 
 Each user's steps run in one shell (one login session); every step's stdout,
 stderr, exit status and duration are collected into ``/out/results.json`` for the
@@ -30,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import workflow  # beside this file
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = Path("/out")
@@ -223,6 +227,8 @@ def main() -> int:
                                                       ["runuser", "-u", "dev", "--", "sh"])
         results["users"]["runner"] = run_user("runner", 1002, runner_steps,
                                               ["runuser", "-u", "runner", "--", "sh"])
+        # Last: its linger job gives runner a user manager for the rest of the boot.
+        results["workflow"] = workflow.run_all(DEADLINE)
         results["leftovers"] = leftovers()
     except Exception as err:  # still report what there is
         results["error"] = repr(err)
