@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
 .DEFAULT_GOAL := help
-.PHONY: help run test vmtest systemdtest soak lint bench venv clean
+.PHONY: help run test unit figures vmtest systemdtest soak lint bench venv clean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,17 @@ test: $(STAMP) $(ACTIONLINT) ## Run the test suite (real processes under real li
 	@test -x /usr/bin/linux.uml || echo "make test: linux.uml not installed: the cgroup v2 VM \
 	stage (tests/test_vm_stage.py) will be skipped; apt-get install user-mode-linux busybox-static"
 	$(BIN)/python -m pytest
+
+unit: $(STAMP) ## Only the fast tests: fakes and pure functions, no agent processes (seconds)
+	$(BIN)/python -m pytest -q -m unit
+
+# The suite measures the reliability figures; this writes them into tests/figures.json
+# and README.md (the test session never writes README.md; tests/test_figures.py fails
+# when the figures are stale).
+figures: $(STAMP) $(ACTIONLINT) ## Run the whole suite and write its reliability figures into README.md
+	AGENT_SUPERVISE_FIGURES=$(VENV)/figures.json $(BIN)/python -m pytest -q \
+	  --deselect tests/test_figures.py
+	$(BIN)/python tests/figures.py $(VENV)/figures.json
 
 vmtest: $(STAMP) ## Only the VM stage: the cgroup2 tests in a User-Mode Linux guest
 	$(BIN)/python tests/vm/run_guest.py

@@ -486,11 +486,6 @@ def record_figure(group: str, key: str, case: str, contained: bool) -> None:
 ROWS = "rows"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "figure(row): a row of the README's reliability "
-                            "figures that this test's cases count in")
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
@@ -510,66 +505,11 @@ def merge_figures(figures: dict) -> None:
                 record_figure(group, key, case, contained)
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BEGIN, END = "<!-- BEGIN reliability figures", "<!-- END reliability figures -->"
-
-
-def figures_block(figures: dict) -> str:
-    order = ["cgroup2", "cgroup1", "rlimit"]
-    backends = [b for b in order if b in figures["hostile"]]
-    head = " | ".join(f"{b} (VM)" if b == "cgroup2" else b for b in backends)
-    cells = []
-    for b in backends:
-        cases = figures["hostile"][b]
-        cells.append(f"{sum(cases.values())}/{len(cases)}")
-    (numbers,) = figures["soak"]["numbers"]
-    tasks, lost, growth = (int(x) for x in numbers.split())
-    bad = figures["badinput"]["all"]
-    return "\n".join([
-        f"{BEGIN} (written by the test suite, tests/conftest.py; do not edit) -->",
-        f"| hostile agents (tests/test_hostile.py) | {head} |",
-        "|---|" + "---|" * len(backends),
-        f"| contained: right reason, neighbour unharmed, nothing left | {' | '.join(cells)} |",
-        "",
-        f"- Soak (tests/test_soak.py): **{lost} of {tasks} tasks lost** (queue 4, "
-        f"concurrency 2, 5% memory hogs, 5% crashing); every task ended exactly once; no "
-        f"zombie, cgroup or file descriptor leaked; supervisor RSS "
-        f"{growth / (1 << 20):+.1f} MiB from task {tasks // 10} to task {tasks}.",
-        f"- Bad input (tests/test_bad_input.py): **{sum(bad.values())}/{len(bad)} "
-        "rejected** with exit 2, the file, line, key and a hint, and nothing started.",
-        *rows_block(figures.get(ROWS, {}), backends),
-        END])
-
-
-def rows_block(rows: dict, backends: list[str]) -> list[str]:
-    """One row per class of hostile agent or fault (the ``figure`` marker): passed of
-    run, per backend ("any": tests that do not depend on one)."""
-    if not rows:
-        return []
-    by_row: dict[str, dict[str, dict]] = {}
-    for key, cases in rows.items():
-        row, backend = key.split("\0")
-        by_row.setdefault(row, {})[backend] = cases
-    columns = backends + ["any"]
-    lines = ["", "| class (round 2) | " + " | ".join(
-        f"{b} (VM)" if b == "cgroup2" else b for b in columns) + " |",
-        "|---|" + "---|" * len(columns)]
-    for row in sorted(by_row):
-        cells = [f"{sum(c.values())}/{len(c)}" if (c := by_row[row].get(b)) else "–"
-                 for b in columns]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def pytest_sessionfinish(session, exitstatus):
+    """With AGENT_SUPERVISE_FIGURES=FILE, what this session measured goes to FILE
+    (`make figures` then writes the README's block: tests/figures.py). The test
+    session itself never writes README.md."""
     if FIGURES and FIGURES_FILE:
         import json as _json
         with open(FIGURES_FILE, "w") as f:
             _json.dump(FIGURES, f, indent=1, sort_keys=True)
-    if os.environ.get("AGENT_SUPERVISE_IN_VM") or not {"hostile", "soak",
-                                                        "badinput"} <= FIGURES.keys():
-        return  # only a full run of the reliability tests rewrites the README's figures
-    text = README.read_text()
-    if BEGIN in text and END in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        README.write_text(text[:start] + figures_block(FIGURES) + text[end:])

@@ -22,6 +22,9 @@ from fakes import FakeCgroup2FS
 MiB = 1 << 20
 
 
+pytestmark = pytest.mark.unit  # fakes only: `make unit`
+
+
 def make(tmp_path, own="/", **fs_args):
     """A fake hierarchy mounted at tmp/cg, with this process in cgroup ``own``."""
     root = str(tmp_path / "cg")

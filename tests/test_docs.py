@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent_supervise.agents import fields as F
 from agent_supervise.outcome import Reason
+
+pytestmark = pytest.mark.unit  # fakes only: `make unit`
+
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

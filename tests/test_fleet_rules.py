@@ -24,6 +24,9 @@ from fleetfakes import FakeClock, FakeEngine, FakeMemory
 GiB = 1 << 30
 
 
+pytestmark = pytest.mark.unit  # fakes only: `make unit`
+
+
 def fleet(tasks: str = "", supervisor: str = "", agents: str = ""):
     text = f"""
 supervisor:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from agent_supervise.jsonout import dumps
+
+pytestmark = pytest.mark.unit  # fakes only: `make unit`
 
 
 def test_round_trips_and_keeps_a_task_per_line():

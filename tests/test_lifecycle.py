@@ -16,6 +16,9 @@ from fakes import FakeCage
 MiB = 1 << 20
 
 
+pytestmark = pytest.mark.unit  # fakes only: `make unit`
+
+
 def exited(code: int) -> int:
     return code << 8  # a raw waitpid status
 

@@ -29,6 +29,9 @@ MiB, GiB = 1 << 20, 1 << 30
 
 # -- circuit breaker ---------------------------------------------------------------------
 
+pytestmark = pytest.mark.unit  # fakes only: `make unit`
+
+
 def breaker(**kw):
     changes = []
     b = CircuitBreaker(BreakerSettings(**kw), on_change=lambda **e: changes.append(e))

@@ -292,6 +292,7 @@ def test_workflow_jobs_put_cages_where_the_readme_says(guest):
         assert hint in plain, plain
 
 
+@pytest.mark.unit
 def test_workflow_stand_in_understands_only_what_it_emulates():
     matrix = {"backend": "cgroup2", "sudo": "", "linger": "yes"}
     assert workflow.expand("--backend ${{ matrix.backend }}", matrix) == "--backend cgroup2"
@@ -323,6 +324,7 @@ def _runtime_root(tmp_path, *, systemd=True, sockets=("systemd/private",)):
     return str(root), uid, str(runtime)
 
 
+@pytest.mark.unit
 def test_find_manager_root_asks_pid1(tmp_path):
     root, _, _ = _runtime_root(tmp_path)
     manager = sd.find_manager(euid=0, environ={"PATH": "/usr/bin"}, root=root)
@@ -330,6 +332,7 @@ def test_find_manager_root_asks_pid1(tmp_path):
     assert manager.describe() == "the system manager (PID 1)"
 
 
+@pytest.mark.unit
 def test_find_manager_user_fills_in_its_runtime_dir(tmp_path):
     root, uid, runtime = _runtime_root(tmp_path)
     manager = sd.find_manager(euid=uid, environ={"PATH": "/usr/bin"}, root=root)
@@ -338,6 +341,7 @@ def test_find_manager_user_fills_in_its_runtime_dir(tmp_path):
     assert manager.bus_flags() == [["--user"]]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("case, expect", [
     ("no systemd", "systemd is not running here"),
     ("no runtime dir", "no systemd user manager for uid {uid}: its runtime directory "
@@ -345,6 +349,7 @@ def test_find_manager_user_fills_in_its_runtime_dir(tmp_path):
     ("no socket", "neither {runtime}/systemd/private nor {runtime}/bus exists"),
     ("foreign runtime dir", "belongs to uid"),
 ])
+@pytest.mark.unit
 def test_find_manager_says_why_there_is_none(tmp_path, case, expect):
     root, uid, runtime = _runtime_root(tmp_path, systemd=case != "no systemd",
                                        sockets=() if case == "no socket" else
@@ -361,6 +366,7 @@ def test_find_manager_says_why_there_is_none(tmp_path, case, expect):
     assert expect.format(uid=uid, runtime=runtime) in str(info.value)
 
 
+@pytest.mark.unit
 def test_advice_names_every_way_to_kernel_caps():
     text = "\n".join(sd.advice(1002, has_systemd=True))
     assert "loginctl enable-linger" in text and "user@1002.service" in text
@@ -370,6 +376,7 @@ def test_advice_names_every_way_to_kernel_caps():
     assert not any("loginctl" in a or "sudo" in a for a in sd.advice(0, has_systemd=True))
 
 
+@pytest.mark.unit
 def test_can_enter_asks_for_the_common_ancestors_procs():
     asked = []
 
@@ -386,6 +393,7 @@ def test_can_enter_asks_for_the_common_ancestors_procs():
     assert asked[-1].endswith("/user@1001.service/app.slice/cgroup.procs")
 
 
+@pytest.mark.unit
 def test_unit_names_carry_their_supervisor():
     scope = sd.DelegatedScope(sd.Manager(True, 1001), fs=None)
     pid, start = owner_tag().split("-")
@@ -405,6 +413,7 @@ def _fake_systemd_run(tmp_path, body: str) -> str:
     return str(path)
 
 
+@pytest.mark.unit
 def test_a_failing_systemd_run_is_named_with_its_message(tmp_path):
     run = _fake_systemd_run(tmp_path, "echo 'Failed to connect to bus: No medium found' >&2;"
                                       " exit 1")
@@ -416,6 +425,7 @@ def test_a_failing_systemd_run_is_named_with_its_message(tmp_path):
     assert "exit 1: Failed to connect to bus: No medium found" in text, text
 
 
+@pytest.mark.unit
 def test_a_systemd_that_refuses_oom_policy_is_asked_again_without(tmp_path):
     run = _fake_systemd_run(tmp_path, """case "$*" in
         *OOMPolicy*) echo 'Unknown assignment: OOMPolicy=continue' >&2; exit 1 ;;
@@ -501,6 +511,7 @@ def _hierarchy(tmp_path, own=SESSION, **systemd_args):
     return fs, root, systemd, backend
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("enter", [True, False])
 def test_cages_go_in_the_scope_when_the_own_cgroup_cannot_host_them(tmp_path, enter):
     fs, root, systemd, backend = _hierarchy(tmp_path, enter=enter)
@@ -516,6 +527,7 @@ def test_cages_go_in_the_scope_when_the_own_cgroup_cannot_host_them(tmp_path, en
     assert scope.closed
 
 
+@pytest.mark.unit
 def test_root_of_a_user_slice_is_never_written_when_a_scope_is_had(tmp_path):
     """Item 3: under systemd the ancestors (user-1001.slice, user.slice) are not
     where cages go while systemd hands out a scope."""
@@ -528,6 +540,7 @@ def test_root_of_a_user_slice_is_never_written_when_a_scope_is_had(tmp_path):
     assert {w for w in wrote if not w.startswith(parent)} == {root + SESSION}, fs.writes
 
 
+@pytest.mark.unit
 def test_without_a_manager_the_ancestors_are_tried_and_each_reason_said(tmp_path):
     fs, root, systemd, backend = _hierarchy(
         tmp_path, no_manager="no systemd user manager for uid 1001: ...")
@@ -541,12 +554,14 @@ def test_without_a_manager_the_ancestors_are_tried_and_each_reason_said(tmp_path
     assert backend.advice() == ["loginctl enable-linger you"]
 
 
+@pytest.mark.unit
 def test_a_failed_scope_falls_back_to_the_ancestors(tmp_path):
     fs, root, systemd, backend = _hierarchy(tmp_path, fail_start="systemd-run ...: exit 1")
     parent = backend.probe()  # as root here, everything is writable: the ancestor
     assert parent == f"{root}/user.slice/user-1001.slice" and backend.scope is None
 
 
+@pytest.mark.unit
 def test_a_scope_without_memory_is_given_back(tmp_path):
     fs, root, systemd, backend = _hierarchy(tmp_path)
     fs.write(f"{root}{APP}/cgroup.subtree_control", "-memory")  # the scope gets none
@@ -557,12 +572,14 @@ def test_a_scope_without_memory_is_given_back(tmp_path):
     assert systemd.scopes[0].closed
 
 
+@pytest.mark.unit
 def test_cgroup_root_never_asks_systemd(tmp_path):
     fs, root, systemd, backend = _hierarchy(tmp_path)
     backend.requested_root = f"{root}{APP}"
     assert backend.probe() == f"{root}{APP}" and systemd.scopes == []
 
 
+@pytest.mark.unit
 def test_systemd_step_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("AGENT_SUPERVISE_SYSTEMD", "0")
     assert Cgroup2Backend().systemd is None
@@ -570,6 +587,7 @@ def test_systemd_step_can_be_turned_off(monkeypatch):
     assert isinstance(Cgroup2Backend().systemd, sd.Systemd)
 
 
+@pytest.mark.unit
 def test_stale_scopes_of_dead_supervisors_are_emptied(tmp_path):
     fs, root, systemd, backend = _hierarchy(tmp_path)
     backend.probe()
@@ -589,6 +607,7 @@ def test_stale_scopes_of_dead_supervisors_are_emptied(tmp_path):
     assert os.path.isdir(f"{alive}/{sd.HOLDER}")  # a live supervisor's: untouched
 
 
+@pytest.mark.unit
 def test_a_stale_scope_that_systemd_removes_while_it_is_cleaned(tmp_path, monkeypatch):
     """The last leftover dies, the scope is empty, systemd removes its cgroups while
     the cleanup still waits on them (seen in the guest: ENODEV on cgroup.events)."""

@@ -13,6 +13,9 @@ from agent_supervise.units import format_duration, format_size, parse_duration, 
 MiB = 1 << 20
 
 
+pytestmark = pytest.mark.unit  # fakes only: `make unit`
+
+
 @pytest.mark.parametrize("text, value", [
     ("50M", 50 * MiB), ("1.5G", 3 << 29), ("512MiB", 512 * MiB), ("52428800", 52428800),
     ("4K", 4096), ("2T", 2 << 40), ("100B", 100), ("64m", 64 * MiB), (1024, 1024),
