@@ -25,7 +25,8 @@ def test_wheel_has_only_agent_supervise(tmp_path):
     dist_info = {t for t in top if t.endswith(".dist-info")}
     assert top - dist_info == {"agent_supervise"}, sorted(top)
     for sub in ("agent_supervise/limits/cgroup2.py", "agent_supervise/agents/__init__.py",
-                "agent_supervise/cli.py", "agent_supervise/__main__.py"):
+                "agent_supervise/cli.py", "agent_supervise/__main__.py",
+                "agent_supervise/py.typed"):
         assert sub in names
     (info,) = dist_info
     entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
