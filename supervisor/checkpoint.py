@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from .tailfile import from_line_start, read_tail
+
 TAIL_BYTES = 64 * 1024
 
 
@@ -35,17 +37,11 @@ def resume_from() -> str | None:
 def last_line(path: str, limit: int = TAIL_BYTES) -> str | None:
     """The last complete line of ``path``, reading at most ``limit`` bytes from its end."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            tail = f.read(limit)
+        tail, size = read_tail(path, limit)
     except FileNotFoundError:
         return None
-    pieces = tail.split(b"\n")
-    complete = pieces[:-1]  # after the last newline: an unfinished line, or nothing
-    if size > limit:
-        complete = complete[1:]  # the first piece may begin in the middle of a line
+    # after the last newline: an unfinished line, or nothing
+    complete = from_line_start(tail, size, limit).split(b"\n")[:-1]
     for line in reversed(complete):
         if line.strip():
             return line.decode("utf-8", "replace")

@@ -14,20 +14,13 @@ down never kills a running agent; it only lowers how many may start.
 from __future__ import annotations
 
 from .agents.spec import DegradationSettings
+from .memsource import psi_avg10, read_psi
 
 MODES = ("sequential", "limited", "full")
 
 
 def read_psi_some_avg10(path: str = "/proc/pressure/memory") -> float | None:
-    try:
-        with open(path) as f:
-            line = f.readline()
-    except OSError:
-        return None
-    for word in line.split():
-        if word.startswith("avg10="):
-            return float(word[6:])
-    return None
+    return psi_avg10(read_psi(path)[0])
 
 
 class Degradation:

@@ -13,18 +13,7 @@ import sys
 from . import __version__, limits, spawn
 from .limits.cgroupfs import cgroup_mounts, own_cgroups
 from .linux import pidfd_supported
-
-
-def _meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                out[key] = int(rest.split()[0]) * 1024
-    except OSError:
-        pass
-    return out
+from .memsource import read_meminfo, read_psi
 
 
 def _pid1() -> str:
@@ -36,11 +25,9 @@ def _pid1() -> str:
 
 
 def _psi() -> dict:
-    try:
-        with open("/proc/pressure/memory") as f:
-            return {"available": True, "memory": f.readline().strip()}
-    except OSError as err:
-        return {"available": False, "reason": err.strerror or str(err)}
+    line, why = read_psi()
+    return {"available": True, "memory": line} if why is None else \
+        {"available": False, "reason": why}
 
 
 def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
@@ -48,7 +35,7 @@ def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
     own = own_cgroups()  # before probing: under systemd a probe may move this process
     probes = limits.probe_all(rlimit=rlimit, cgroup_root=cgroup_root)
     chosen = next((p.name for p in probes if p.available), None)
-    mem = _meminfo()
+    mem = read_meminfo()
     is_root = os.geteuid() == 0
     warnings = []
     if is_root:

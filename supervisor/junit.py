@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from .tailfile import read_tail
 from .units import format_size
 
 TAIL_BYTES = 4096
@@ -14,10 +15,7 @@ def _tail(path: str | None) -> str:
     if not path:
         return ""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - TAIL_BYTES))
-            return f.read().decode("utf-8", "replace")
+        return read_tail(path, TAIL_BYTES)[0].decode("utf-8", "replace")
     except OSError:
         return ""
 

@@ -10,6 +10,44 @@ import os
 from .proctree import PAGE_SIZE, read_proc
 
 
+def parse_meminfo(data: bytes, lines: int | None = None) -> dict[str, int]:
+    """/proc/meminfo's ``Key:  N kB`` lines (the first ``lines`` of them) in bytes."""
+    values = {}
+    for line in data.splitlines()[:lines]:
+        key, _, rest = line.partition(b":")
+        words = rest.split()
+        if words:
+            values[key.decode()] = int(words[0]) * (1024 if words[1:] == [b"kB"] else 1)
+    return values
+
+
+def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
+    """All of /proc/meminfo in bytes; empty where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return parse_meminfo(f.read())
+    except OSError:
+        return {}
+
+
+def read_psi(path: str = "/proc/pressure/memory") -> tuple[str | None, str | None]:
+    """(the ``some`` line of a PSI file, None) or (None, why it cannot be read):
+    kernels without CONFIG_PSI, or booted with psi=0, have no /proc/pressure."""
+    try:
+        with open(path) as f:
+            return f.readline().strip(), None
+    except OSError as err:
+        return None, err.strerror or str(err)
+
+
+def psi_avg10(line: str | None) -> float | None:
+    """``avg10`` of a PSI line (``some avg10=0.00 avg60=0.00 avg300=0.00 total=0``)."""
+    for word in (line or "").split():
+        if word.startswith("avg10="):
+            return float(word[6:])
+    return None
+
+
 class MemorySource:
     """MemAvailable and MemTotal from /proc/meminfo; own RSS from /proc/self/statm."""
 
@@ -22,11 +60,7 @@ class MemorySource:
         # text at offset 0) save the open and close, half the cost.
         if self._fd is None:
             self._fd = os.open(self.meminfo, os.O_RDONLY | os.O_CLOEXEC)
-        values = {}
-        for line in os.pread(self._fd, 512, 0).splitlines()[:5]:  # MemTotal..Available
-            key, _, rest = line.partition(b":")
-            values[key.decode()] = int(rest.split()[0]) * 1024
-        return values
+        return parse_meminfo(os.pread(self._fd, 512, 0), lines=5)  # MemTotal..Available
 
     def close(self) -> None:
         """Close the kept-open /proc/meminfo (reopened if read again)."""

@@ -19,6 +19,7 @@ import tempfile
 from .checkpoint import TAIL_BYTES
 from .limits.base import owner_alive, owner_tag
 from .linux import PR_SET_CHILD_SUBREAPER, prctl
+from .tailfile import from_line_start, read_tail
 
 SCRATCH_PREFIX = "agent-supervise-ray."
 CHECKPOINT_CHUNK = 64 * 1024
@@ -65,13 +66,7 @@ class Scratch:
         self._sent = size if final else size - (len(data) - cut)
         return data[:cut]
 
-    @staticmethod
-    def tail(path: str, limit: int) -> tuple[bytes, int]:
-        """The last ``limit`` bytes of a log, and its whole size."""
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - limit))
-            return f.read(limit), size
+    tail = staticmethod(read_tail)  # the last ``limit`` bytes of a log, and its size
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -152,13 +147,10 @@ def clean_scratch(tmp: str | None = None) -> int:
 def checkpoint_tail(path: str) -> bytes:
     """The task's checkpoint file so far (its last 64 KiB, from a line start)."""
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - TAIL_BYTES))
-            data = f.read()
+        data, size = read_tail(path, TAIL_BYTES)
     except FileNotFoundError:
         return b""
-    return data if size <= TAIL_BYTES else data[data.find(b"\n") + 1:]
+    return from_line_start(data, size, TAIL_BYTES)
 
 
 def append_bytes(path: str, data: bytes) -> None:
