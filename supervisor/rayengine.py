@@ -2,10 +2,10 @@
 
 It is an :class:`~agent_supervise.seams.Engine` as the local one is, and its
 :class:`RemoteRun` a :class:`~agent_supervise.seams.RunView`, so
-:class:`~agent_supervise.fleet.Supervisor`
-keeps the concurrency cap, the bounded queue with its backpressure, admission and
-retries exactly as in local mode. That is deliberate: Ray's own queue is unbounded,
-so a task goes to Ray only once the driver has admitted it.
+:class:`~agent_supervise.fleet.Supervisor` keeps the concurrency cap, the bounded
+queue with its backpressure, admission and retries exactly as in local mode. That
+is deliberate: Ray's own queue is unbounded, so a task goes to Ray only once the
+driver has admitted it.
 
 Each agent is one Ray task (:func:`agent_supervise.raynode.run_on_node`) with
 ``memory=`` cap + ``memory_overhead`` for placement and ``max_retries=0`` (retries
