@@ -162,8 +162,8 @@ class LocalEngine:
         self.pools.tick(self.clock())
         ended += self.pools.done
         self.pools.done = []
-        for run in ended:
-            self.runs.pop(run.task.id, None)
+        for done in ended:
+            self.runs.pop(done.task.id, None)
         self._headroom = None  # samples, ends and pool workers changed it
         return ended
 
