@@ -116,11 +116,11 @@ def probe_all(*, rlimit: str = "data", cgroup_root: str | None = None) -> list[P
         backend = make_backend(name, rlimit=rlimit, cgroup_root=cgroup_root)
         try:
             where = backend.probe()
-            note = getattr(backend, "placement_note", lambda: None)()
+            note = backend.placement_note()
             found.append(Probe(name, True, f"{where} ({note})" if note else where))
         except Unavailable as err:
             found.append(Probe(name, False, str(err),
-                               tuple(getattr(backend, "advice", lambda: ())())))
+                               tuple(backend.advice())))
         finally:
-            getattr(backend, "close", lambda: None)()  # a delegated scope goes back
+            backend.close()  # a delegated scope goes back
     return found

@@ -24,12 +24,17 @@ A **cage** is one agent's enclosure. Its life:
 from __future__ import annotations
 
 import abc
+import functools
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..proctree import ProcessTable
+
+if TYPE_CHECKING:
+    from .pids import PidsLeaf
 
 #: A step the child runs before exec: (name of the system call, function).
 ChildStep = tuple[str, Callable[[], None]]
@@ -153,6 +158,23 @@ class Cage(abc.ABC):
     #: With namespaces of its own (see isolation.py), the agent's root is an init
     #: that writes the agent's own exit status here; set by the spawner.
     init_fd: int | None = None
+    #: The cgroup directory this cage is; "" for a cage that is no cgroup.
+    path: str = ""
+    #: The v1 pids leaf it also joins where one is made (pids.py), else None.
+    companion: PidsLeaf | None = None
+
+    @functools.cached_property
+    def orphans(self) -> set[int]:
+        """Processes of the agent the supervisor adopted after their parent died
+        (reaper.py adds them): a cgroup holds them anyway; an rlimit cage counts and
+        signals them itself."""
+        return set()
+
+    @functools.cached_property
+    def notes(self) -> list[str]:
+        """What the run's outcome should say about this cage (a cap the kernel
+        could not give, uncounted memory)."""
+        return []
 
     def close_init(self) -> None:
         """Close the init's status pipe unread (a run that is given up on)."""
@@ -260,3 +282,15 @@ class Backend(abc.ABC):
     def clean_stale(self) -> list[StaleCage]:
         """Remove cages left by supervisors that died. Default: nothing to clean."""
         return []
+
+    def placement_note(self) -> str | None:
+        """What doctor says beside the place where cages go (None: nothing)."""
+        return None
+
+    def advice(self) -> list[str]:
+        """What would make this backend work here, once its probe failed."""
+        return []
+
+    def close(self) -> None:
+        """Give back what the backend holds beyond its cages. Default: nothing."""
+        return None

@@ -42,7 +42,6 @@ class Cgroup1Cage(CgroupCage):
     threads_file = "tasks"
 
     def configure(self) -> None:
-        self.notes: list[str] = []
         rounded = str(page_floor(self.limit))
         self.write_checked("memory.limit_in_bytes", str(self.limit), rounded)
         self._guarded = ["memory.limit_in_bytes"]

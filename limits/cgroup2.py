@@ -58,7 +58,6 @@ class Cgroup2Cage(CgroupCage):
     threads_file = "cgroup.threads"
 
     def configure(self) -> None:
-        self.notes: list[str] = []
         self.write_checked("memory.max", str(self.limit), str(page_floor(self.limit)))
         self._guarded = ["memory.max"]
         self._pids_events_fd: int | None = None

@@ -49,9 +49,6 @@ class RlimitCage(Cage):
         self.limit = limit
         self.table = table
         self.pid: int | None = None
-        #: Descendants adopted by the supervisor after their parent died.
-        self.orphans: set[int] = set()
-        self.notes: list[str] = []
         soft, hard = resource.getrlimit(KINDS[kind])
         # Raising a hard limit needs CAP_SYS_RESOURCE; a lower one is already stricter.
         self._value = limit if hard == resource.RLIM_INFINITY or hard >= limit else hard

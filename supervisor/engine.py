@@ -1,9 +1,8 @@
 """The local engine: starts tasks as caged agents on this machine and drives them.
 
 The fleet's dispatch logic (:mod:`agent_supervise.fleet`) talks to an engine only
-through ``start``, ``step``, ``headroom``, ``stop_all`` and ``close``, so its rules
-are tested with a scripted fake engine, and another engine (a cluster) can take
-this one's place.
+through :class:`~agent_supervise.seams.Engine`, so its rules are tested with a
+scripted fake engine, and another engine (a cluster) can take this one's place.
 """
 
 from __future__ import annotations
@@ -23,8 +22,10 @@ from .lifecycle import AgentRun, RunSpec
 from .linux import become_subreaper, raise_open_files_limit
 from .loop import Loop
 from .outcome import Outcome, Reason, exit_code_for
+from .pool import PooledRun
 from .poolkeeper import PoolKeeper
 from .reaper import CAGE_ENV
+from .seams import RunView
 from .spawn import Spawner, SpawnFailed
 
 
@@ -57,17 +58,20 @@ class LocalEngine:
         self._environ_raw: dict | None = None  # see _environ()
         self._environ_text: dict[str, str] = {}
         self._headroom: int | None = None  # see headroom()
-        self.runs: dict = {}  # task id -> AgentRun, or PooledRun for a pooled task
+        self.runs: dict[str, AgentRun | PooledRun] = {}  # PooledRun: a pooled task
         self.pools = PoolKeeper(self, emit or (lambda event, **fields: None))
 
     @property
     def backend_name(self) -> str:
-        return getattr(self.backend, "name", "?")
+        return self.backend.name
 
     def wake(self) -> None:
         self.loop.wake()
 
-    def start(self, task: Task, rundir) -> AgentRun | Outcome:
+    def catch_signals(self) -> bool:
+        return self.loop.catch_signals()
+
+    def start(self, task: Task, rundir) -> AgentRun | PooledRun | Outcome:
         """Cage and spawn ``task`` (or hand it to a pool worker). An Outcome means it
         could not start."""
         if task.pool is not None:
@@ -77,7 +81,7 @@ class LocalEngine:
                               timeout=task.timeout)
         if not isinstance(run, Outcome):
             self.runs[task.id] = run
-            if task.pool is None and self._headroom is not None:
+            if isinstance(run, AgentRun) and self._headroom is not None:
                 self._headroom += max(0, run.spec.limit - run.watchdog.last_usage)
             else:  # a pool may have started or reused a worker: count again
                 self._headroom = None
@@ -144,22 +148,22 @@ class LocalEngine:
                        backend=backend or self.backend_name, limit_bytes=task.memory_limit,
                        duration_s=self.clock() - now, detail=detail, agent=task.id)
 
-    def step(self, max_wait: float | None) -> list:
+    def step(self, max_wait: float | None) -> list[RunView]:
         """Drive everything; return the task runs (plain or pooled) that ended."""
-        ended = []
+        ended: list[RunView] = []
         for run in self.loop.step(max_wait):
             out = run.outcome
             # Reaped by the loop: tell Popen, so it never waits on the pid again.
             run.proc.returncode = out.status if out.status is not None else -(out.signal or 0)
-            if getattr(run, "worker", None) is not None:
+            if run.worker is not None:
                 self.pools.worker_ended(run)
             else:
                 ended.append(run)
         self.pools.tick(self.clock())
         ended += self.pools.done
         self.pools.done = []
-        for run in ended:
-            self.runs.pop(run.task.id, None)
+        for done in ended:
+            self.runs.pop(done.task.id, None)
         self._headroom = None  # samples, ends and pool workers changed it
         return ended
 
@@ -170,15 +174,13 @@ class LocalEngine:
         and each start adds its own share: a burst of 1,000 starts costs O(n), not
         O(n²)."""
         if self._headroom is None:
-            runs = [r for r in self.runs.values() if getattr(r, "worker", None) is None]
-            runs += [w.run for w in self.pools.all()]
             self._headroom = sum(max(0, run.spec.limit - run.watchdog.last_usage)
-                                 for run in runs)
+                                 for run in self.processes())
         return self._headroom
 
-    def processes(self) -> list:
+    def processes(self) -> list[AgentRun]:
         """Every AgentRun alive: task runs and pool workers."""
-        return [r for r in self.runs.values() if getattr(r, "worker", None) is None] + \
+        return [r for r in self.runs.values() if isinstance(r, AgentRun)] + \
             [w.run for w in self.pools.all()]
 
     def retire_pools(self, why: str) -> bool:
@@ -186,9 +188,10 @@ class LocalEngine:
         self.pools.retire_all(why)
         return bool(self.pools.all())
 
-    def evict(self, run) -> None:
+    def evict(self, run: RunView) -> None:
         """The pressure rule: stop this agent to free memory (SIGTERM, grace, SIGKILL)."""
-        target = run.worker.run if getattr(run, "worker", None) is not None else run
+        own = self.runs[run.task.id]
+        target = own.worker.run if isinstance(own, PooledRun) else own
         target.stop(Reason.EVICTED, signal.SIGTERM, self.clock())
 
     def stop_all(self, cause: Reason, sig: int = signal.SIGTERM, cause_signal=None) -> None:

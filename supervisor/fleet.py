@@ -25,8 +25,9 @@ from .memsource import MemorySource
 from .outcome import Outcome, Reason
 from .policies import Policies
 from .rundir import EventLog, RunDir
+from .seams import Engine
 from .stdio import forget_stalls
-from .summary import FleetResult, ResultLog, result_entry
+from .summary import FleetEnd, FleetResult, ResultLog, result_entry
 from .taskqueue import TaskQueue
 from .units import format_size
 
@@ -38,8 +39,9 @@ class Supervisor(Intake):
     """Runs a fleet. CLI: ``close()`` then ``run()``. API: ``start()``, ``submit()``,
     ``close()``, ``wait()``."""
 
-    def __init__(self, fleet: FleetSpec, *, engine=None, memory=None, clock=time.monotonic,
-                 max_concurrent: int | None = None, log_dir: str | None = None,
+    def __init__(self, fleet: FleetSpec, *, engine: Engine | None = None, memory=None,
+                 clock=time.monotonic, max_concurrent: int | None = None,
+                 log_dir: str | None = None,
                  run_id: str | None = None, rng=None, psi="auto") -> None:
         self.fleet = fleet
         self.settings = s = fleet.supervisor
@@ -53,7 +55,8 @@ class Supervisor(Intake):
                              where="--log-dir" if log_dir else "supervisor.log_dir")
         self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock, self.rundir.health)
         self._check_users(fleet)
-        self.engine = engine or _local_engine(s, clock, self._on_interrupt, self.events.emit)
+        self.engine: Engine = engine or _local_engine(s, clock, self._on_interrupt,
+                                                      self.events.emit)
         self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
         extra = {} if psi == "auto" else {"psi": psi}
         self.policies = Policies(s, fleet.agents, self.events.emit, rng, **extra)
@@ -71,6 +74,7 @@ class Supervisor(Intake):
         #: and the last few stay, so a long run does not grow the supervisor.
         self.results = ResultLog(f"{self.rundir.path}/results.jsonl", self.rundir.health)
         self.rejected: list[dict] = []
+        self.rejected_count = 0  # all of them (rejected keeps the first few)
         self._counters: collections.Counter = collections.Counter()
         self._file_tasks = iter([(spec, i) for spec in fleet.tasks for i in range(spec.repeat)])
         self._file_done = not fleet.tasks
@@ -79,6 +83,7 @@ class Supervisor(Intake):
         self._lock = threading.Lock()
         self._waiting: str | None = None
         self.stopping: str | None = None   # interrupted, self_guard, run_timeout
+        self.stop_message: str | None = None
         self.stop_signal: int | None = None
         self._thread: threading.Thread | None = None
         self.result: FleetResult | None = None
@@ -89,14 +94,13 @@ class Supervisor(Intake):
         """Dispatch until every task has ended (CLI: in the main thread, which takes
         SIGINT/SIGTERM/SIGHUP: stop, forward to agents, a second one kills)."""
         s = self.settings
-        if catch_signals and hasattr(self.engine, "loop"):
-            self.engine.loop.catch_signals()
+        if catch_signals:
+            self.engine.catch_signals()
         self.events.emit("run_started", run_id=self.rundir.run_id, fleet=self.fleet.path,
                          backend=self.engine.backend_name, max_concurrent=self.max_concurrent,
                          queue_size=s.queue_size, min_free_memory=s.min_free_memory,
                          stale_cages=[f"{c.path} (supervisor pid {c.owner_pid}, killed "
-                                      f"{c.killed})" for c in getattr(self.engine, "stale",
-                                                                     [])])
+                                      f"{c.killed})" for c in self.engine.stale])
         started = self.started_at = self.clock()
         try:
             while True:
@@ -107,7 +111,7 @@ class Supervisor(Intake):
                 if self._finished():
                     break
                 for run in self.engine.step(self._next_wait()):
-                    self._ended(run.task, run.outcome, getattr(run, "lost", False))
+                    self._ended(run.task, run.outcome, run.lost)
                 self._watch_checkpoints()
                 self._guard(started)
                 self.rundir.health.retry(self.events.emit)  # a full folder (spool.py)
@@ -120,7 +124,8 @@ class Supervisor(Intake):
             self.engine.close()
             self.memory.close()
         forget_stalls()  # the agents are gone: the last lines get full patience
-        self.result = FleetResult.build(self, self.clock() - started)
+        self.result = FleetResult.build(self._end(self.clock() - started))
+        self.result.written = self.rundir.write_summary(self.result.to_json())
         self.rundir.health.retry(self.events.emit)
         self.events.emit("run_ended", exit_code=self.result.exit_code,
                          counts=self.result.counts)
@@ -128,6 +133,21 @@ class Supervisor(Intake):
         self.result.settle(self.rundir, self.results)  # a full folder: wait, or stderr
         self.events.close()
         return self.result
+
+    def _end(self, duration: float) -> FleetEnd:
+        """How the run ended, as plain values for its FleetResult. Counts are kept in
+        memory for every task, even one whose entry the full folder made drop."""
+        health = self.rundir.health
+        health.retry()  # what is held first: results.jsonl is read next
+        return FleetEnd(self.rundir.run_id, self.rundir.path, duration, self.stopping,
+                        self.stop_message, self.stop_signal, list(self.rejected),
+                        self.results.read(), dict(self.results.counts),
+                        health.error is not None, health.report())
+
+    @property
+    def retrying(self) -> int:
+        """Tasks waiting out a retry's backoff."""
+        return len(self._delayed)
 
     def _tick(self, final: bool = False) -> None:
         """Run the reporting tickers. One that cannot write any more (its terminal
@@ -150,8 +170,7 @@ class Supervisor(Intake):
 
     def _retire_pools(self) -> None:
         """Every task has ended: let the pool workers go (stdin closed, then killed)."""
-        retire = getattr(self.engine, "retire_pools", None)
-        while retire and retire("the run is over"):
+        while self.engine.retire_pools("the run is over"):
             self.engine.step(self.settings.poll_interval)
 
     def _feed_file(self) -> None:
@@ -200,8 +219,8 @@ class Supervisor(Intake):
         if self.rundir.logs_note(task.id, task.attempt):
             out = err = None  # the folder was full: its output goes to /dev/null
         self.events.emit("started", task=task.id, agent=task.agent, pid=started.pid,
-                         attempt=task.attempt, cage=started.cage.name,
-                         backend=started.cage.backend, limit=task.memory_limit,
+                         attempt=task.attempt, cage=started.cage_name,
+                         backend=started.backend, limit=task.memory_limit,
                          cwd=task.cwd, stdout=out, stderr=err,
                          running=len(self.engine.runs))
 

@@ -61,7 +61,7 @@ class Intake:
         """
         message = B.clip(message)
         with self._lock:
-            self.rejected_count = getattr(self, "rejected_count", 0) + 1
+            self.rejected_count += 1
             if len(self.rejected) < B.KEPT_REJECTS:
                 self.rejected.append({"where": where, "error": message})
             else:

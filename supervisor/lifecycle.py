@@ -27,11 +27,16 @@ import os
 import random
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .escape import CONFIRM_AFTER_S, EscapeState
 from .outcome import Outcome, Reason, exit_code_for
 from .units import format_size
 from .watchdog import ThrashDetector, Watchdog
+
+if TYPE_CHECKING:
+    from .agents.spec import Task
+    from .pool import Worker
 
 #: How often an exited agent's cage is checked for leftovers while it drains.
 DRAIN_CHECK_S = 0.005
@@ -71,7 +76,7 @@ class AgentRun:
         self.escape_at = now + ESCAPE_CHECK_S
         self.escape_state = EscapeState()  # a check waiting for its second look
         #: Descendants adopted by the supervisor (shared with an rlimit cage's set).
-        self.orphans: set[int] = getattr(cage, "orphans", set())
+        self.orphans: set[int] = cage.orphans
         self.started = now
         self.ended: float | None = None
         self.state = "running"
@@ -87,10 +92,11 @@ class AgentRun:
         self.emptied = False  # finished() saw the cage empty
         self.check_at = now
         self.outcome: Outcome | None = None
-        self.task = None  # the fleet's Task, when run by an engine
+        self.task: Task | None = None  # the fleet's Task, when run by an engine
         self.proc = None  # the Popen object, kept so it never waits on the pid itself
-        self.watchdog = Watchdog(spec.limit, spec.poll,
-                                 adaptive=not getattr(cage, "kernel_enforced", True))
+        #: The pool worker this process is (poolkeeper.py); None for a task's own run.
+        self.worker: Worker | None = None
+        self.watchdog = Watchdog(spec.limit, spec.poll, adaptive=not cage.kernel_enforced)
         self.watchdog.start(now)
         self.thrash = ThrashDetector(spec.limit)
         self.detail = ""
@@ -217,10 +223,36 @@ class AgentRun:
             self.state = "stopping"
             self.kill_at = now + self.spec.grace
 
+    def retire(self, now: float) -> None:
+        """A pool worker being recycled (its stdin was closed, so it should exit by
+        itself): no signal and no cause, but killed at the end of the grace."""
+        self.state, self.kill_at = "stopping", now + self.spec.grace
+
     def _kill(self, now: float) -> None:
         self.cage.kill()
         self.state, self.kill_at = "killing", None
         self.killed_at = self.killed_at or now
+
+    # -- what the fleet reads (seams.RunView) ---------------------------------
+    #: A local run is on this machine, and ends by its own doing.
+    node: str | None = None
+    lost = False
+
+    @property
+    def usage(self) -> int:
+        return self.watchdog.last_usage
+
+    @property
+    def peak(self) -> int:
+        return self.watchdog.peak
+
+    @property
+    def cage_name(self) -> str:
+        return self.cage.name
+
+    @property
+    def backend(self) -> str:
+        return self.cage.backend
 
     # -- scheduling -----------------------------------------------------------
     def next_due(self) -> float:
@@ -255,7 +287,7 @@ class AgentRun:
             self.detail = why or self.detail
         oom = self.cage.oom_kills()
         kernel_peak = self.cage.peak()
-        notes = list(getattr(self.cage, "notes", []))
+        notes = list(self.cage.notes)
         remaining = [] if self.emptied else self.cage.members()
         if remaining:
             notes.append(f"{len(remaining)} processes survived SIGKILL (uninterruptible "

@@ -69,8 +69,7 @@ class MemorySamples:
             return
         self._last_tick = now
         for task_id, run in list(sup.engine.runs.items()):
-            worker = getattr(run, "worker", None)
-            usage = (worker.run if worker is not None else run).watchdog.last_usage
+            usage = run.usage
             t, last = self._sent.get(task_id, (None, None))
             limit = run.task.memory_limit
             if last is None or abs(usage - last) >= self.step * limit or now - t >= self.every:

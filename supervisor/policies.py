@@ -11,10 +11,12 @@ memory is measured again after the evicted agent is gone, before another goes.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 from .breaker import CircuitBreaker
 from .degrade import Degradation, read_psi_some_avg10
 from .retry import Budget, Retry, plan_retry
+from .seams import RunView
 
 
 class Policies:
@@ -43,7 +45,7 @@ class Policies:
     def started(self, task) -> None:
         self.breaker.started(task.id)
 
-    def eviction(self, available: int, runs: dict):
+    def eviction(self, available: int, runs: Mapping[str, RunView]) -> RunView | None:
         """The run to evict now, if the pressure rule calls for one."""
         if not self.evict_below or available >= self.evict_below or not runs:
             return None

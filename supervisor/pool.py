@@ -22,8 +22,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .outcome import Outcome, Reason
+
+if TYPE_CHECKING:
+    from .agents.spec import Task
+    from .lifecycle import AgentRun
 
 #: A result line longer than this is a protocol error (it would have to be held).
 MAX_LINE = 1 << 20
@@ -38,7 +43,7 @@ class ProtocolError(Exception):
 class Worker:
     agent: str
     name: str            # "<agent>-w<k>"
-    run: object          # its AgentRun (cage, pid, watchdog)
+    run: AgentRun        # its process tree in its cage
     stdin_fd: int
     stdout_fd: int
     buffer: bytes = b""
@@ -51,9 +56,10 @@ class Worker:
 
 @dataclass
 class PooledRun:
-    """One task executing on a worker; looks like an AgentRun to the fleet."""
+    """One task executing on a worker (a seams.RunView: the worker's process, the
+    task's own peak)."""
 
-    task: object
+    task: Task
     worker: Worker
     started: float
     deadline: float | None
@@ -62,14 +68,27 @@ class PooledRun:
     peak: int = 0
     result_path: str = ""
     fields: dict = field(default_factory=dict)
+    node: str | None = None  # a pool is local
 
     @property
     def pid(self) -> int:
         return self.worker.run.pid
 
     @property
-    def cage(self):
-        return self.worker.run.cage
+    def cage_name(self) -> str:
+        return self.worker.run.cage.name
+
+    @property
+    def backend(self) -> str:
+        return self.worker.run.cage.backend
+
+    @property
+    def state(self) -> str:
+        return f"on {self.worker.name}"
+
+    @property
+    def usage(self) -> int:
+        return self.worker.run.watchdog.last_usage
 
 
 def task_line(task) -> bytes:

@@ -152,8 +152,7 @@ class PoolKeeper:
         self.engine.loop.unregister(worker.stdin_fd)
         os.close(worker.stdin_fd)
         worker.stdin_fd = -1
-        worker.run.kill_at = self.engine.clock() + worker.run.spec.grace
-        worker.run.state = "stopping"
+        worker.run.retire(self.engine.clock())
         self.emit("recycled", worker=worker.name, agent=worker.agent, why=why,
                   tasks_done=worker.tasks_done)
 

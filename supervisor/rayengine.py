@@ -1,10 +1,11 @@
 """The Ray engine: the fleet's rules stay on the driver, each agent runs on a node.
 
-It has :class:`~agent_supervise.engine.LocalEngine`'s interface (``start``, ``step``,
-``runs``, ``headroom``, ``stop_all``, ...), so :class:`~agent_supervise.fleet.Supervisor`
-keeps the concurrency cap, the bounded queue with its backpressure, admission and
-retries exactly as in local mode. That is deliberate: Ray's own queue is unbounded,
-so a task goes to Ray only once the driver has admitted it.
+It is an :class:`~agent_supervise.seams.Engine` as the local one is, and its
+:class:`RemoteRun` a :class:`~agent_supervise.seams.RunView`, so
+:class:`~agent_supervise.fleet.Supervisor` keeps the concurrency cap, the bounded
+queue with its backpressure, admission and retries exactly as in local mode. That
+is deliberate: Ray's own queue is unbounded, so a task goes to Ray only once the
+driver has admitted it.
 
 Each agent is one Ray task (:func:`agent_supervise.raynode.run_on_node`) with
 ``memory=`` cap + ``memory_overhead`` for placement and ``max_retries=0`` (retries
@@ -32,57 +33,41 @@ WORKER_DIED = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError",
                "LocalRayletDiedError", "TaskCancelledError", "OwnerDiedError")
 
 
-class _Cage:
-    def __init__(self, name: str, backend: str) -> None:
-        self.name, self.backend = name, backend
-
-
-class _Usage:
-    """What dashboards read of a local run's watchdog, filled from the node's samples."""
-
-    last_usage = 0
-    peak = 0
-
-
 class RemoteRun:
-    """One task handed to Ray: pending until a node reports it started."""
+    """One task handed to Ray: pending until a node reports it started; its usage
+    and peak are the node's samples."""
+
+    #: It ends by its own doing or its worker's death, which the fleet retries as
+    #: any failure: never lost.
+    lost = False
 
     def __init__(self, task, gen, key: str, request: int, rundir, now: float) -> None:
         self.task, self.gen, self.key, self.request = task, gen, key, request
         self.rundir = rundir
         self.started = now
         self.pid: int | None = None
-        self.cage = _Cage(f"ray:{task.id}", "ray")
+        self.cage_name, self.backend = f"ray:{task.id}", "ray"
         self.node: str | None = None
         self.where = "its node"
         self.state = "pending"
-        self.watchdog = _Usage()
+        self.usage = self.peak = 0
         self.outcome: Outcome | None = None
         self.cause: Reason | None = None
 
+    def placed(self, record: dict) -> None:
+        """The node started the agent in its cage."""
+        self.pid, self.node, self.where = record["pid"], record["node"], record["where"]
+        self.cage_name, self.backend = record["cage"], record["backend"]
+        self.state = "running"
 
-class _Signals:
-    """Supervisor.run() calls ``engine.loop.catch_signals()``; step() drains them."""
-
-    def __init__(self) -> None:
-        self.inbox: SignalInbox | None = None
-
-    def catch_signals(self) -> bool:
-        if self.inbox is None and threading.current_thread() is threading.main_thread():
-            self.inbox = SignalInbox(INTERRUPTS)
-        return self.inbox is not None
-
-    def drain(self) -> list[int]:
-        return self.inbox.drain() if self.inbox else []
-
-    def close(self) -> None:
-        if self.inbox:
-            self.inbox.close()
-            self.inbox = None
+    def sampled(self, record: dict) -> None:
+        self.usage = record["usage"]
+        self.peak = max(self.peak, record["peak"])
 
 
 class RayEngine:
     backend_name = "ray"
+    stale: tuple = ()  # each node cleans its own cages (raynode.janitor)
 
     def __init__(self, settings, cluster, *, clock=time.monotonic, on_interrupt=None,
                  emit=None) -> None:
@@ -92,8 +77,8 @@ class RayEngine:
         self.ray, self.settings, self.cluster, self.clock = ray, settings, cluster, clock
         self.on_interrupt = on_interrupt or (lambda signum: self.interrupt_all(signum))
         self.emit = emit or (lambda event, **fields: None)
-        self.runs: dict = {}
-        self.loop = _Signals()
+        self.runs: dict[str, RemoteRun] = {}
+        self._inbox: SignalInbox | None = None  # see catch_signals()
         self._wake = threading.Event()
         self._affinity = NodeAffinitySchedulingStrategy
         here = ray.get_runtime_context().get_node_id()
@@ -107,8 +92,17 @@ class RayEngine:
     def wake(self) -> None:
         self._wake.set()
 
+    def catch_signals(self) -> bool:
+        """Supervisor.run() asks for the driver's signals; step() drains them."""
+        if self._inbox is None and threading.current_thread() is threading.main_thread():
+            self._inbox = SignalInbox(INTERRUPTS)
+        return self._inbox is not None
+
     def pool_state(self, task) -> None:
         return None  # RaySupervisor refuses pooled agents up front
+
+    def retire_pools(self, why: str) -> bool:
+        return False  # no pools (see pool_state)
 
     def start(self, task, rundir):
         r, s = self.settings.ray, self.settings
@@ -139,7 +133,7 @@ class RayEngine:
         return 0  # whole requests are subtracted from the cluster's budget already
 
     # -- driving ----------------------------------------------------------------------
-    def step(self, max_wait: float | None) -> list:
+    def step(self, max_wait: float | None) -> list[RemoteRun]:
         """Wait up to ``max_wait`` for records from the nodes; return the runs that
         ended. Ray's wait cannot be woken by another thread, so waits stay short."""
         self._signals()
@@ -171,7 +165,7 @@ class RayEngine:
         return ended
 
     def _signals(self) -> None:
-        for signum in self.loop.drain():
+        for signum in self._inbox.drain() if self._inbox else []:
             self.on_interrupt(signum)
 
     def _consume(self, run: RemoteRun) -> bool:
@@ -183,13 +177,11 @@ class RayEngine:
         except self.ray.exceptions.RayError as err:
             return self._failed(run, err)
         if record["kind"] == "started":
-            run.pid, run.node, run.where = record["pid"], record["node"], record["where"]
-            run.cage, run.state = _Cage(record["cage"], record["backend"]), "running"
+            run.placed(record)
             self.emit("placed", task=run.task.id, node=run.node, where=run.where,
                       pid=run.pid, cage=record["cage"], backend=record["backend"])
         elif record["kind"] == "sample":
-            run.watchdog.last_usage = record["usage"]
-            run.watchdog.peak = max(run.watchdog.peak, record["peak"])
+            run.sampled(record)
             if record["checkpoint"]:
                 run.rundir.append(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
         else:
@@ -219,8 +211,8 @@ class RayEngine:
         """The Ray task failed: the worker died (and the agent with it: parent-death
         signal), it was cancelled, or the node-side code itself failed."""
         name = type(err).__name__ if not isinstance(err, str) else ""
-        cause = getattr(err, "cause", None)
-        name = type(cause).__name__ if name == "RayTaskError" and cause else name
+        if type(err) is self.ray.exceptions.RayTaskError and err.cause is not None:
+            name = type(err.cause).__name__  # what the node-side code raised
         text = (str(err).strip().splitlines() or [name])[-1][:300]
         if run.state == "pending" and name == "TaskCancelledError":
             run.outcome = self._outcome(run.task, Reason.CANCELLED,
@@ -259,7 +251,7 @@ class RayEngine:
         if run.state == "pending":  # still in Ray's queue: take it out
             self.ray.cancel(run.gen)
 
-    def processes(self) -> list:
+    def processes(self) -> list[RemoteRun]:
         return list(self.runs.values())
 
     def evict(self, run) -> None:
@@ -285,5 +277,7 @@ class RayEngine:
         if self._janitors:
             self.ray.wait(self._janitors, num_returns=len(self._janitors), timeout=15)
         self.ray.kill(self.control)
-        self.loop.close()
+        if self._inbox:
+            self._inbox.close()
+            self._inbox = None
         self.cluster.close()

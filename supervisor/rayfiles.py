@@ -110,10 +110,9 @@ def spawn_guard(cage, scratch: str) -> int:
         starter = subprocess.Popen(
             # A background job's stdin is /dev/null unless redirected: pass the pipe as 3.
             ["sh", "-c", 'exec 3<&0; sh -c "$0" guard "$@" <&3 3<&- &', GUARD,
-             getattr(cage, "path", ""),
-             scratch, cage.name,
+             cage.path, scratch, cage.name,
              # the v1 pids companion leaf, where the cage has one (limits/pids.py)
-             getattr(getattr(cage, "companion", None), "path", "")],
+             cage.companion.path if cage.companion else ""],
             stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         starter.wait(timeout=10)

@@ -140,6 +140,11 @@ class RunDir:
             self.health.failed(error, name)
             return False
 
+    def write_summary(self, summary: dict) -> bool:
+        """summary.json: the fleet's result (summary.FleetResult.to_json). False when
+        the folder could not take it (FleetResult.settle tries again)."""
+        return self.write_json("summary.json", summary)
+
 
 class EventLog:
     """events.jsonl: one JSON object per line; ``t`` is seconds since the run began."""

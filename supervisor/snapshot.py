@@ -8,6 +8,8 @@ import os
 
 import psutil
 
+from .seams import RunView
+
 #: Ended agents stay on the dashboard this long.
 RECENT_S = 30.0
 
@@ -44,27 +46,23 @@ class Snapshotter:
                        "mem_percent": vm.percent, "available": vm.available,
                        "supervisor_rss": sup.memory.own_rss()},
             "counts": {"running": len(running), "queued": len(sup.queue),
-                       "retrying": len(sup._delayed), "done": results.counts["ok"],
+                       "retrying": sup.retrying, "done": results.counts["ok"],
                        "failed": results.failed},
             "agents": running + ended[::-1],
         }
         self._cached = (now, snap)
         return snap
 
-    def _running(self, run, now: float, sup) -> dict:
-        worker = getattr(run, "worker", None)
-        process = worker.run if worker is not None else run
-        peak = run.peak if worker is not None else process.watchdog.peak
-        return {"task": run.task.id, "agent": run.task.agent, "pid": process.pid,
-                "state": process.state if worker is None else f"on {worker.name}",
-                "usage": process.watchdog.last_usage, "limit": run.task.memory_limit,
-                "peak": peak,
+    def _running(self, run: RunView, now: float, sup) -> dict:
+        return {"task": run.task.id, "agent": run.task.agent, "pid": run.pid,
+                "state": run.state, "usage": run.usage, "limit": run.task.memory_limit,
+                "peak": run.peak,
                 # A Ray run's pid is on its node: reading it here would read a stranger.
-                "cpu_percent": None if getattr(run, "node", None) else self._cpu(process.pid),
+                "cpu_percent": None if run.node else self._cpu(run.pid),
                 "runtime": round(now - run.started, 1), "attempt": run.task.attempt,
                 "checkpoint": sup.last_checkpoint.get(run.task.id)}
 
-    def _cpu(self, pid: int) -> float | None:
+    def _cpu(self, pid: int | None) -> float | None:
         """CPU % of the agent's main process since the previous snapshot (None for an
         agent on another machine: its pid is not ours to read)."""
         if not pid:

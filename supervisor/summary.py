@@ -75,6 +75,23 @@ class ResultLog:
         self._spool.close()
 
 
+@dataclass(frozen=True)
+class FleetEnd:
+    """How a fleet run ended, as plain values (``Supervisor._end``)."""
+
+    run_id: str
+    run_dir: str
+    duration_s: float
+    stopping: str | None     # interrupted, self_guard, run_timeout
+    message: str | None      # what the stop said
+    stop_signal: int | None  # the signal that interrupted it
+    rejected: list[dict]     # input lines refused
+    tasks: list[dict]        # results.jsonl and what is held
+    counts: dict             # reason -> tasks, every task counted
+    folder_failed: bool      # the run folder refused a write at some point
+    run_folder: dict | None  # what the full folder cost (spool.FolderHealth)
+
+
 @dataclass
 class FleetResult:
     run_id: str
@@ -90,26 +107,19 @@ class FleetResult:
     written: bool = True            # summary.json is in the run folder
 
     @classmethod
-    def build(cls, sup, duration: float) -> FleetResult:
-        """The result, from results.jsonl and what is held. Counts are kept in
-        memory for every task, even one whose entry the full folder made drop."""
-        health = sup.rundir.health
-        health.retry()
-        tasks = sorted(sup.results.read(), key=lambda e: (e["agent"], _n(e["task"])))
-        counts = dict(sup.results.counts)
-        if sup.stopping == "interrupted":
-            code = 128 + sup.stop_signal
-        elif sup.stopping == "self_guard":
+    def build(cls, end: FleetEnd) -> FleetResult:
+        """The result; the run folder writes it (``RunDir.write_summary``)."""
+        tasks = sorted(end.tasks, key=lambda e: (e["agent"], _n(e["task"])))
+        if end.stopping == "interrupted" and end.stop_signal is not None:
+            code = 128 + end.stop_signal
+        elif end.stopping == "self_guard":
             code = EXIT_SELF_GUARD
-        elif health.error is not None:
+        elif end.folder_failed:
             code = EXIT_RUN_FOLDER
         else:
-            code = 0 if set(counts) <= {"ok"} and not sup.rejected else 1
-        result = cls(sup.rundir.run_id, sup.rundir.path, duration, code, tasks,
-                     list(sup.rejected), sup.stopping,
-                     getattr(sup, "stop_message", None), counts, health.report())
-        result.written = sup.rundir.write_json("summary.json", result.to_json())
-        return result
+            code = 0 if set(end.counts) <= {"ok"} and not end.rejected else 1
+        return cls(end.run_id, end.run_dir, end.duration_s, code, tasks, list(end.rejected),
+                   end.stopping, end.message, dict(end.counts), end.run_folder)
 
     def settle(self, rundir, results: ResultLog, wait: float = FINAL_WAIT_S) -> None:
         """The run is over. If its folder could not take every write: wait a little
@@ -120,7 +130,7 @@ class FleetResult:
         while True:
             if not self.written:
                 self.run_folder = health.report()
-                self.written = rundir.write_json("summary.json", self.to_json())
+                self.written = rundir.write_summary(self.to_json())
             if (health.retry() and self.written) or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
@@ -130,7 +140,7 @@ class FleetResult:
         before, report = self.run_folder, health.report()
         self.run_folder = report
         if self.written and report != before:  # it caught up meanwhile: say so in it
-            self.written = rundir.write_json("summary.json", self.to_json())
+            self.written = rundir.write_summary(self.to_json())
         dropped = ", ".join(f"{n} lines of {name}" for name, n in
                             sorted(report["dropped_lines"].items()))
         facts = [f"{dropped} dropped" if dropped else "no line was dropped"]

@@ -34,18 +34,27 @@ class FakeMemory:
 
 
 class FakeRun:
+    """A seams.RunView that runs for its scripted time."""
+
+    node = None
+    lost = False
+    state = "running"
+    backend = "fake"
+
     def __init__(self, task, pid: int, start: float, duration: float, reason, usage: int):
         self.task, self.pid, self.start = task, pid, start
         self.started = start
         self.end, self.reason, self.usage = start + duration, reason, usage
-        self.cage = type("Cage", (), {"name": f"fake.{task.id}", "backend": "fake"})()
+        self.peak = usage
+        self.cage_name = f"fake.{task.id}"
         self.outcome = None
         self.stop_cause = None
 
 
 class FakeEngine:
-    """Runs tasks on a fake clock: each agent's script says how long it runs and how
-    it ends. ``step`` jumps the clock to the next exit (or by ``max_wait``)."""
+    """A seams.Engine that runs tasks on a fake clock: each agent's script says how
+    long it runs and how it ends. ``step`` jumps the clock to the next exit (or by
+    ``max_wait``)."""
 
     backend_name = "fake"
     stale: list = []
@@ -62,6 +71,12 @@ class FakeEngine:
 
     def wake(self) -> None:
         pass
+
+    def catch_signals(self) -> bool:
+        return False  # the tests deliver signals through interrupt_all
+
+    def retire_pools(self, why: str) -> bool:
+        return False
 
     def start(self, task, rundir):
         from agent_supervise.outcome import Reason
