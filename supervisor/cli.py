@@ -366,5 +366,6 @@ def schema():
     import json
 
     from .agents.schema import fleet_schema
+
     click.echo(json.dumps(fleet_schema(), indent=2))
     return 0
