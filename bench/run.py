@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 SECTIONS = ("throughput", "overshoot", "reaction", "monitor", "footprint", "headline",
-            "output")
+            "output", "startup")
 
 
 def versions() -> dict[str, str]:

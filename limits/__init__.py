@@ -14,10 +14,8 @@ from dataclasses import dataclass
 
 from ..errors import BackendUnavailable, BadInput
 from .base import DEFAULT_PIDS_LIMIT, Backend, Cage, StaleCage, Unavailable
-from .cgroup1 import Cgroup1Backend
-from .cgroup2 import Cgroup2Backend
 from .cgroupfs import cgroup_mounts
-from .rlimit import KINDS, RlimitBackend
+from .rlimit import KINDS
 
 __all__ = ["Backend", "Cage", "StaleCage", "Unavailable", "BACKEND_NAMES", "DEFAULT_PIDS_LIMIT",
            "Probe",
@@ -37,11 +35,16 @@ class Probe:
 
 
 def make_backend(name: str, *, rlimit: str = "data", cgroup_root: str | None = None) -> Backend:
+    # Each backend is imported when asked for: `run --backend rlimit` then never loads
+    # cgroup2's systemd client (subprocess, shutil), a few ms of every start.
     if name == "cgroup2":
+        from .cgroup2 import Cgroup2Backend
         return Cgroup2Backend(root=cgroup_root)
     if name == "cgroup1":
+        from .cgroup1 import Cgroup1Backend
         return Cgroup1Backend(root=cgroup_root)
     if name == "rlimit":
+        from .rlimit import RlimitBackend
         return RlimitBackend(rlimit)
     raise BadInput(f"unknown backend {name!r}",
                    hint=f"choose one of auto, {', '.join(BACKEND_NAMES)}")

@@ -8,7 +8,6 @@ failed, 126 not executable, 127 not found, 128+N signals, 137 memory kills,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -119,6 +118,7 @@ def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as
     terminal = Terminal.attach()  # in a terminal's foreground: the agent's job now
     outcome = run_agent(cmd, opts, backend=chosen, terminal=terminal)
     if as_json:
+        import json
         click.echo(json.dumps(outcome.to_json()), err=True)
     elif outcome.reason not in QUIET_REASONS:
         # Only when agent-supervise acted (or the command never ran), as timeout(1)
@@ -152,6 +152,8 @@ def _check_dashdash(ctx, cmd) -> None:
 def doctor(as_json, rlimit_kind, cgroup_root):
     """Say which memory-limit backends work here, and why the others do not."""
     require_linux()
+    import json
+
     from .doctor import collect, render
 
     report = collect(rlimit=rlimit_kind, cgroup_root=cgroup_root)
@@ -274,6 +276,7 @@ def status(run_dir, as_json):
 
     snap = load_state(find_run(run_dir))
     if as_json:
+        import json
         click.echo(json.dumps(snap, indent=2))
         return 0
     console = _console()
@@ -360,6 +363,8 @@ def validate(file):
 @cli.command()
 def schema():
     """Print the JSON Schema of fleet files (for editors and CI)."""
+    import json
+
     from .agents.schema import fleet_schema
 
     click.echo(json.dumps(fleet_schema(), indent=2))

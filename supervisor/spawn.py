@@ -24,15 +24,17 @@ from __future__ import annotations
 import errno
 import os
 import resource
-import shutil
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 
 from .limits import isolation
 from .linux import original_open_files_limit, set_parent_death_signal
 from .outcome import Reason
+
+#: subprocess.DEVNULL, which callers pass; importing subprocess for it would cost
+#: every start of the C path a few ms.
+_DEVNULL = -3
 
 try:
     from . import _spawn
@@ -123,7 +125,7 @@ class Spawner:
         for stream in stdio:
             if stream is None:
                 fds.append(-1)  # inherit ours
-            elif stream == subprocess.DEVNULL:
+            elif stream == _DEVNULL:
                 fds.append(self._devnull())
             else:
                 fds.append(stream if isinstance(stream, int) else stream.fileno())
@@ -198,6 +200,7 @@ class Spawner:
         key = (name, os.pathsep.join(dirs))
         found = self._found.get(key)
         if found is None or not os.access(found, os.X_OK):
+            import shutil  # a bare name only: `run -- /bin/true` starts without it
             found = shutil.which(name, path=key[1])
             if found is None:
                 self._found.pop(key, None)
@@ -208,6 +211,7 @@ class Spawner:
     # -- fork + preexec_fn, through subprocess ----------------------------------------
     def _fork(self, cmd, setup, creds, env, cwd, stdin, stdout, stderr,
               foreground_tty=None):
+        import subprocess  # the fallback only: the C path starts without it (~5 ms)
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         steps = setup.steps()
         if foreground_tty is not None:
