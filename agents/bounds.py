@@ -12,7 +12,7 @@ import os
 import resource
 import stat
 
-from ..errors import BadInput
+from agent_supervise.errors import BadInput
 
 KiB, MiB = 1 << 10, 1 << 20
 

@@ -12,9 +12,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BadInput
-from ..units import parse_cap, parse_duration, parse_size
-from . import bounds as B
+from agent_supervise.agents import bounds as B
+from agent_supervise.errors import BadInput
+from agent_supervise.units import parse_cap, parse_duration, parse_size
 
 #: Agent names become log file names: letters, digits, '_', '-', '.', no '/' or '..'.
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -185,7 +185,7 @@ class Field:
 
     def schema(self) -> dict:
         """This field in JSON Schema (agents/schema.py knows each kind's shape)."""
-        from .schema import field_schema
+        from agent_supervise.agents.schema import field_schema
         return field_schema(self)
 
 def _quote(value) -> str:

@@ -15,11 +15,10 @@ from types import MappingProxyType
 
 import yaml
 
-from ..errors import BadInput
-from . import bounds as B
-from . import fields as F
-from . import yamlbound
-from .spec import (
+from agent_supervise.agents import bounds as B
+from agent_supervise.agents import fields as F
+from agent_supervise.agents import yamlbound
+from agent_supervise.agents.spec import (
     AgentSpec,
     BreakerSettings,
     DegradationSettings,
@@ -30,7 +29,8 @@ from .spec import (
     TaskSpec,
     placeholder_names,
 )
-from .tasks import did_you_mean, parse_task_json, task_problem
+from agent_supervise.agents.tasks import did_you_mean, parse_task_json, task_problem
+from agent_supervise.errors import BadInput
 
 __all__ = ["FleetFileError", "load_fleet", "parse_fleet", "parse_task_json", "task_problem"]
 
@@ -271,7 +271,7 @@ def _agents(check: _Checker, node, defaults: dict, base_dir: str, root) -> dict:
 
 
 def _agent_problem(merged: dict) -> tuple[str, str] | None:
-    from ..creds import lookup_group, lookup_user
+    from agent_supervise.creds import lookup_group, lookup_user
 
     try:
         if merged.get("user") is not None:

@@ -7,10 +7,10 @@ without a value — only the loader (``agent-supervise validate``) checks.
 
 from __future__ import annotations
 
-from ..units import MAX_SIZE
-from . import bounds as B
-from . import fields as F
-from .fields import _UNIT, DURATION_RE, SIZE_RE
+from agent_supervise.agents import bounds as B
+from agent_supervise.agents import fields as F
+from agent_supervise.agents.fields import _UNIT, DURATION_RE, SIZE_RE
+from agent_supervise.units import MAX_SIZE
 
 
 def _object(table, doc: str) -> dict:

@@ -12,10 +12,10 @@ import difflib
 import json
 from types import MappingProxyType
 
-from ..errors import BadInput
-from . import bounds as B
-from . import fields as F
-from .spec import TaskSpec, fill
+from agent_supervise.agents import bounds as B
+from agent_supervise.agents import fields as F
+from agent_supervise.agents.spec import TaskSpec, fill
+from agent_supervise.errors import BadInput
 
 
 def did_you_mean(word, options) -> str | None:

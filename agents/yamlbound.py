@@ -23,7 +23,7 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
-from . import bounds as B
+from agent_supervise.agents import bounds as B
 
 #: Events only: the nodes are ours. SafeLoader's resolver turns plain scalars into tags.
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

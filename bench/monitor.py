@@ -40,7 +40,7 @@ def _tick_costs(n: int, repeat: int) -> list:
     from agent_supervise.limits import probe_all, select_backend
     from agent_supervise.limits.rlimit import RlimitCage
     from agent_supervise.proctree import ProcessTable
-    from agent_supervise.spawn import Spawner
+    from agent_supervise.run.spawn import Spawner
     kernel = next((p.name for p in probe_all() if p.available and p.name != "rlimit"), None)
     backend = select_backend(kernel or "rlimit")
     cages, table = [], ProcessTable()

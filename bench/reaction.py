@@ -278,7 +278,7 @@ def _verdict(measured: dict[str, list[Result]], quick: bool) -> list[str]:
             f"ms; `--poll 10ms`: {fmt(fast) if fast is not None else '—'} ms; circus: "
             f"{fmt(circus_b) if circus_b is not None else '—'} ms). Between two bursts a "
             "sample sees no growth; the watchdog keeps the fastest recent rate (halving "
-            "each second, supervisor/watchdog.py) so that it still looks again before "
+            "each second, supervisor/run/watchdog.py) so that it still looks again before "
             "the cap. "
             + (f"In {wins} run(s) the hog met RLIMIT_DATA (~5 MiB, ~50 ms past the RSS "
                "crossing here) first. " if wins else "")

@@ -17,8 +17,8 @@ MiB = 1 << 20
 
 def _cost_split(backends: list[str], n: int) -> list[list]:
     """Per-agent costs inside the supervisor, in microseconds (medians)."""
-    from agent_supervise import spawn as spawning
     from agent_supervise.limits import select_backend
+    from agent_supervise.run import spawn as spawning
     rows = []
     for name in backends:
         backend = select_backend(name)

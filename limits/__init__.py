@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import BackendUnavailable, BadInput
-from .base import DEFAULT_PIDS_LIMIT, Backend, Cage, StaleCage, Unavailable
-from .cgroupfs import cgroup_mounts
-from .rlimit import KINDS
+from agent_supervise.errors import BackendUnavailable, BadInput
+from agent_supervise.limits.base import DEFAULT_PIDS_LIMIT, Backend, Cage, StaleCage, Unavailable
+from agent_supervise.limits.cgroupfs import cgroup_mounts
+from agent_supervise.limits.rlimit import KINDS
 
 __all__ = ["Backend", "Cage", "StaleCage", "Unavailable", "BACKEND_NAMES", "DEFAULT_PIDS_LIMIT",
            "Probe",
@@ -38,13 +38,13 @@ def make_backend(name: str, *, rlimit: str = "data", cgroup_root: str | None = N
     # Each backend is imported when asked for: `run --backend rlimit` then never loads
     # cgroup2's systemd client (subprocess, shutil), a few ms of every start.
     if name == "cgroup2":
-        from .cgroup2 import Cgroup2Backend
+        from agent_supervise.limits.cgroup2 import Cgroup2Backend
         return Cgroup2Backend(root=cgroup_root)
     if name == "cgroup1":
-        from .cgroup1 import Cgroup1Backend
+        from agent_supervise.limits.cgroup1 import Cgroup1Backend
         return Cgroup1Backend(root=cgroup_root)
     if name == "rlimit":
-        from .rlimit import RlimitBackend
+        from agent_supervise.limits.rlimit import RlimitBackend
         return RlimitBackend(rlimit)
     raise BadInput(f"unknown backend {name!r}",
                    hint=f"choose one of auto, {', '.join(BACKEND_NAMES)}")

@@ -10,7 +10,7 @@ A **cage** is one agent's enclosure. Its life:
 2. ``child_setup()`` says what the child does *before exec* (write to an open
    ``cgroup.procs``, ``setrlimit``), so the agent is capped from its first
    instruction. It is data, not code: the spawner does it with raw system calls
-   (see :mod:`agent_supervise.spawn` for why).
+   (see :mod:`agent_supervise.run.spawn` for why).
 3. ``attach(pid)`` tells the cage the agent's root pid once it exists.
 4. While it runs: ``usage()`` (bytes charged to the whole agent now), ``peak()``,
    ``oom_kills()``, ``members()``, ``notify_fd()`` to wake the loop on an OOM, and on
@@ -31,10 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..proctree import ProcessTable
+from agent_supervise.proctree import ProcessTable
 
 if TYPE_CHECKING:
-    from .pids import PidsLeaf
+    from agent_supervise.limits.pids import PidsLeaf
 
 #: A step the child runs before exec: (name of the system call, function).
 ChildStep = tuple[str, Callable[[], None]]
@@ -186,7 +186,7 @@ class Cage(abc.ABC):
         """Take the init's report once its process has exited (None without one)."""
         if self.init_fd is None:
             return None
-        from .isolation import InitReport
+        from agent_supervise.limits.isolation import InitReport
         fd, self.init_fd = self.init_fd, None
         return InitReport.read(fd)
 

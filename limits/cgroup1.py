@@ -28,12 +28,12 @@ from __future__ import annotations
 import os
 import select
 
-from ..errors import CageError, syscall_error
-from .base import Unavailable
-from .cgroupcage import CgroupBackend, CgroupCage, page_floor
-from .cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
-from .guard import Guard, PeakGuard
-from .pids import PidsHierarchy
+from agent_supervise.errors import CageError, syscall_error
+from agent_supervise.limits.base import Unavailable
+from agent_supervise.limits.cgroupcage import CgroupBackend, CgroupCage, page_floor
+from agent_supervise.limits.cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
+from agent_supervise.limits.guard import Guard, PeakGuard
+from agent_supervise.limits.pids import PidsHierarchy
 
 
 class Cgroup1Cage(CgroupCage):

@@ -43,13 +43,18 @@ import select
 import time
 import weakref
 
-from ..errors import CageError
-from . import systemd as sd
-from .base import Unavailable
-from .cgroupcage import CgroupBackend, CgroupCage, page_floor, remove_when_empty
-from .cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
-from .guard import Guard, PeakGuard
-from .pids import exceeded_detail, max_events
+from agent_supervise.errors import CageError
+from agent_supervise.limits import systemd as sd
+from agent_supervise.limits.base import Unavailable
+from agent_supervise.limits.cgroupcage import (
+    CgroupBackend,
+    CgroupCage,
+    page_floor,
+    remove_when_empty,
+)
+from agent_supervise.limits.cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
+from agent_supervise.limits.guard import Guard, PeakGuard
+from agent_supervise.limits.pids import exceeded_detail, max_events
 
 
 class Cgroup2Cage(CgroupCage):

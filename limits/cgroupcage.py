@@ -8,13 +8,28 @@ import os
 import signal
 import time
 
-from ..errors import CageError
-from ..proctree import PAGE_SIZE
-from .base import (DEFAULT_PIDS_LIMIT, Backend, Cage, ChildSetup, Placement, StaleCage,
-                   cage_name, stale_owner)
-from .cgroupfs import CgroupFS, cgroup_mounts, is_busy, kernel_path, parse_flat_keyed, pread_int
-from .guard import first_change
-from .pids import PidsLeaf, ids_under
+from agent_supervise.errors import CageError
+from agent_supervise.limits.base import (
+    DEFAULT_PIDS_LIMIT,
+    Backend,
+    Cage,
+    ChildSetup,
+    Placement,
+    StaleCage,
+    cage_name,
+    stale_owner,
+)
+from agent_supervise.limits.cgroupfs import (
+    CgroupFS,
+    cgroup_mounts,
+    is_busy,
+    kernel_path,
+    parse_flat_keyed,
+    pread_int,
+)
+from agent_supervise.limits.guard import first_change
+from agent_supervise.limits.pids import PidsLeaf, ids_under
+from agent_supervise.proctree import PAGE_SIZE
 
 #: How long release() and stale cleanup wait for a cgroup to empty and rmdir.
 RMDIR_PATIENCE_S = 3.0
@@ -227,7 +242,7 @@ class CgroupBackend(Backend):
 
     def owner(self) -> str:
         if self._owner is None:
-            from .base import owner_tag
+            from agent_supervise.limits.base import owner_tag
             self._owner = owner_tag()
         return self._owner
 
@@ -253,7 +268,7 @@ class CgroupBackend(Backend):
             except CageError:
                 found.append(StaleCage(path, owner, 0, False))
         # Processes that left their cage before their supervisor died carry its marker.
-        from .stale import kill_marked_orphans
+        from agent_supervise.limits.stale import kill_marked_orphans
         return found + kill_marked_orphans()
 
     def create(self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT,

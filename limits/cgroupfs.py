@@ -12,8 +12,8 @@ import errno
 import os
 from dataclasses import dataclass
 
-from ..errors import syscall_error
-from ..proctree import read_proc
+from agent_supervise.errors import syscall_error
+from agent_supervise.proctree import read_proc
 
 
 class CgroupFS:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 
-from ..units import format_size
-from .cgroupfs import parse_flat_keyed
+from agent_supervise.limits.cgroupfs import parse_flat_keyed
+from agent_supervise.units import format_size
 
 
 def _read(fd: int) -> str:

@@ -29,9 +29,8 @@ import os
 import resource
 from dataclasses import dataclass
 
-from ..proctree import PAGE_SIZE
-
-from .. import __file__ as _package_file
+from agent_supervise import __file__ as _package_file
+from agent_supervise.proctree import PAGE_SIZE
 
 #: Built beside the C spawner, in the agent_supervise package (setup.py).
 INIT = os.path.join(os.path.dirname(os.path.abspath(_package_file)), "_nsinit")
@@ -42,7 +41,7 @@ MSGMNB = 16384
 
 def unavailable() -> str | None:
     """Why agents cannot get namespaces of their own here (None: they can)."""
-    from .. import spawn
+    from agent_supervise.run import spawn
     if os.environ.get(ENV_SWITCH) == "0":
         return f"{ENV_SWITCH}=0"
     if os.geteuid() != 0:
@@ -63,7 +62,7 @@ def _try() -> str | None:
     """Really clone a child into the namespaces and start the init (which, given no
     agent, exits 2 at once): root in a container without CAP_SYS_ADMIN, a seccomp
     filter, or a full /proc/sys/user/max_pid_namespaces all fail here, once."""
-    from .. import _spawn  # present: spawn.fast_path() said so
+    from agent_supervise import _spawn  # present: spawn.fast_path() said so
     plan = Plan.for_cap(64 << 20)
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
@@ -154,7 +153,7 @@ class InitReport:
 
     def removed(self) -> str | None:
         """A note on the shared memory that went with the agent's namespaces."""
-        from ..units import format_size
+        from agent_supervise.units import format_size
         parts = []
         if self.shm_files:
             parts.append(f"{self.shm_files} files in /dev/shm ({format_size(self.shm_bytes)})")
@@ -167,7 +166,7 @@ class InitReport:
 def rlimit_uncounted(isolated: bool) -> str:
     """What the rlimit watchdog does not count (said by doctor and in --json notes);
     the kernel backends charge all of it to the cgroup."""
-    from ..linux import original_open_files_limit
+    from agent_supervise.linux import original_open_files_limit
     soft = (original_open_files_limit() or resource.getrlimit(resource.RLIMIT_NOFILE))[0]
     if isolated:
         return (f"not counted under rlimit: pipe buffers (at most ~{soft // 2} pipes of "

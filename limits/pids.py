@@ -28,11 +28,24 @@ from __future__ import annotations
 import os
 import time
 
-from ..errors import CageError
-from .base import Placement, StaleCage, Unavailable, cage_name, owner_tag, stale_owner
-from .cgroupfs import (CgroupFS, cgroup_dir, cgroup_mounts, kernel_path, own_cgroups,
-                       parse_flat_keyed)
-from .guard import Guard
+from agent_supervise.errors import CageError
+from agent_supervise.limits.base import (
+    Placement,
+    StaleCage,
+    Unavailable,
+    cage_name,
+    owner_tag,
+    stale_owner,
+)
+from agent_supervise.limits.cgroupfs import (
+    CgroupFS,
+    cgroup_dir,
+    cgroup_mounts,
+    kernel_path,
+    own_cgroups,
+    parse_flat_keyed,
+)
+from agent_supervise.limits.guard import Guard
 
 
 def ids_under(fs: CgroupFS, path: str, file: str = "cgroup.procs") -> list[int]:
@@ -145,7 +158,7 @@ class PidsLeaf:
 
     def release(self) -> None:
         """Close the files; kill what is left, wait for it to drain, rmdir."""
-        from .cgroupcage import remove_when_empty
+        from agent_supervise.limits.cgroupcage import remove_when_empty
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
@@ -208,7 +221,7 @@ class PidsHierarchy:
 
     def clean_stale(self) -> list[StaleCage]:
         """Companion leaves of supervisors that died: kill what is inside, rmdir."""
-        from .cgroupcage import remove_when_empty
+        from agent_supervise.limits.cgroupcage import remove_when_empty
         if not self.available():
             return []
         found = []

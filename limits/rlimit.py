@@ -21,11 +21,19 @@ import resource
 import signal
 import time
 
-from ..proctree import ProcessTable
-from .base import (DEFAULT_PIDS_LIMIT, Backend, Cage, ChildSetup, Placement, Unavailable,
-                   cage_name, owner_tag)
-from .cgroupfs import CgroupFS
-from .pids import PidsHierarchy, PidsLeaf
+from agent_supervise.limits.base import (
+    DEFAULT_PIDS_LIMIT,
+    Backend,
+    Cage,
+    ChildSetup,
+    Placement,
+    Unavailable,
+    cage_name,
+    owner_tag,
+)
+from agent_supervise.limits.cgroupfs import CgroupFS
+from agent_supervise.limits.pids import PidsHierarchy, PidsLeaf
+from agent_supervise.proctree import ProcessTable
 
 KINDS = {"data": resource.RLIMIT_DATA, "as": resource.RLIMIT_AS}
 
@@ -64,7 +72,7 @@ class RlimitCage(Cage):
         super().attach(pid)
         if self.companion is not None:
             self.companion.attach()
-        from . import isolation
+        from agent_supervise.limits import isolation
         if self.init_fd is not None:  # namespaces of its own: its shared memory counts
             self.shared = isolation.SharedMemoryMeter.open(pid)
         self.notes.append(isolation.rlimit_uncounted(self.shared is not None))
@@ -85,7 +93,7 @@ class RlimitCage(Cage):
         return [p for p in self.companion.members() if p not in seen]
 
     def tampered(self) -> str | None:
-        from .guard import first_change
+        from agent_supervise.limits.guard import first_change
         return first_change(self.companion.guards) if self.companion else None
 
     def pids_exceeded(self) -> str | None:
@@ -168,7 +176,7 @@ class RlimitBackend(Backend):
 
     def clean_stale(self):
         """Processes of agents whose supervisor died (see stale.py)."""
-        from .stale import kill_marked_orphans
+        from agent_supervise.limits.stale import kill_marked_orphans
         return kill_marked_orphans() + self.pids.clean_stale()
 
     def create(self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT,

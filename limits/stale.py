@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import signal
 
-from ..proctree import ProcessTable, read_proc
-from .base import StaleCage, stale_owner
+from agent_supervise.limits.base import StaleCage, stale_owner
+from agent_supervise.proctree import ProcessTable, read_proc
 
 MARKER = b"AGENT_SUPERVISE_CAGE="
 

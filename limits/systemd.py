@@ -88,8 +88,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import CageError
-from .base import StaleCage, Unavailable, is_cage_name, owner_alive, owner_tag
+from agent_supervise.errors import CageError
+from agent_supervise.limits.base import StaleCage, Unavailable, is_cage_name, owner_alive, owner_tag
 
 #: Unit names: ``agent-supervise-<pid>-<starttime>-<n>.scope`` (``n``: several
 #: backends in one process, as doctor and a run make).

@@ -8,9 +8,9 @@ package (the loop, policies, CLI), ``limits/`` is :mod:`agent_supervise.limits`
 
 __version__ = "0.1.0"
 
-from .checkpoint import checkpoint, resume_from  # noqa: E402
-from .errors import BackendUnavailable, BadInput, CageError, SuperviseError  # noqa: E402
-from .outcome import Outcome, Reason  # noqa: E402
+from agent_supervise.checkpoint import checkpoint, resume_from  # noqa: E402
+from agent_supervise.errors import BackendUnavailable, BadInput, CageError, SuperviseError  # noqa: E402
+from agent_supervise.outcome import Outcome, Reason  # noqa: E402
 
 __all__ = ["__version__", "BackendUnavailable", "BadInput", "CageError", "Outcome",
            "Reason", "SuperviseError", "RunOptions", "run_agent", "checkpoint", "resume_from"]
@@ -20,6 +20,6 @@ def __getattr__(name):
     # The run path imports Linux-only modules; load it on first use so that
     # ``import agent_supervise`` works everywhere (validate, schema, --help).
     if name in ("RunOptions", "run_agent"):
-        from . import single
+        from agent_supervise.run import single
         return getattr(single, name)
     raise AttributeError(name)

@@ -1,3 +1,3 @@
-from .cli import main
+from agent_supervise.cli import main
 
 main()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from .tailfile import from_line_start, read_tail
+from agent_supervise.tailfile import from_line_start, read_tail
 
 TAIL_BYTES = 64 * 1024
 

@@ -13,9 +13,9 @@ import sys
 
 import click
 
-from . import __version__, stdio
-from .errors import BadInput, NotLinux, SuperviseError
-from .outcome import Reason
+from agent_supervise import __version__, stdio
+from agent_supervise.errors import BadInput, NotLinux, SuperviseError
+from agent_supervise.outcome import Reason
 
 RUN_OPTIONS = ("--memory", "--backend", "--rlimit", "--cgroup-root", "--timeout",
                "--grace", "--poll", "--json", "--user", "--group", "--pids-limit")
@@ -99,9 +99,9 @@ def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as
     agent-supervise run --memory 200M -- python3 agent.py --task x
     """
     require_linux()
-    from .agents.bounds import check_command
-    from .single import RunOptions, prepare_backend, run_agent
-    from .units import parse_cap
+    from agent_supervise.agents.bounds import check_command
+    from agent_supervise.run.single import RunOptions, prepare_backend, run_agent
+    from agent_supervise.units import parse_cap
 
     _check_dashdash(ctx, cmd)
     check_command(cmd)  # '' or what execve refuses: bad input, not exit 126 or 125
@@ -114,7 +114,7 @@ def run(ctx, memory, backend, rlimit_kind, cgroup_root, timeout, grace, poll, as
         click.echo(f"agent-supervise: cleaned up after dead supervisor pid "
                    f"{stale.owner_pid}: {stale.path} (killed {stale.killed} processes)",
                    err=True)
-    from .terminal import Terminal
+    from agent_supervise.run.terminal import Terminal
     terminal = Terminal.attach()  # in a terminal's foreground: the agent's job now
     outcome = run_agent(cmd, opts, backend=chosen, terminal=terminal)
     if as_json:
@@ -154,7 +154,7 @@ def doctor(as_json, rlimit_kind, cgroup_root):
     require_linux()
     import json
 
-    from .doctor import collect, render
+    from agent_supervise.doctor import collect, render
 
     report = collect(rlimit=rlimit_kind, cgroup_root=cgroup_root)
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
@@ -188,10 +188,10 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_int
           junit_path, backend, engine, address):
     """Run the fleet defined in FILE (YAML): capped agents, throttled dispatch."""
     require_linux()
-    from .agents.loader import load_fleet
-    from .fleet import Supervisor
-    from .taskfeed import TaskFeed
-    from .units import parse_duration
+    from agent_supervise.agents.loader import load_fleet
+    from agent_supervise.fleet.supervisor import Supervisor
+    from agent_supervise.fleet.taskfeed import TaskFeed
+    from agent_supervise.units import parse_duration
 
     interval = parse_duration(log_interval, what="--log-interval")
     spec = load_fleet(file)
@@ -204,14 +204,14 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_int
     if address is not None and engine != "ray":
         raise BadInput("--address is for --engine ray", hint="add --engine ray")
     if tasks_from is not None:
-        from .agents.bounds import stream_problem
+        from agent_supervise.agents.bounds import stream_problem
         problem = stream_problem(tasks_from.fileno())
         if problem:
             shown = "-" if tasks_from.name == "<stdin>" else tasks_from.name
             raise BadInput(f"--tasks {shown}: {problem}",
                            hint="give a file or a pipe of JSON lines, or '-' for stdin")
     if engine == "ray":
-        from .raycluster import RaySupervisor
+        from agent_supervise.ray.cluster import RaySupervisor
         sup = RaySupervisor(spec, address=address, max_concurrent=max_concurrent,
                             log_dir=log_dir)
     else:
@@ -223,11 +223,11 @@ def fleet(file, max_concurrent, tasks_from, log_dir, as_json, dashboard, log_int
     sup.close()
     result = sup.run()
     if junit_path:
-        from .junit import junit_xml
+        from agent_supervise.observe.junit import junit_xml
         with open(junit_path, "wb") as f:
             f.write(junit_xml(result, os.path.splitext(os.path.basename(file))[0]))
     if as_json:
-        from .jsonout import dumps
+        from agent_supervise.jsonout import dumps
         click.echo(dumps(result.to_json()))
     else:
         console = live.console if live else _console()
@@ -246,16 +246,16 @@ def _console():
 def _watch(sup, dashboard, interval):
     """Attach what reports on the run: the dashboard on a terminal, plain lines
     elsewhere; state.json for `status`; memory samples for `report`."""
-    from .observers import MemorySamples, ResourceLines, StateWriter
-    from .printer import LinePrinter
-    from .snapshot import Snapshotter
+    from agent_supervise.observe.observers import MemorySamples, ResourceLines, StateWriter
+    from agent_supervise.observe.printer import LinePrinter
+    from agent_supervise.observe.snapshot import Snapshotter
 
     snapshots = Snapshotter()
     sup.tickers += [StateWriter(snapshots), MemorySamples()]
     if dashboard is None:
         dashboard = sys.stdout.isatty()
     if dashboard:
-        from .dashboard import LiveDashboard
+        from agent_supervise.observe.dashboard import LiveDashboard
         live = LiveDashboard(snapshots)
         sup.events.listeners.append(LinePrinter(live.print_line))
         sup.tickers.append(live)
@@ -271,8 +271,8 @@ def _watch(sup, dashboard, interval):
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
 def status(run_dir, as_json):
     """What a running (or finished) fleet is doing: RUN_DIR, or the newest under runs/."""
-    from .dashboard import render
-    from .runview import find_run, load_state, verdict
+    from agent_supervise.observe.dashboard import render
+    from agent_supervise.observe.runview import find_run, load_state, verdict
 
     snap = load_state(find_run(run_dir))
     if as_json:
@@ -292,8 +292,8 @@ def status(run_dir, as_json):
 @click.option("--stderr", "stream", flag_value="err", help="The .err log instead.")
 def logs(run_dir, task, follow, stream):
     """Print a task's log (TASK: an id such as researcher-1, or an agent name)."""
-    from .runview import follow as follow_files
-    from .runview import log_files, wait_for_logs
+    from agent_supervise.observe.runview import follow as follow_files
+    from agent_supervise.observe.runview import log_files, wait_for_logs
 
     out = sys.stdout.buffer
     if follow:
@@ -316,7 +316,7 @@ def logs(run_dir, task, follow, stream):
               help="Output file: .html (chart + summary), .png or .svg.")
 def report(run_dir, out):
     """Chart memory over time per task, with caps and kills, from a run folder."""
-    from .report import build
+    from agent_supervise.observe.report import build
 
     click.echo(f"wrote {build(run_dir, out)}")
     return 0
@@ -338,9 +338,9 @@ def export_group():
 def export_slurm(file, max_concurrent, headroom, exe):
     """Print an sbatch script: one array task per fleet task, each under
     `agent-supervise run` (agent-supervise export slurm FILE > fleet.sbatch)."""
-    from .agents.loader import load_fleet
-    from .slurm import sbatch_script
-    from .units import parse_size
+    from agent_supervise.agents.loader import load_fleet
+    from agent_supervise.slurm import sbatch_script
+    from agent_supervise.units import parse_size
 
     room = parse_size(headroom, what="--headroom", allow_zero=True)
     click.echo(sbatch_script(load_fleet(file), exe=exe, headroom=room,
@@ -352,7 +352,7 @@ def export_slurm(file, max_concurrent, headroom, exe):
 @click.argument("file", type=click.Path(dir_okay=False))
 def validate(file):
     """Check a fleet file without running anything."""
-    from .agents.loader import load_fleet
+    from agent_supervise.agents.loader import load_fleet
 
     spec = load_fleet(file)
     tasks = sum(t.repeat for t in spec.tasks)
@@ -365,7 +365,7 @@ def schema():
     """Print the JSON Schema of fleet files (for editors and CI)."""
     import json
 
-    from .agents.schema import fleet_schema
+    from agent_supervise.agents.schema import fleet_schema
 
     click.echo(json.dumps(fleet_schema(), indent=2))
     return 0

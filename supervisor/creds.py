@@ -15,7 +15,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from .errors import BadInput
+from agent_supervise.errors import BadInput
 
 
 @dataclass(frozen=True)

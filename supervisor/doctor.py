@@ -10,10 +10,11 @@ import os
 import platform
 import sys
 
-from . import __version__, limits, spawn
-from .limits.cgroupfs import cgroup_mounts, own_cgroups
-from .linux import pidfd_supported
-from .memsource import read_meminfo, read_psi
+from agent_supervise import __version__, limits
+from agent_supervise.limits.cgroupfs import cgroup_mounts, own_cgroups
+from agent_supervise.linux import pidfd_supported
+from agent_supervise.memsource import read_meminfo, read_psi
+from agent_supervise.run import spawn
 
 
 def _pid1() -> str:
@@ -104,7 +105,7 @@ def render(report: dict) -> str:
 
 def _systemd() -> dict:
     """Which systemd manager would hand out a delegated scope (limits/systemd.py)."""
-    from .limits import systemd
+    from agent_supervise.limits import systemd
     try:
         manager = systemd.find_manager()
     except systemd.NoManager as err:
@@ -118,7 +119,7 @@ def _systemd() -> dict:
 def _namespaces() -> dict:
     """Whether agents get PID, IPC and mount namespaces of their own, and what that
     means for the promise (limits/isolation.py)."""
-    from .limits import isolation
+    from agent_supervise.limits import isolation
     why = isolation.unavailable()
     if why is None:
         return {"available": True, "detail": (

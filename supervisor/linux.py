@@ -1,7 +1,7 @@
 """The few Linux calls Python's standard library lacks: prctl, behind one small module.
 
 ``prctl`` is reached through ctypes. The function object is looked up once, at
-import, so that the child side of a fork (see :mod:`agent_supervise.spawn`) only
+import, so that the child side of a fork (see :mod:`agent_supervise.run.spawn`) only
 performs the foreign call itself and takes no Python-level locks.
 """
 

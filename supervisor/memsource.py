@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from .proctree import PAGE_SIZE, read_proc
+from agent_supervise.proctree import PAGE_SIZE, read_proc
 
 
 def parse_meminfo(data: bytes, lines: int | None = None) -> dict[str, int]:

@@ -12,7 +12,7 @@ import shlex
 import signal
 from dataclasses import dataclass, field
 
-from .units import format_duration, format_size
+from agent_supervise.units import format_duration, format_size
 
 
 class Reason(str, enum.Enum):

@@ -23,9 +23,9 @@ import os
 import re
 import time
 
-from .errors import BadInput
-from .jsonout import dumps
-from .spool import APPEND, FolderHealth, Spool
+from agent_supervise.errors import BadInput
+from agent_supervise.jsonout import dumps
+from agent_supervise.spool import APPEND, FolderHealth, Spool
 
 
 def new_run_id() -> str:

@@ -23,9 +23,9 @@ import os
 import re
 import shlex
 
-from .agents.spec import make_task
-from .errors import BadInput
-from .units import format_size
+from agent_supervise.agents.spec import make_task
+from agent_supervise.errors import BadInput
+from agent_supervise.units import format_size
 
 HEADROOM = 64 << 20   # agent-supervise run's own memory, next to the agent
 

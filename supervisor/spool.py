@@ -23,8 +23,8 @@ import errno
 import os
 import threading
 
-from .printer import stderr_line
-from .units import format_size
+from agent_supervise.observe.printer import stderr_line
+from agent_supervise.units import format_size
 
 #: Memory one budget (events; results; all other files together) may hold.
 HOLD_BYTES = 4 << 20

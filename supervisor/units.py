@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import BadInput
+from agent_supervise.errors import BadInput
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)(iB|B)?", re.IGNORECASE)
@@ -59,7 +59,7 @@ def parse_size(text: str | int, *, what: str = "size", allow_zero: bool = False)
 def parse_cap(text: str | int, *, what: str = "--memory") -> int:
     """An agent's memory cap: a size of at least :data:`~.agents.bounds.MIN_CAP`
     (below it nothing can start, and a bare ``1`` almost surely meant ``1M``)."""
-    from .agents.bounds import MIN_CAP
+    from agent_supervise.agents.bounds import MIN_CAP
 
     value = parse_size(text, what=what)
     if value < MIN_CAP:

@@ -226,7 +226,7 @@ def test_stdin_lines_too_long_too_many_and_too_repeated(tmp_path, marker):
 def test_api_submit_refuses_a_huge_repeat(tmp_path, marker):
     from agent_supervise.agents.spec import TaskSpec
     from agent_supervise.errors import BadInput
-    from agent_supervise.fleet import Supervisor
+    from agent_supervise.fleet.supervisor import Supervisor
 
     spec = load_fleet(str(fleet_file(tmp_path, marker, tasks="  []")))
     sup = Supervisor(spec)

@@ -43,7 +43,7 @@ def test_the_two_commands_come_first():
 def test_every_event_kind_is_documented():
     import re
     source = ""
-    for path in (Path(__file__).resolve().parent.parent / "supervisor").glob("*.py"):
+    for path in (Path(__file__).resolve().parent.parent / "supervisor").rglob("*.py"):
         source += path.read_text()
     kinds = set(re.findall(r'emit\("(\w+)"', source))
     kinds |= {"breaker", "mode"}  # emitted through the policies' on_change callbacks

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent_supervise import stdio
-from agent_supervise.pool import MAX_LINE
+from agent_supervise.fleet.pool import MAX_LINE
 from agent_supervise.rundir import read_events
 from agent_supervise.spool import Budget, FolderHealth, Spool
 

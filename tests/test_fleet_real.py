@@ -15,11 +15,11 @@ import pytest
 
 from agent_supervise.agents.loader import parse_fleet
 from agent_supervise.agents.spec import TaskSpec
-from agent_supervise.fleet import Supervisor
+from agent_supervise.fleet.supervisor import Supervisor
+from agent_supervise.fleet.taskqueue import QueueFull
 from agent_supervise.memsource import MemorySource
 from agent_supervise.outcome import Reason
 from agent_supervise.rundir import read_events
-from agent_supervise.taskqueue import QueueFull
 
 from conftest import ALLOC, PY, run_cli
 
@@ -240,7 +240,7 @@ def test_headroom_kept_between_steps_matches_a_fresh_sum(tmp_path):
     """The engine keeps the promised-memory sum between loop steps and adds each
     start's share; it must always equal the sum computed afresh."""
     from agent_supervise.agents.spec import SupervisorSettings, Task
-    from agent_supervise.engine import LocalEngine
+    from agent_supervise.fleet.engine import LocalEngine
     from agent_supervise.rundir import RunDir
 
     def fresh(engine):

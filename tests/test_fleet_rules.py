@@ -14,10 +14,10 @@ import pytest
 from agent_supervise.agents.loader import parse_fleet
 from agent_supervise.agents.spec import TaskSpec
 from agent_supervise.errors import BadInput
-from agent_supervise.fleet import Supervisor
+from agent_supervise.fleet.supervisor import Supervisor
+from agent_supervise.fleet.taskqueue import QueueFull
 from agent_supervise.outcome import Reason
 from agent_supervise.rundir import read_events
-from agent_supervise.taskqueue import QueueFull
 
 from fleetfakes import FakeClock, FakeEngine, FakeMemory
 

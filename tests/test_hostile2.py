@@ -75,9 +75,9 @@ def test_fifty_busy_agents_all_end_ok(backend, kind, tmp_path):
 def test_exiting_children_seen_outside_are_not_escapes(backend, tmp_path):
     """The escape check run back to back while an agent's children exit: the kernel
     shows exiting tasks outside the cage (v1: ``/``), the check never confirms one."""
-    from agent_supervise.escape import EscapeState, EscapeWatch
     from agent_supervise.limits import select_backend
-    from agent_supervise.spawn import Spawner
+    from agent_supervise.run.escape import EscapeState, EscapeWatch
+    from agent_supervise.run.spawn import Spawner
 
     cage = select_backend(backend).create("busy", 64 << 20)
     loops = 30 if IN_VM else 3000

@@ -10,7 +10,6 @@ Without, the README's Reliability section says what holds instead.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -20,7 +19,7 @@ import pytest
 
 from agent_supervise.limits import isolation
 
-from conftest import PY, MiB, reap_orphans, supervise
+from conftest import PY, reap_orphans, supervise
 
 MEMORY_REASONS = ("memory_exceeded", "oom_killed")
 

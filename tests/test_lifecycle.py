@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from agent_supervise.lifecycle import KILL_PATIENCE_S, AgentRun, RunSpec
 from agent_supervise.outcome import Reason
-from agent_supervise.watchdog import ThrashDetector, Watchdog
+from agent_supervise.run.lifecycle import KILL_PATIENCE_S, AgentRun, RunSpec
+from agent_supervise.run.watchdog import ThrashDetector, Watchdog
 
 from fakes import FakeCage
 

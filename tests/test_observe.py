@@ -14,8 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from agent_supervise.dashboard import render
-from agent_supervise.report import timelines
+from agent_supervise.observe.dashboard import render
+from agent_supervise.observe.report import timelines
 from agent_supervise.rundir import read_events
 
 from conftest import ALLOC, PY, reap_orphans, require_tool, run_cli
@@ -248,7 +248,7 @@ def test_dashboard_shows_what_fits_nearest_to_the_cap_first():
 
 
 def test_a_long_fleet_table_shows_what_did_not_end_ok_first():
-    from agent_supervise.summary import FleetResult
+    from agent_supervise.fleet.summary import FleetResult
 
     def entry(n, reason):
         return {"agent": "a", "task": f"a-{n}", "reason": reason, "exit_code": 0,

@@ -14,12 +14,12 @@ from agent_supervise.agents.spec import (
     Task,
     TaskSpec,
 )
-from agent_supervise.breaker import CircuitBreaker, CircuitOpen
 from agent_supervise.checkpoint import last_line
-from agent_supervise.degrade import Degradation
-from agent_supervise.fleet import Supervisor
+from agent_supervise.fleet.breaker import CircuitBreaker, CircuitOpen
+from agent_supervise.fleet.degrade import Degradation
+from agent_supervise.fleet.retry import Budget, backoff_delay, plan_retry
+from agent_supervise.fleet.supervisor import Supervisor
 from agent_supervise.outcome import Reason
-from agent_supervise.retry import Budget, backoff_delay, plan_retry
 from agent_supervise.rundir import read_events
 
 from fleetfakes import FakeClock, FakeEngine, FakeMemory

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from agent_supervise.agents.loader import parse_fleet
-from agent_supervise.fleet import Supervisor
+from agent_supervise.fleet.supervisor import Supervisor
 from agent_supervise.memsource import MemorySource
 from agent_supervise.rundir import read_events
 

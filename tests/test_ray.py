@@ -29,7 +29,7 @@ OVERHEAD = "50M"         # supervisor.ray.memory_overhead: each agent requests c
 PER_NODE = 2             # 2 x (50M + 50M) fits in 250 MB; 3 do not
 TIMINGS: dict = {}
 
-#: What every summary entry has, local or remote (supervisor/summary.py).
+#: What every summary entry has, local or remote (supervisor/fleet/summary.py).
 ENTRY_KEYS = {"task", "agent", "reason", "exit_code", "peak_bytes", "limit_bytes",
               "peak_source", "duration_s", "backend", "pid", "status", "signal",
               "oom_kills", "detail", "where", "cmd", "stdout", "stderr", "attempts",

@@ -10,10 +10,10 @@ import time
 from agent_supervise import limits
 from agent_supervise.limits.rlimit import RlimitBackend
 from agent_supervise.outcome import Reason
-from agent_supervise.rayfiles import SCRATCH_PREFIX, spawn_guard
-from agent_supervise.raynode import Job, run_on_node
-from agent_supervise.reaper import CAGE_ENV
-from agent_supervise.spawn import Spawner
+from agent_supervise.ray.files import SCRATCH_PREFIX, spawn_guard
+from agent_supervise.ray.node import Job, run_on_node
+from agent_supervise.run.reaper import CAGE_ENV
+from agent_supervise.run.spawn import Spawner
 
 from conftest import ALLOC, PY, reap_orphans
 
@@ -30,7 +30,7 @@ def scratch_left() -> list[str]:
 
 def test_a_node_that_can_only_rlimit_refuses_unless_allowed(monkeypatch, tmp_path):
     monkeypatch.setattr(limits, "select_backend", lambda *a, **k: RlimitBackend("data"))
-    monkeypatch.setattr("agent_supervise.raynode._BACKENDS", {})
+    monkeypatch.setattr("agent_supervise.ray.node._BACKENDS", {})
     (record,) = run_on_node(job(tmp_path, "sh", "-c", "echo hi"))
     out = record["outcome"]
     assert record["kind"] == "ended" and out.reason is Reason.SETUP_FAILED

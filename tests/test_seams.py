@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 from agent_supervise.agents.spec import PoolSettings, SupervisorSettings, Task
-from agent_supervise.engine import LocalEngine
+from agent_supervise.fleet.engine import LocalEngine
+from agent_supervise.fleet.pool import PooledRun
+from agent_supervise.fleet.seams import Engine, RunView
 from agent_supervise.outcome import Outcome, Reason
-from agent_supervise.pool import PooledRun
-from agent_supervise.rayengine import RayEngine, RemoteRun
+from agent_supervise.ray.engine import RayEngine, RemoteRun
 from agent_supervise.rundir import RunDir
-from agent_supervise.seams import Engine, RunView
 
 from conftest import CHILDREN, PY
 from fleetfakes import FakeClock, FakeEngine
@@ -85,7 +85,7 @@ def test_the_ray_run_is_a_run_view_and_the_ray_engine_has_every_member(tmp_path)
         set(Engine.__annotations__)
     missing = {name for name in members - {"runs"} if not hasattr(RayEngine, name)}
     assert not missing
-    assert "self.runs" in Path(ROOT / "supervisor/rayengine.py").read_text()
+    assert "self.runs" in Path(ROOT / "supervisor/ray/engine.py").read_text()
 
 
 def test_the_fleet_rules_fakes_keep_to_the_protocols():
@@ -99,7 +99,7 @@ def test_the_fleet_rules_fakes_keep_to_the_protocols():
 #: getattr uses that are not probes of the project's engines, runs, cages or
 #: backends: the stdlib's and yaml's own objects, and a lazy module attribute.
 ALLOWED = {
-    "supervisor/engine.py": ['getattr(os.environ, "_data"',  # CPython's bytes view
+    "supervisor/fleet/engine.py": ['getattr(os.environ, "_data"',  # CPython's bytes view
                              'getattr(self.credentials(task), "uid"'],  # no user: None
     "supervisor/stdio.py": ["getattr(sys, name)", 'getattr(stream, "buffer"',
                             'getattr(stream, "write_through"'],
@@ -107,6 +107,7 @@ ALLOWED = {
     "supervisor/cli.py": ['getattr(err, "problems"'],  # a SuperviseError's own fields
     "supervisor/outcome.py": ["getattr(self, f)"],  # its dataclass fields, fast
     "supervisor/__init__.py": ["getattr(single, name)"],  # lazy public names
+    "supervisor/fleet/__init__.py": ["getattr(supervisor, name)"],  # lazy public names
     "agents/yamlbound.py": ['getattr(yaml, "CSafeLoader"'],
     "agents/bounds.py": ["getattr(err, 'strerror'"],  # any OSError
     "agents/fields.py": ['getattr(self, f"_{self.kind}")'],  # a field kind's parser

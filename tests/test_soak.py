@@ -15,10 +15,10 @@ import os
 import psutil
 
 from agent_supervise.agents.loader import parse_fleet
-from agent_supervise.fleet import Supervisor
-from agent_supervise.observers import MemorySamples, StateWriter
+from agent_supervise.fleet.supervisor import Supervisor
+from agent_supervise.observe.observers import MemorySamples, StateWriter
+from agent_supervise.observe.snapshot import Snapshotter
 from agent_supervise.rundir import read_events
-from agent_supervise.snapshot import Snapshotter
 
 from conftest import ALLOC, PY, record_figure
 

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from agent_supervise import spawn as spawn_module
 from agent_supervise.creds import resolve
 from agent_supervise.limits import select_backend
 from agent_supervise.outcome import Reason
-from agent_supervise.spawn import Spawner, SpawnFailed
+from agent_supervise.run import spawn as spawn_module
+from agent_supervise.run.spawn import Spawner, SpawnFailed
 
 from conftest import PY, require_backend
 
@@ -127,7 +127,7 @@ def test_parent_death_signal_is_set_even_after_a_user_change(path, other_user):
     assert out.split()[0] == str(creds.uid)
     # The death signal: a child of a process that dies gets SIGKILL.
     helper = subprocess.Popen([PY, "-c", (
-        "import os, sys, time; from agent_supervise.spawn import Spawner; "
+        "import os, sys, time; from agent_supervise.run.spawn import Spawner; "
         "from agent_supervise.limits import select_backend; "
         "c = select_backend('rlimit').create('x', 64 << 20); "
         "p = Spawner().spawn(['sleep', '60'], c); print(p.pid, flush=True); time.sleep(60)")],

@@ -20,8 +20,8 @@ main(["run", "--backend", sys.argv[1], "--", "/bin/true"])
 
 #: Not needed to run one agent: the fleet, observing, Ray, YAML, rich; and on the C
 #: spawn path neither subprocess nor cgroup2's systemd client (rlimit, cgroup1).
-NEVER = ("rich", "yaml", "psutil", "ray", "agent_supervise.fleet", "agent_supervise.engine",
-         "agent_supervise.dashboard", "agent_supervise.snapshot", "agent_supervise.agents.loader",
+NEVER = ("rich", "yaml", "psutil", "ray", "agent_supervise.fleet.supervisor", "agent_supervise.fleet.engine",
+         "agent_supervise.observe.dashboard", "agent_supervise.observe.snapshot", "agent_supervise.agents.loader",
          "agent_supervise.doctor", "json", "subprocess", "shutil",
          "agent_supervise.limits.cgroup2", "agent_supervise.limits.systemd")
 
@@ -36,6 +36,6 @@ def test_run_imports_stay_lean(backend):
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     loaded = set(proc.stderr.split())
-    assert "agent_supervise.single" in loaded  # the probe did reach the run path
+    assert "agent_supervise.run.single" in loaded  # the probe did reach the run path
     unneeded = sorted(m for m in loaded if any(m == n or m.startswith(n + ".") for n in NEVER))
     assert not unneeded

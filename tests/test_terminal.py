@@ -1,4 +1,4 @@
-"""`run` in a terminal behaves as the command does under a shell (supervisor/terminal.py):
+"""`run` in a terminal behaves as the command does under a shell (supervisor/run/terminal.py):
 tested for real in tmux (send-keys to type, capture-pane to read the screen), on every
 backend this machine has. The terminal part does not depend on the memory backend; the
 cap cases do, and so each case runs on each.

@@ -1,0 +1,338 @@
+"""The fleet supervisor: a bounded queue, a concurrency cap, memory-aware admission,
+self-guard, and a summary — dispatching tasks to an engine that runs them caged.
+
+One loop thread does all dispatching and spawning (``PR_SET_PDEATHSIG`` fires when
+the *thread* that forked an agent exits, so spawns come from the long-lived loop).
+Other threads only put tasks in the queue: :meth:`Supervisor.submit` from an
+orchestrator, the ``--tasks -`` reader. Its clock, memory source and engine are
+injected: the rules are unit-tested with a scripted engine, and again for real.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import signal
+import threading
+import time
+
+from agent_supervise.agents.spec import FleetSpec
+from agent_supervise.checkpoint import CheckpointWatch
+from agent_supervise.errors import BadInput
+from agent_supervise.fleet.admission import Admission
+from agent_supervise.fleet.intake import Intake
+from agent_supervise.fleet.policies import Policies
+from agent_supervise.fleet.seams import Engine
+from agent_supervise.fleet.summary import FleetEnd, FleetResult, ResultLog, result_entry
+from agent_supervise.fleet.taskqueue import TaskQueue
+from agent_supervise.memsource import MemorySource
+from agent_supervise.outcome import Outcome, Reason
+from agent_supervise.rundir import EventLog, RunDir
+from agent_supervise.stdio import forget_stalls
+from agent_supervise.units import format_size
+
+#: How often running agents' checkpoint files are looked at.
+CHECKPOINT_EVERY_S = 0.5
+
+
+class Supervisor(Intake):
+    """Runs a fleet. CLI: ``close()`` then ``run()``. API: ``start()``, ``submit()``,
+    ``close()``, ``wait()``."""
+
+    def __init__(self, fleet: FleetSpec, *, engine: Engine | None = None, memory=None,
+                 clock=time.monotonic, max_concurrent: int | None = None,
+                 log_dir: str | None = None,
+                 run_id: str | None = None, rng=None, psi="auto") -> None:
+        self.fleet = fleet
+        self.settings = s = fleet.supervisor
+        self.max_concurrent = max_concurrent or s.max_concurrent
+        self.clock = clock
+        self.memory = memory or MemorySource()
+        self.admission = Admission(s.min_free_memory)
+        self.total_memory = self.memory.total()
+        self._check_fits(fleet.tasks)
+        self.rundir = RunDir(log_dir or s.log_dir, run_id,
+                             where="--log-dir" if log_dir else "supervisor.log_dir")
+        self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock, self.rundir.health)
+        self._check_users(fleet)
+        self.engine: Engine = engine or _local_engine(s, clock, self._on_interrupt,
+                                                      self.events.emit)
+        self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
+        extra = {} if psi == "auto" else {"psi": psi}
+        self.policies = Policies(s, fleet.agents, self.events.emit, rng, **extra)
+        self._delayed: list = []  # heap of (due, seq, task): retries waiting out backoff
+        self._seq = 0
+        self.checkpoints = CheckpointWatch(self.rundir.checkpoint_path)
+        self._checkpoint_due = 0.0
+        self.last_checkpoint: dict[str, str] = {}
+        self.recent: collections.deque = collections.deque(maxlen=20)  # (ended at, entry)
+        #: Called every loop iteration as ticker(supervisor), and once more at the end
+        #: with final=True: the dashboard, RESOURCES lines, state.json, memory samples.
+        self.tickers: list = []
+        self.started_at = clock()
+        #: Every task's entry goes to results.jsonl as it ends; in memory only counts
+        #: and the last few stay, so a long run does not grow the supervisor.
+        self.results = ResultLog(f"{self.rundir.path}/results.jsonl", self.rundir.health)
+        self.rejected: list[dict] = []
+        self.rejected_count = 0  # all of them (rejected keeps the first few)
+        self._counters: collections.Counter = collections.Counter()
+        self._file_tasks = iter([(spec, i) for spec in fleet.tasks for i in range(spec.repeat)])
+        self._file_done = not fleet.tasks
+        self._open = True
+        self._feeds = 0
+        self._lock = threading.Lock()
+        self._waiting: str | None = None
+        self.stopping: str | None = None   # interrupted, self_guard, run_timeout
+        self.stop_message: str | None = None
+        self.stop_signal: int | None = None
+        self._thread: threading.Thread | None = None
+        self.result: FleetResult | None = None
+        self.error: BaseException | None = None
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self, catch_signals: bool = True) -> FleetResult:
+        """Dispatch until every task has ended (CLI: in the main thread, which takes
+        SIGINT/SIGTERM/SIGHUP: stop, forward to agents, a second one kills)."""
+        s = self.settings
+        if catch_signals:
+            self.engine.catch_signals()
+        self.events.emit("run_started", run_id=self.rundir.run_id, fleet=self.fleet.path,
+                         backend=self.engine.backend_name, max_concurrent=self.max_concurrent,
+                         queue_size=s.queue_size, min_free_memory=s.min_free_memory,
+                         stale_cages=[f"{c.path} (supervisor pid {c.owner_pid}, killed "
+                                      f"{c.killed})" for c in self.engine.stale])
+        started = self.started_at = self.clock()
+        try:
+            while True:
+                self._feed_file()
+                if self.stopping is None:
+                    self._release_due_retries()
+                    self._dispatch()
+                if self._finished():
+                    break
+                for run in self.engine.step(self._next_wait()):
+                    self._ended(run.task, run.outcome, run.lost)
+                self._watch_checkpoints()
+                self._guard(started)
+                self.rundir.health.retry(self.events.emit)  # a full folder (spool.py)
+                self._tick()
+            self._retire_pools()
+        except BaseException:
+            self._emergency_stop()
+            raise
+        finally:
+            self.engine.close()
+            self.memory.close()
+        forget_stalls()  # the agents are gone: the last lines get full patience
+        self.result = FleetResult.build(self._end(self.clock() - started))
+        self.result.written = self.rundir.write_summary(self.result.to_json())
+        self.rundir.health.retry(self.events.emit)
+        self.events.emit("run_ended", exit_code=self.result.exit_code,
+                         counts=self.result.counts)
+        self._tick(final=True)
+        self.result.settle(self.rundir, self.results)  # a full folder: wait, or stderr
+        self.events.close()
+        return self.result
+
+    def _end(self, duration: float) -> FleetEnd:
+        """How the run ended, as plain values for its FleetResult. Counts are kept in
+        memory for every task, even one whose entry the full folder made drop."""
+        health = self.rundir.health
+        health.retry()  # what is held first: results.jsonl is read next
+        return FleetEnd(self.rundir.run_id, self.rundir.path, duration, self.stopping,
+                        self.stop_message, self.stop_signal, list(self.rejected),
+                        self.results.read(), dict(self.results.counts),
+                        health.error is not None, health.report())
+
+    @property
+    def retrying(self) -> int:
+        """Tasks waiting out a retry's backoff."""
+        return len(self._delayed)
+
+    def _tick(self, final: bool = False) -> None:
+        """Run the reporting tickers. One that cannot write any more (its terminal
+        hung up, its pipe closed) is dropped: reporting must never stop a fleet."""
+        for ticker in list(self.tickers):
+            try:
+                ticker(self, final=True) if final else ticker(self)
+            except OSError:
+                self.tickers.remove(ticker)
+
+    def _emergency_stop(self) -> None:
+        """The loop itself failed: no agent may outlive it. SIGKILL all, reap them."""
+        deadline = self.clock() + 10
+        try:
+            self.engine.stop_all(Reason.STOPPED, signal.SIGKILL)
+            while self.engine.processes() and self.clock() < deadline:
+                self.engine.step(0.05)
+        except Exception:  # noqa: BLE001 - best effort; the first error is re-raised
+            pass
+
+    def _retire_pools(self) -> None:
+        """Every task has ended: let the pool workers go (stdin closed, then killed)."""
+        while self.engine.retire_pools("the run is over"):
+            self.engine.step(self.settings.poll_interval)
+
+    def _feed_file(self) -> None:
+        while not self._file_done and self.stopping is None and self.queue.free() > 0:
+            item = next(self._file_tasks, None)
+            if item is None:
+                self._file_done = True
+                break
+            self.queue.put([self._maker(item[0])], block=False)
+
+    def _dispatch(self) -> None:
+        now, available = self.clock(), self.memory.available()
+        self.policies.sample(now, available)
+        victim = self.policies.eviction(available, self.engine.runs)
+        if victim is not None:
+            self.events.emit("evicting", task=victim.task.id, available=available,
+                             threshold=self.policies.evict_below)
+            self.engine.evict(victim)
+        for task in self.queue.snapshot():
+            if len(self.engine.runs) >= self.policies.concurrency(self.max_concurrent):
+                return
+            pool = self.engine.pool_state(task)
+            if pool == "busy":
+                continue  # its pool's workers are all busy: let other agents' tasks by
+            why = self.policies.blocked()
+            if why is None and pool != "idle":  # a new process: does its cap fit?
+                why = self.admission.waiting_reason(available, self.engine.headroom(),
+                                                    task.memory_limit)
+            if why != self._waiting:
+                self._waiting = why
+                if why:
+                    self.events.emit("waiting", task=task.id, reason=why)
+            if why:
+                return
+            self.queue.remove(task)
+            self._start(task)
+            available = self.memory.available()
+
+    def _start(self, task) -> None:
+        started = self.engine.start(task, self.rundir)
+        if isinstance(started, Outcome):
+            self._ended(task, started)
+            return
+        self.policies.started(task)
+        out, err = self.rundir.log_paths(task.id, task.attempt)
+        if self.rundir.logs_note(task.id, task.attempt):
+            out = err = None  # the folder was full: its output goes to /dev/null
+        self.events.emit("started", task=task.id, agent=task.agent, pid=started.pid,
+                         attempt=task.attempt, cage=started.cage_name,
+                         backend=started.backend, limit=task.memory_limit,
+                         cwd=task.cwd, stdout=out, stderr=err,
+                         running=len(self.engine.runs))
+
+    def _release_due_retries(self) -> None:
+        now = self.clock()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, task = heapq.heappop(self._delayed)
+            self.queue.push_front(task)
+
+    def _next_wait(self) -> float:
+        wait = self.settings.poll_interval
+        if self._delayed:
+            wait = min(wait, max(0.0, self._delayed[0][0] - self.clock()))
+        return wait
+
+    def _watch_checkpoints(self) -> None:
+        """A stat per running agent, twice a second (and once more when it ends)."""
+        now = self.clock()
+        if now < self._checkpoint_due:
+            return
+        self._checkpoint_due = now + CHECKPOINT_EVERY_S
+        for task_id in list(self.engine.runs):
+            self._checkpoint_seen(task_id)
+
+    def _checkpoint_seen(self, task_id: str) -> None:
+        line = self.checkpoints.new_line(task_id)
+        if line is not None:
+            self.last_checkpoint[task_id] = line
+            self.events.emit("checkpoint", task=task_id, checkpoint=line)
+
+    def _finished(self) -> bool:
+        if self.engine.runs or (self._delayed and not self.stopping):
+            return False
+        if self.stopping:
+            return True
+        return (self._file_done and len(self.queue) == 0 and not self._open
+                and self._feeds == 0)
+
+    def _ended(self, task, outcome: Outcome, lost: bool = False) -> None:
+        self._checkpoint_seen(task.id)  # one written just before the end
+        retry = None
+        if self.stopping is None:
+            retry = self.policies.ended(self.clock(), task, outcome.reason.value, lost)
+        if retry is None:
+            self._record(task, outcome)
+            return
+        self.events.emit("retried", task=task.id, reason=outcome.reason.value,
+                         exit_code=outcome.exit_code, peak_bytes=outcome.peak_bytes,
+                         attempt=retry.task.attempt, delay=round(retry.delay, 3),
+                         limit=retry.task.memory_limit, why=retry.why)
+        self._seq += 1
+        heapq.heappush(self._delayed, (self.clock() + retry.delay, self._seq, retry.task))
+
+    def _record(self, task, outcome: Outcome) -> None:
+        entry = result_entry(task, outcome, self.rundir)
+        with self._lock:
+            self.results.append(entry)
+            self.recent.append((self.clock(), entry))
+        self.last_checkpoint.pop(task.id, None)
+        self.checkpoints.forget(task.id)
+        self.policies.forget(task.id)
+        self.events.emit("exited", **{k: v for k, v in entry.items() if k != "cmd"})
+
+    # -- guards and stops ---------------------------------------------------------------
+    def _guard(self, started: float) -> None:
+        if self.stopping:
+            return
+        rss = self.memory.own_rss()
+        if rss > self.settings.memory_limit:
+            self._stop("self_guard", f"own memory {format_size(rss)} is above "
+                       f"supervisor.memory_limit {format_size(self.settings.memory_limit)}")
+            self.engine.stop_all(Reason.STOPPED, signal.SIGTERM, cause_signal=signal.SIGTERM)
+        elif self.settings.run_timeout and self.clock() - started >= self.settings.run_timeout:
+            self._stop("run_timeout", f"the run reached supervisor.run_timeout "
+                       f"({self.settings.run_timeout:g}s)")
+            self.engine.stop_all(Reason.TIMEOUT)
+
+    def _on_interrupt(self, signum: int) -> None:
+        if self.stopping is None:
+            self.stop_signal = signum
+            self._stop("interrupted", f"received {signal.Signals(signum).name}")
+        self.engine.interrupt_all(signum)  # a second signal kills at once
+
+    def _stop(self, why: str, message: str) -> None:
+        """Stop dispatching; every task not started yet ends ``cancelled``."""
+        self.stopping = why
+        self.stop_message = message
+        self.events.emit("stopping", why=why, message=message)
+        never_started = self.queue.drain() + [task for _, _, task in self._delayed]
+        self._delayed.clear()
+        never_started += [self._new_task(spec) for spec, _ in self._file_tasks]
+        self._file_done = True
+        for task in never_started:
+            self._record(task, Outcome(Reason.CANCELLED, None, task.cmd, "-",
+                                       task.memory_limit, agent=task.id, detail=message))
+
+    @staticmethod
+    def _check_users(fleet) -> None:
+        """Switching users needs root: say so now, before anything starts."""
+        from agent_supervise.creds import resolve
+        for agent in fleet.agents.values():
+            if agent.user is not None or agent.group is not None:
+                try:
+                    resolve(agent.user, agent.group)
+                except BadInput as err:
+                    raise BadInput(f"agents.{agent.name}: {err.message}",
+                                   hint=err.hint) from None
+
+    def _check_fits(self, specs) -> None:
+        self.admission.check_fits(specs, self.fleet.agents, self.total_memory)
+
+
+def _local_engine(settings, clock, on_interrupt, emit):
+    from agent_supervise.fleet.engine import LocalEngine
+    return LocalEngine(settings, clock=clock, on_interrupt=on_interrupt, emit=emit)

@@ -1,0 +1,204 @@
+"""``--engine ray``: connecting to the cluster, checking caps against its nodes, and
+the :class:`RaySupervisor` that runs a fleet on it.
+
+Ray accepts any ``memory=`` request (``10**15`` bytes is scheduled and then waits
+forever), so every cap is checked here against the nodes' memory budgets before
+anything runs, and again when a retry grows it.
+
+Admission under Ray counts the cluster's ``memory`` resource: the budgets of the
+nodes that can take our agents (``ray start --memory``), minus what this fleet's
+running tasks requested. The rules that watch one machine's memory
+(``min_free_memory``, ``evict_below``, ``breaker.min_available``, ``degradation``)
+have no single machine to watch on the driver, so they are off: each node's budget
+is the reserve, and each agent's cage enforces its cap on its node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import socket
+import time
+
+from agent_supervise.errors import BadInput
+from agent_supervise.fleet.supervisor import Supervisor
+from agent_supervise.memsource import MemorySource
+from agent_supervise.units import format_size
+
+ADDRESS_RE = re.compile(r"^(auto|local|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5})$")
+NODES_TTL_S = 5.0      # how long the node table is trusted before asking Ray again
+CONNECT_TIMEOUT_S = 3.0
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise BadInput("--engine ray needs Ray, which is not installed",
+                       hint="pip install 'agent-supervise[ray]'") from None
+    return ray
+
+
+def check_address(address: str, where: str) -> tuple[str, int] | None:
+    """Refuse a malformed or unreachable address before Ray retries it for minutes."""
+    if address.startswith("ray://"):
+        raise BadInput(f"{where} {address}: Ray Client addresses are not supported",
+                       hint="run the fleet on a node of the cluster and give HOST:PORT "
+                            "of its head, or auto")
+    if not ADDRESS_RE.match(address):
+        raise BadInput(f"{where} {address!r} is not a Ray address",
+                       hint="write HOST:PORT of the head (127.0.0.1:6379), auto or local")
+    if address in ("auto", "local"):
+        return None
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not 0 < int(port) < 65536:
+        raise BadInput(f"{where} {address}: port {port} is out of range")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise BadInput(f"{where} {address}: cannot reach a Ray head there: "
+                       f"{err.strerror or err}",
+                       hint="start it with 'ray start --head', or check the address") from None
+    return host, int(port)
+
+
+class Cluster:
+    """The connection to Ray and a cached table of its nodes."""
+
+    def __init__(self, settings, address: str | None = None,
+                 where: str = "supervisor.ray.address") -> None:
+        self.settings = settings
+        where = "--address" if address else where
+        address = address or settings.address
+        check_address(address, where)
+        self.ray = ray = import_ray()
+        self.owns = not ray.is_initialized()
+        if self.owns:
+            try:
+                ray.init(address=None if address == "local" else address,
+                         namespace="agent-supervise", logging_level=logging.WARNING,
+                         log_to_driver=False,
+                         **({"include_dashboard": False} if address == "local" else {}))
+            except Exception as err:  # noqa: BLE001 - Ray raises many kinds here
+                lines = str(err).strip().splitlines() or [type(err).__name__]
+                raise BadInput(f"{where} {address}: cannot connect to Ray: {lines[0]}",
+                               hint="is a cluster running there? ray status shows it") from None
+        self._nodes: list[dict] = []
+        self._nodes_at = float("-inf")
+
+    def nodes(self) -> list[dict]:
+        """Alive nodes that offer what each agent asks for (CPUs, custom resources)."""
+        now = time.monotonic()
+        if now - self._nodes_at > NODES_TTL_S:
+            r = self.settings
+            need = {**r.resources, "CPU": r.cpus}
+            self._nodes = [n for n in self.ray.nodes() if n.get("Alive") and all(
+                n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
+            self._nodes_at = now
+        return self._nodes
+
+    def budgets(self) -> list[int]:
+        return [int(n["Resources"].get("memory", 0)) for n in self.nodes()]
+
+    def unfit(self, cap: int) -> str | None:
+        """Why an agent with this cap could run on no node, or None."""
+        overhead = self.settings.memory_overhead
+        largest = max(self.budgets(), default=0)
+        if cap + overhead <= largest:
+            return None
+        among = (f" among nodes offering {dict(self.settings.resources)}"
+                 if self.settings.resources else "")
+        if not self.nodes():
+            return (f"no alive Ray node offers what an agent needs{among} "
+                    f"(cpus {self.settings.cpus:g})")
+        return (f"cap {format_size(cap)} plus memory_overhead {format_size(overhead)} fits "
+                f"on no Ray node: the largest memory budget{among} is "
+                f"{format_size(largest)}")
+
+    def check_fits(self, specs, agents) -> None:
+        for spec in specs:
+            agent = agents.get(spec.agent)
+            if agent is None:
+                continue
+            why = self.unfit(spec.memory_limit or agent.memory_limit)
+            if why:
+                raise BadInput(f"{spec.where}: agent {spec.agent}: {why}",
+                               hint="lower memory_limit, or start nodes with a larger "
+                                    "--memory (ray start)")
+
+    def close(self) -> None:
+        if self.owns and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+class ClusterMemory:
+    """What admission sees under Ray (see the module docstring). ``available`` is what
+    is left for the next agent's cap once its ``memory_overhead`` is counted."""
+
+    def __init__(self, cluster: Cluster, engine) -> None:
+        self.cluster, self.engine = cluster, engine
+        self._own = MemorySource()
+
+    def available(self) -> int:
+        left = sum(self.cluster.budgets()) - self.engine.reserved()
+        return max(0, left - self.cluster.settings.memory_overhead)
+
+    def total(self) -> int:
+        return sum(self.cluster.budgets())
+
+    def own_rss(self) -> int:
+        return self._own.own_rss()
+
+    def close(self) -> None:
+        self._own.close()
+
+
+def for_ray(settings):
+    """The supervisor settings with the single-machine memory rules switched off."""
+    return dataclasses.replace(
+        settings, min_free_memory=0, evict_below=0,
+        breaker=dataclasses.replace(settings.breaker, min_available=0),
+        degradation=dataclasses.replace(settings.degradation, sequential_below=0,
+                                        limited_below=0, margin=0, psi_some_avg10=0))
+
+
+def refuse_unsupported(fleet) -> None:
+    s = fleet.supervisor
+    if s.backend == "rlimit" and not s.ray.allow_rlimit:
+        raise BadInput("supervisor.backend rlimit with --engine ray: nodes would cap agents "
+                       "with an rlimit only", hint="set supervisor.ray.allow_rlimit: true, "
+                       "or use a cgroup backend")
+    for agent in fleet.agents.values():
+        if agent.pool is not None:
+            raise BadInput(f"agents.{agent.name}.pool: warm pools do not run on Ray",
+                           hint="drop pool: for this fleet, or run it with --engine local")
+
+
+class RaySupervisor(Supervisor):
+    """A :class:`Supervisor` whose agents run on a Ray cluster's nodes."""
+
+    def __init__(self, fleet, *, address: str | None = None, clock=time.monotonic,
+                 **kwargs) -> None:
+        from agent_supervise.ray.engine import RayEngine
+
+        refuse_unsupported(fleet)
+        fleet = dataclasses.replace(fleet, supervisor=for_ray(fleet.supervisor))
+        self.cluster = Cluster(fleet.supervisor.ray, address)
+        try:
+            self.cluster.check_fits(fleet.tasks, fleet.agents)  # before anything starts
+            engine = RayEngine(fleet.supervisor, self.cluster, clock=clock)
+            super().__init__(fleet, engine=engine, memory=ClusterMemory(self.cluster, engine),
+                             clock=clock, psi=None, **kwargs)
+        except BaseException:
+            self.cluster.close()
+            raise
+        engine.on_interrupt, engine.emit = self._on_interrupt, self.events.emit
+
+    def _check_fits(self, specs) -> None:
+        self.cluster.check_fits(specs, self.fleet.agents)
+
+    @staticmethod
+    def _check_users(fleet) -> None:
+        """Users and groups are looked up on the nodes (a node without them refuses)."""

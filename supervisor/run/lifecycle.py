@@ -1,0 +1,321 @@
+"""One agent run as a state machine: running -> stopping -> killing -> done.
+
+:class:`AgentRun` makes no system calls of its own: it acts through its cage
+(usage, signal, kill) and is driven by the loop with the current time, so its
+rules are unit-tested with a fake cage and a fake clock.
+
+Rules:
+
+* The agent is one unit. When its root process exits, whatever it left in the
+  cage gets SIGTERM, ``grace``, SIGKILL. When the kernel OOM-kills anything in the
+  cage, everything left is SIGKILLed at once (cgroup v1 kills only the largest
+  process; v2's ``memory.oom.group`` kills all, and this makes sure of it).
+* Over the cap (watchdog), timeout, or a signal to the supervisor: SIGTERM (or the
+  forwarded signal) to every process, ``grace``, then SIGKILL. A memory breach that
+  keeps growing during the grace is killed at once: a cap that waits is no cap.
+* A cage whose own limits changed under the supervisor (the agent, as root, wrote
+  to them: see limits/guard.py) and a process found outside its cage (escape.py)
+  stop the agent at once as ``escaped``; a fork refused at the process cap stops it
+  at once as ``pids_exceeded``. Both are looked for on every watchdog tick (the
+  escape check once a second) and once more when the run ends.
+* The first cause that stopped the agent is its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agent_supervise.outcome import Outcome, Reason, exit_code_for
+from agent_supervise.run.escape import CONFIRM_AFTER_S, EscapeState
+from agent_supervise.run.watchdog import ThrashDetector, Watchdog
+from agent_supervise.units import format_size
+
+if TYPE_CHECKING:
+    from agent_supervise.agents.spec import Task
+    from agent_supervise.fleet.pool import Worker
+
+#: How often an exited agent's cage is checked for leftovers while it drains.
+DRAIN_CHECK_S = 0.005
+#: After SIGKILL, how long to wait for the cage to empty before giving up on it
+#: (processes in uninterruptible sleep cannot die until their I/O returns).
+KILL_PATIENCE_S = 10.0
+#: A root killed by SIGKILL nobody here sent, with no OOM counted yet: re-read the
+#: counters for this long, since the kernel bumps them after sending the kill.
+SETTLE_S = 0.1
+#: How often the process tree is compared with the cage (see escape.py).
+ESCAPE_CHECK_S = 1.0
+#: During the grace after a memory breach, growth beyond this fraction of the cap
+#: gets SIGKILL without waiting for the grace to end.
+ESCALATE_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run and under which limits (the loop's view of an agent task)."""
+
+    cmd: tuple[str, ...]
+    limit: int
+    label: str = ""
+    timeout: float | None = None
+    grace: float = 2.0
+    poll: float = 0.1
+
+
+class AgentRun:
+    """The life of one agent process tree inside one cage."""
+
+    def __init__(self, spec: RunSpec, cage, pid: int, now: float, escape=None) -> None:
+        self.spec = spec
+        self.cage = cage
+        self.pid = pid
+        self.escape = escape  # an EscapeWatch: cage members vs the process tree
+        self.escape_at = now + ESCAPE_CHECK_S
+        self.escape_state = EscapeState()  # a check waiting for its second look
+        #: Descendants adopted by the supervisor (shared with an rlimit cage's set).
+        self.orphans: set[int] = cage.orphans
+        self.started = now
+        self.ended: float | None = None
+        self.state = "running"
+        self.cause: Reason | None = None
+        self.cause_signal: int | None = None
+        self.kill_at: float | None = None
+        self.killed_at: float | None = None
+        self.settle_until: float | None = None
+        self.breach_usage = 0
+        self.status: int | None = None   # raw waitpid status of the root
+        self.oom_seen = False
+        self.leftovers = 0
+        self.emptied = False  # finished() saw the cage empty
+        self.check_at = now
+        self.outcome: Outcome | None = None
+        self.task: Task | None = None  # the fleet's Task, when run by an engine
+        self.proc = None  # the Popen object, kept so it never waits on the pid itself
+        #: The pool worker this process is (poolkeeper.py); None for a task's own run.
+        self.worker: Worker | None = None
+        self.watchdog = Watchdog(spec.limit, spec.poll, adaptive=not cage.kernel_enforced)
+        self.watchdog.start(now)
+        self.thrash = ThrashDetector(spec.limit)
+        self.detail = ""
+        self.deadline = now + spec.timeout if spec.timeout else None
+
+    # -- events ---------------------------------------------------------------
+    def sample(self, now: float) -> None:
+        if self.cause is None and self._cage_breached(now):
+            return
+        usage = self.cage.usage()
+        over = self.watchdog.observe(now, usage)
+        if over and self.cause is None:
+            self.breach_usage = usage
+            self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
+        elif self.cause is None and self.thrash.observe(now, usage, self.cage.refaults):
+            self.detail = (f"thrashing at its cap: refaulting "
+                           f"{format_size(int(self.thrash.rate))}/s for "
+                           f"{self.thrash.window:g}s")
+            self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
+        elif (self.cause is Reason.MEMORY_EXCEEDED and self.state == "stopping"
+              and usage > self.breach_usage + ESCALATE_FRACTION * self.spec.limit):
+            self._kill(now)
+
+    def _cage_breached(self, now: float) -> bool:
+        """Tampered limits (escaped) or a fork refused at the cap (pids_exceeded):
+        a few preads on kept-open fds; the agent is killed at once."""
+        cause, why = self._breach()
+        if why:
+            self.detail = why
+            self.stop(cause, signal.SIGKILL, now)
+        return bool(why)
+
+    def _breach(self) -> tuple[Reason | None, str | None]:
+        why = self.cage.tampered()
+        if why:
+            return Reason.ESCAPED, why
+        why = self.cage.pids_exceeded()
+        return (Reason.PIDS_EXCEEDED, why) if why else (None, None)
+
+    def notified(self, now: float) -> None:
+        """The cage's notification fd woke: an OOM kill means the agent is done for."""
+        if self.cage.on_notify():
+            self.oom_seen = True
+            self.stop(Reason.OOM_KILLED, signal.SIGKILL, now)
+
+    def root_exited(self, status: int, now: float, leftovers: int = 0) -> None:
+        """The root exited at ``now``. ``leftovers``: processes it left that its
+        namespace's init has already stopped (see limits/isolation.py)."""
+        self.status = status
+        self.ended = now
+        if self.cause is None and self.state == "running":
+            self.state = "draining"
+            self.leftovers = leftovers
+            if not self.cage.is_empty():
+                self.leftovers = self.cage.signal(signal.SIGTERM)
+                self.kill_at = now + self.spec.grace
+        if (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+                and self.cause is None and not self.oom_seen):
+            self.settle_until = now + SETTLE_S
+
+    def interrupted(self, signum: int, now: float) -> None:
+        """The supervisor got SIGINT/SIGTERM/SIGHUP: forward it; a second one kills."""
+        if self.cause is Reason.INTERRUPTED:
+            self._kill(now)
+        else:
+            self.stop(Reason.INTERRUPTED, signum, now, cause_signal=signum)
+
+    def tick(self, now: float) -> None:
+        """Act on whatever is due at ``now``."""
+        if self.status is None and self.deadline is not None and now >= self.deadline:
+            self.stop(Reason.TIMEOUT, signal.SIGTERM, now)
+        if self.kill_at is not None and now >= self.kill_at:
+            self._kill(now)
+        elif self.state == "killing" and not self.cage.is_empty():
+            self.cage.kill()  # processes forked while the first kill ran
+        if self.status is None and now >= self.watchdog.next_due:
+            self.sample(now)
+        if self.escape is not None and now >= self.escape_at and (
+                self.status is None or self.escape_state.suspects):
+            self._check_escape(now)
+        if self.state == "killing" or self.status is not None:
+            self.check_at = now + DRAIN_CHECK_S  # poll the draining cage
+
+    def _check_escape(self, now: float) -> bool:
+        """One look of the two-look escape check (escape.py): kill established
+        escapees, stop the agent. True while suspects wait or escapees were found."""
+        state = self.escape_state
+        if state.suspects:
+            found = self.escape.second_look(self, state)
+        else:
+            found = self.escape.first_look(self, state)
+        self.escape_at = now + self._escape_interval()
+        if found:
+            self.escape.kill(found)
+            if self.cause is None:
+                seen = "; ".join(f"{s.pid} ({s.where})" for s in found[:3])
+                self.detail = f"{len(found)} processes left the cage: {seen}"
+                self.stop(Reason.ESCAPED, signal.SIGKILL, now)
+        return bool(found or state.suspects)
+
+    def _escape_interval(self) -> float:
+        """Jittered, so that an agent hopping out of its cage and back cannot keep
+        in step with the checks; a second look soon after a suspect, and looks that
+        soon while a process that moved out and back in before is alive."""
+        state = self.escape_state
+        if state.suspects or state.moved_back:
+            return CONFIRM_AFTER_S
+        return ESCAPE_CHECK_S * random.uniform(0.5, 1.5)
+
+    def _escape_pending(self, now: float) -> bool:
+        """At the end, with the cage empty: is anything of the tree still outside?"""
+        if self.escape_state.suspects and now < self.escape_at:
+            return True  # the second look is not due yet
+        return self._check_escape(now)
+
+    def stop(self, cause: Reason, sig: int, now: float, cause_signal: int | None = None) -> None:
+        if self.cause is not None or self.state in ("killing", "done"):
+            return
+        self.cause, self.cause_signal = cause, cause_signal
+        if sig == signal.SIGKILL:
+            self._kill(now)
+        else:
+            self.cage.signal(sig)
+            self.state = "stopping"
+            self.kill_at = now + self.spec.grace
+
+    def retire(self, now: float) -> None:
+        """A pool worker being recycled (its stdin was closed, so it should exit by
+        itself): no signal and no cause, but killed at the end of the grace."""
+        self.state, self.kill_at = "stopping", now + self.spec.grace
+
+    def _kill(self, now: float) -> None:
+        self.cage.kill()
+        self.state, self.kill_at = "killing", None
+        self.killed_at = self.killed_at or now
+
+    # -- what the fleet reads (seams.RunView) ---------------------------------
+    #: A local run is on this machine, and ends by its own doing.
+    node: str | None = None
+    lost = False
+
+    @property
+    def usage(self) -> int:
+        return self.watchdog.last_usage
+
+    @property
+    def peak(self) -> int:
+        return self.watchdog.peak
+
+    @property
+    def cage_name(self) -> str:
+        return self.cage.name
+
+    @property
+    def backend(self) -> str:
+        return self.cage.backend
+
+    # -- scheduling -----------------------------------------------------------
+    def next_due(self) -> float:
+        times = [self.kill_at, self.deadline if self.status is None else None,
+                 self.watchdog.next_due if self.status is None else None,
+                 self.settle_until, self.escape_at if self.escape_state.suspects or (
+                     self.escape_state.moved_back and self.status is None) else None]
+        if self.state == "killing" or (self.status is not None and self.state != "done"):
+            times.append(self.check_at)
+        return min(t for t in times if t is not None) if any(
+            t is not None for t in times) else float("inf")
+
+    def finished(self, now: float) -> bool:
+        """Root reaped and cage empty (or given up on); counters settled."""
+        if self.status is None:
+            return False
+        if self.settle_until is not None:
+            if self.cage.oom_kills() == 0 and now < self.settle_until:
+                return False
+            self.settle_until = None
+        if self.cage.is_empty() and not (self.escape and self._escape_pending(now)):
+            self.emptied = True  # finish() follows at once: no need to read it again
+            return True
+        gave_up = self.killed_at is not None and now - self.killed_at > KILL_PATIENCE_S
+        return gave_up
+
+    # -- outcome --------------------------------------------------------------
+    def finish(self, now: float) -> Outcome:
+        """Read the final counters, release the cage and say how the run ended."""
+        if self.cause is None:  # changed or hit since the last tick
+            self.cause, why = self._breach()
+            self.detail = why or self.detail
+        oom = self.cage.oom_kills()
+        kernel_peak = self.cage.peak()
+        notes = list(self.cage.notes)
+        remaining = [] if self.emptied else self.cage.members()
+        if remaining:
+            notes.append(f"{len(remaining)} processes survived SIGKILL (uninterruptible "
+                         "sleep?); the cage was left for the next start to clean")
+        else:
+            self.cage.release()
+        reason, signum, status = self._reason(oom)
+        detail = self.detail
+        if self.leftovers and self.cause is None:
+            detail = f"{self.leftovers} leftover processes were stopped"
+        self.state = "done"
+        self.outcome = Outcome(
+            reason=reason, exit_code=exit_code_for(reason, status, signum),
+            cmd=self.spec.cmd, backend=self.cage.backend, limit_bytes=self.spec.limit,
+            peak_bytes=kernel_peak if kernel_peak is not None else self.watchdog.peak,
+            duration_s=(self.ended or now) - self.started, pid=self.pid, status=status,
+            signal=signum, oom_kills=oom or int(self.oom_seen),
+            peak_source="kernel" if kernel_peak is not None else "sampled",
+            detail=detail, agent=self.spec.label or None, notes=notes)
+        return self.outcome
+
+    def _reason(self, oom: int):
+        status = os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
+        killed_by = os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
+        if self.cause is not None:
+            return self.cause, self.cause_signal or killed_by, status
+        if oom or self.oom_seen:
+            return Reason.OOM_KILLED, killed_by, status
+        if killed_by is not None:
+            return Reason.SIGNALED, killed_by, None
+        return (Reason.OK if status == 0 else Reason.FAILED), None, status
