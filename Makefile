@@ -61,8 +61,13 @@ systemdtest: $(STAMP) ## Only the systemd stage: agent-supervise under systemd a
 soak: $(STAMP) ## The long soak: 10,000 tasks through a queue of 4 (a few minutes)
 	AGENT_SUPERVISE_SOAK_TASKS=10000 $(BIN)/python -m pytest -q tests/test_soak.py
 
-lint: $(STAMP) ## Lint with ruff
+lint: $(STAMP) ## Lint (ruff), check the format (ruff format), type-check the package (mypy)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@rm -rf build/typecheck && mkdir -p build/typecheck/agent_supervise
+	@for f in supervisor/*; do ln -s ../../../$$f build/typecheck/agent_supervise/; done
+	@ln -s ../../../limits ../../../agents build/typecheck/agent_supervise/
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p agent_supervise
 
 bench: $(STAMP) ## Measure against xargs, GNU parallel, pm2, supervisord, circus: BENCHMARKS.md
 	bash bench/install.sh
