@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent_supervise.proctree import ProcessTable
+from agent_supervise.proctree import ProcessTable, signal_pids
 
 if TYPE_CHECKING:
     from agent_supervise.limits.pids import PidsLeaf
@@ -241,14 +241,7 @@ class Cage(abc.ABC):
 
     def signal(self, sig: int) -> int:
         """Send ``sig`` to every process inside; return how many were signalled."""
-        sent = 0
-        for pid in self.members():
-            try:
-                os.kill(pid, sig)
-                sent += 1
-            except ProcessLookupError:
-                pass
-        return sent
+        return signal_pids(self.members(), sig)
 
     def kill(self) -> int:
         import signal

@@ -5,7 +5,6 @@ written (guard.py), an optional v1 pids companion (pids.py), and stale cleanup."
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from agent_supervise.errors import CageError
@@ -148,9 +147,6 @@ class CgroupCage(Cage):
         own = Placement(self.hierarchy, self.cgroup,
                         lambda: set(ids_under(self.fs, self.path, self.threads_file)))
         return [own] + ([self.companion.placement()] if self.companion else [])
-
-    def kill(self) -> int:
-        return self.signal(signal.SIGKILL)
 
     def wait_empty(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for every process inside to be gone (sampled here;

@@ -46,6 +46,7 @@ from agent_supervise.limits.cgroupfs import (
     parse_flat_keyed,
 )
 from agent_supervise.limits.guard import Guard
+from agent_supervise.proctree import signal_pids
 
 
 def ids_under(fs: CgroupFS, path: str, file: str = "cgroup.procs") -> list[int]:
@@ -136,14 +137,7 @@ class PidsLeaf:
 
     def kill(self) -> int:
         import signal
-        sent = 0
-        for pid in self.members():
-            try:
-                os.kill(pid, signal.SIGKILL)
-                sent += 1
-            except ProcessLookupError:
-                pass
-        return sent
+        return signal_pids(self.members(), signal.SIGKILL)
 
     def is_empty(self) -> bool:
         return not self.members()

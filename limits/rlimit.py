@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import time
 
 from agent_supervise.limits.base import (
@@ -138,9 +137,6 @@ class RlimitCage(Cage):
             except (ProcessLookupError, PermissionError):
                 pass
         return sent
-
-    def kill(self) -> int:
-        return self.signal(signal.SIGKILL)
 
     def release(self) -> None:
         self.orphans.clear()

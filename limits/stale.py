@@ -13,7 +13,7 @@ import os
 import signal
 
 from agent_supervise.limits.base import StaleCage, stale_owner
-from agent_supervise.proctree import ProcessTable, read_proc
+from agent_supervise.proctree import ProcessTable, read_proc, signal_pids
 
 MARKER = b"AGENT_SUPERVISE_CAGE="
 
@@ -52,11 +52,7 @@ def kill_marked_orphans() -> list[StaleCage]:
             victims.setdefault(name, []).append(int(entry))
     found = []
     for name, pids in sorted(victims.items()):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        signal_pids(pids, signal.SIGKILL)
         found.append(StaleCage(f"processes marked {name}", stale_owner(name), len(pids),
                                True))
     return found

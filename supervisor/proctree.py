@@ -30,6 +30,19 @@ def read_proc(path: str) -> bytes:
         os.close(fd)
 
 
+def signal_pids(pids, sig: int) -> int:
+    """Send ``sig`` to each pid; return how many got it. A pid gone meanwhile (the
+    process exited between reading its cage and now) is no error."""
+    sent = 0
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            sent += 1
+        except ProcessLookupError:
+            pass
+    return sent
+
+
 @dataclass(frozen=True)
 class ProcStat:
     """The fields of /proc/PID/stat the supervisor needs."""
