@@ -14,6 +14,7 @@ from typing import Any
 
 from agent_supervise.agents import bounds as B
 from agent_supervise.errors import BadInput
+from agent_supervise.limits import BACKEND_CHOICES
 from agent_supervise.units import parse_cap, parse_duration, parse_size
 
 #: Agent names become log file names: letters, digits, '_', '-', '.', no '/' or '..'.
@@ -21,7 +22,7 @@ NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _UNIT = r"([KMGTkmgt]([Ii][Bb])?|[Bb])?"
 SIZE_RE = rf"^(?!0+(\.0+)?{_UNIT}$)[0-9]+(\.[0-9]+)?{_UNIT}$"  # not zero
 DURATION_RE = r"^([0-9]+(\.[0-9]+)?(us|ms|sec|min|s|m|h|d))+$|^[0-9]+(\.[0-9]+)?$"
-BACKENDS = ("auto", "cgroup2", "cgroup1", "rlimit")
+BACKENDS = BACKEND_CHOICES
 
 
 class FieldError(Exception):

@@ -17,11 +17,12 @@ from agent_supervise.limits.base import DEFAULT_PIDS_LIMIT, Backend, Cage, Stale
 from agent_supervise.limits.cgroupfs import cgroup_mounts
 from agent_supervise.limits.rlimit import KINDS
 
-__all__ = ["Backend", "Cage", "StaleCage", "Unavailable", "BACKEND_NAMES", "DEFAULT_PIDS_LIMIT",
-           "Probe",
-           "make_backend", "probe_all", "select_backend"]
+__all__ = ["BACKEND_CHOICES", "BACKEND_NAMES", "DEFAULT_PIDS_LIMIT", "Backend", "Cage",
+           "Probe", "StaleCage", "Unavailable", "make_backend", "probe_all", "select_backend"]
 
-BACKEND_NAMES = ("cgroup2", "cgroup1", "rlimit")
+BACKEND_NAMES = ("cgroup2", "cgroup1", "rlimit")  # auto's order
+#: What a user may ask for: ``--backend``, ``supervisor.backend`` in a fleet file.
+BACKEND_CHOICES = ("auto", *BACKEND_NAMES)
 
 
 @dataclass(frozen=True)

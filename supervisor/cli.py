@@ -15,6 +15,7 @@ import click
 
 from agent_supervise import __version__, stdio
 from agent_supervise.errors import BadInput, NotLinux, SuperviseError
+from agent_supervise.limits import BACKEND_CHOICES
 from agent_supervise.outcome import Reason
 
 RUN_OPTIONS = ("--memory", "--backend", "--rlimit", "--cgroup-root", "--timeout",
@@ -69,7 +70,7 @@ class _RunCommand(click.Command):
 @click.option("--memory", "-m", default="50M", show_default=True,
               help="Hard cap on the agent's whole process tree (50M, 1.5G, 512MiB).")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "cgroup2", "cgroup1", "rlimit"]),
+              type=click.Choice(BACKEND_CHOICES),
               help="Mechanism; auto tries cgroup2, cgroup1, rlimit in that order.")
 @click.option("--rlimit", "rlimit_kind", default="data", show_default=True,
               type=click.Choice(["data", "as"]),
@@ -177,7 +178,7 @@ def doctor(as_json, rlimit_kind, cgroup_root):
               help="How often to print a RESOURCES line when there is no dashboard.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False),
               help="Also write JUnit XML, one testcase per task (for CI).")
-@click.option("--backend", type=click.Choice(["auto", "cgroup2", "cgroup1", "rlimit"]),
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES),
               help="Override supervisor.backend.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
               show_default=True, help="Run agents here, or on the nodes of a Ray cluster "
