@@ -102,13 +102,16 @@ def parse_duration(text: str | int | float, *, what: str = "duration",
     return seconds
 
 
-def format_size(n: int | None) -> str:
-    """``52428800`` -> ``'50.0 MiB'``; None -> ``'-'``."""
+def format_size(n: int | None, *, short: bool = False) -> str:
+    """``52428800`` -> ``'50.0 MiB'`` (``short``: ``'50.0M'``, as in RESOURCES lines);
+    None -> ``'-'``."""
     if n is None:
         return "-"
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
+            if short:
+                return f"{n}B" if unit == "B" else f"{value:.1f}{unit[0]}"
             return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")

@@ -26,15 +26,8 @@ class StateWriter:
 def resources_line(snap: dict) -> str:
     s, c = snap["system"], snap["counts"]
     return (f"RESOURCES: CPU={s['cpu_percent']:.1f}% MEM={s['mem_percent']:.1f}% "
-            f"AVAIL={_short(s['available'])} AGENTS={c['running']} QUEUED={c['queued']} "
+            f"AVAIL={format_size(s['available'], short=True)} AGENTS={c['running']} QUEUED={c['queued']} "
             f"MODE={snap['mode']} BREAKER={snap['breaker']}")
-
-
-def _short(n: int) -> str:
-    for unit, size in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n}B"
 
 
 class ResourceLines:
