@@ -100,8 +100,7 @@ class _Checker:
                 self.error(key_node, path, "a key must be text", "write 'name: value'")
                 return None
             merged[key] = (key_node, value_node)
-        out = [(key, k, v) for key, (k, v) in merged.items()]
-        return out
+        return [(key, k, v) for key, (k, v) in merged.items()]
 
     def _field_error(self, node, path: str, err) -> None:
         """Report at the offending element itself, quoting the text as written."""

@@ -40,7 +40,7 @@ class TooLarge(Exception):
 
 
 class _Frame:
-    __slots__ = ("node", "anchor", "nodes0", "text0", "key")
+    __slots__ = ("anchor", "key", "node", "nodes0", "text0")
 
     def __init__(self, node, anchor, nodes0: int, text0: int) -> None:
         self.node, self.anchor = node, anchor

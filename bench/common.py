@@ -51,8 +51,7 @@ class Section:
 
 def table(headers: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        out.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    out += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(out)
 
 

@@ -85,7 +85,7 @@ def _repeat(name: str, trial, runs: int, hog_args) -> tuple[list[Result], list[i
         t = Trial(name, i, hog_args)
         try:
             results.append(trial(t, i, runs))
-        except Exception as err:  # report it, clean up, go on
+        except Exception as err:  # noqa: BLE001 - report it, clean up, go on
             results.append(Result("lost", detail=f"{type(err).__name__}: {err}"))
         finally:
             leftovers += t.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 SECTIONS = ("throughput", "overshoot", "reaction", "monitor", "footprint", "headline",
             "output", "startup")

@@ -286,4 +286,4 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Give back what the backend holds beyond its cages. Default: nothing."""
-        return None
+        return

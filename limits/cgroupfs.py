@@ -163,9 +163,9 @@ def kernel_path(directory: str, mounts: list[Mount]) -> str | None:
     best = None
     for mount in mounts:
         point = mount.point.rstrip("/") or "/"
-        if directory == point or directory.startswith(point.rstrip("/") + "/"):
-            if best is None or len(point) > len(best[0]):
-                best = (point, mount)
+        inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, mount)
     if best is None:
         return None
     point, mount = best

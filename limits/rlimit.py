@@ -56,7 +56,7 @@ class RlimitCage(Cage):
         self.limit = limit
         self.table = table
         self.pid: int | None = None
-        soft, hard = resource.getrlimit(KINDS[kind])
+        _soft, hard = resource.getrlimit(KINDS[kind])
         # Raising a hard limit needs CAP_SYS_RESOURCE; a lower one is already stricter.
         self._value = limit if hard == resource.RLIM_INFINITY or hard >= limit else hard
 

@@ -8,12 +8,23 @@ package (the loop, policies, CLI), ``limits/`` is :mod:`agent_supervise.limits`
 
 __version__ = "0.1.0"
 
-from agent_supervise.checkpoint import checkpoint, resume_from  # noqa: E402
-from agent_supervise.errors import BackendUnavailable, BadInput, CageError, SuperviseError  # noqa: E402
-from agent_supervise.outcome import Outcome, Reason  # noqa: E402
+from agent_supervise.checkpoint import checkpoint, resume_from
+from agent_supervise.errors import BackendUnavailable, BadInput, CageError, SuperviseError
+from agent_supervise.outcome import Outcome, Reason
 
-__all__ = ["__version__", "BackendUnavailable", "BadInput", "CageError", "Outcome",
-           "Reason", "SuperviseError", "RunOptions", "run_agent", "checkpoint", "resume_from"]
+__all__ = [
+    "BackendUnavailable",
+    "BadInput",
+    "CageError",
+    "Outcome",
+    "Reason",
+    "RunOptions",
+    "SuperviseError",
+    "__version__",
+    "checkpoint",
+    "resume_from",
+    "run_agent",
+]
 
 
 def __getattr__(name):

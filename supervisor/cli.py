@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     except click.exceptions.Abort:
         code = 130
     except BrokenPipeError:  # `agent-supervise ... | head`: the reader left; say nothing
-        sys.stderr = sys.stdout = open(os.devnull, "w")
+        sys.stderr = sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - until exit
         code = 141
     except SuperviseError as err:
         problems = getattr(err, "problems", None)  # a fleet file's: FILE:LINE:COL: ...

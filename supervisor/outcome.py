@@ -65,7 +65,7 @@ def exit_code_for(reason: Reason, status: int | None = None,
     if reason is Reason.CANCELLED:
         return None  # it never ran: there is no status to report
     if reason is Reason.FAILED:
-        return status if status else 1
+        return status or 1
     return 128 + (signum or signal.SIGKILL)
 
 

@@ -85,7 +85,7 @@ class FolderHealth:
         held any more."""
         with self._lock:
             spools = [s for s in self.spools if s.held]
-        done = all([spool.flush() for spool in spools])  # every one, in turn
+        done = all([spool.flush() for spool in spools])  # noqa: C419 - every one, in turn
         if spools and done:
             self.succeeded()
         if self._by_path:

@@ -90,7 +90,7 @@ class Intake:
     def _run_in_thread(self) -> None:
         try:
             self.run(catch_signals=False)
-        except BaseException as err:  # surfaced by wait()
+        except BaseException as err:  # noqa: BLE001 - surfaced by wait()
             self.error = err
 
     def wait(self, timeout: float | None = None):

@@ -73,7 +73,7 @@ def agents_table(snap: dict, max_rows: int | None = None) -> Text:
         "usage", 0) / max(1, a.get("limit", 1)) if a["state"] != "ended" else 0))
     hidden = agents[max_rows:] if max_rows is not None and len(agents) > max_rows else []
     width = max([len(a["task"]) for a in agents] + [4])
-    columns = ((COLUMNS[0][0], min(width, 24), "<"),) + COLUMNS[1:]
+    columns = ((COLUMNS[0][0], min(width, 24), "<"), *COLUMNS[1:])
     out = Text("│".join(_cell(n, w, a) for n, w, a in columns) + "\n", style="bold")
     out.append("┼".join("─" * w for _, w, _ in columns) + "\n")
     for a in agents[:len(agents) - len(hidden)]:

@@ -26,7 +26,8 @@ class StateWriter:
 def resources_line(snap: dict) -> str:
     s, c = snap["system"], snap["counts"]
     return (f"RESOURCES: CPU={s['cpu_percent']:.1f}% MEM={s['mem_percent']:.1f}% "
-            f"AVAIL={format_size(s['available'], short=True)} AGENTS={c['running']} QUEUED={c['queued']} "
+            f"AVAIL={format_size(s['available'], short=True)} AGENTS={c['running']} "
+            f"QUEUED={c['queued']} "
             f"MODE={snap['mode']} BREAKER={snap['breaker']}")
 
 

@@ -276,8 +276,7 @@ class AgentRun:
         if self.cage.is_empty() and not (self.escape and self._escape_pending(now)):
             self.emptied = True  # finish() follows at once: no need to read it again
             return True
-        gave_up = self.killed_at is not None and now - self.killed_at > KILL_PATIENCE_S
-        return gave_up
+        return self.killed_at is not None and now - self.killed_at > KILL_PATIENCE_S
 
     # -- outcome --------------------------------------------------------------
     def finish(self, now: float) -> Outcome:

@@ -27,7 +27,7 @@ INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class SignalInbox:
     """Signal handlers that only record the signal and wake the loop's epoll."""
 
-    def __init__(self, signums=INTERRUPTS + (signal.SIGCHLD,)) -> None:
+    def __init__(self, signums=(*INTERRUPTS, signal.SIGCHLD)) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.pending: list[int] = []
         self._previous = {s: signal.signal(s, self._record) for s in signums}

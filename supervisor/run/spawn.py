@@ -304,7 +304,8 @@ def _step_failure(step: int, code: int, cmd, cwd, setup, creds) -> SpawnFailed:
             _spawn.S_ISOLATE: "namespaces (a private /dev/shm, IPC limits, the init's fds)",
             _spawn.S_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
             _spawn.S_PARENT_GONE: "getppid (the supervisor died meanwhile)",
-            _spawn.S_SETSID: "setsid (or setpgid + tcsetpgrp in a terminal)", _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",
+            _spawn.S_SETSID: "setsid (or setpgid + tcsetpgrp in a terminal)",
+            _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",
             }.get(step, f"drop privileges to {creds.user if creds else '?'}")
     return SpawnFailed(Reason.SETUP_FAILED,
                        f"entering the cage failed: {call}: {os.strerror(code)}", code)
