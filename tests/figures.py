@@ -69,7 +69,7 @@ def rows_block(rows: dict, backends: list[str]) -> list[str]:
     for key, cases in rows.items():
         row, backend = key.split("\0")
         by_row.setdefault(row, {})[backend] = cases
-    columns = backends + ["any"]
+    columns = [*backends, "any"]
     lines = ["", "| class (round 2) | " + " | ".join(
         f"{b} (VM)" if b == "cgroup2" else b for b in columns) + " |",
         "|---|" + "---|" * len(columns)]

@@ -57,7 +57,7 @@ class FakeEngine:
     ``max_wait``)."""
 
     backend_name = "fake"
-    stale: list = []
+    stale: tuple = ()
 
     def __init__(self, clock, script=None, usage: int = 0) -> None:
         self.clock = clock

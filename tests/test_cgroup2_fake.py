@@ -49,14 +49,14 @@ def read(path):
 
 
 def test_leaf_under_root_cgroup_enables_memory(tmp_path):
-    fs, root, backend = make(tmp_path)
+    _fs, root, backend = make(tmp_path)
     assert backend.probe() == root
     assert "memory" in read(f"{root}/cgroup.subtree_control")
     assert [e for e in os.listdir(root) if e.startswith("agent-supervise")] == []  # probe gone
 
 
 def test_writes_limits_and_reads_them_back(tmp_path):
-    fs, root, backend = make(tmp_path)
+    _fs, root, backend = make(tmp_path)
     cage = backend.create("researcher", 50 * MiB + 123)
     try:
         assert os.path.dirname(cage.path) == root
@@ -103,7 +103,7 @@ def test_no_usable_parent_explains_each(tmp_path):
 
 
 def test_hybrid_layout_is_explained(tmp_path):
-    fs, root, backend = make(tmp_path)
+    _fs, root, backend = make(tmp_path)
     with open(f"{root}/cgroup.controllers", "w") as f:
         f.write("hugetlb\n")
     with pytest.raises(Unavailable, match="offers controllers 'hugetlb' but not memory"):
@@ -120,7 +120,7 @@ def test_no_cgroup2_mount(tmp_path):
 
 def test_oom_group_kill_counts_the_agent_once(tmp_path):
     """With oom.group the victim is counted twice in oom_kill (seen on a real kernel)."""
-    fs, root, backend = make(tmp_path)
+    _fs, _root, backend = make(tmp_path)
     cage = backend.create("hog", 50 * MiB)
     events = f"{cage.path}/memory.events"
     try:
@@ -138,7 +138,7 @@ def test_oom_group_kill_counts_the_agent_once(tmp_path):
 
 
 def test_usage_peak_and_refaults(tmp_path):
-    fs, root, backend = make(tmp_path)
+    fs, _root, backend = make(tmp_path)
     cage = backend.create("x", 50 * MiB)
     try:
         fs._put(f"{cage.path}/memory.current", f"{10 * MiB}\n")
@@ -158,7 +158,7 @@ def test_kill_uses_cgroup_kill_and_release_waits_for_populated_0(tmp_path):
     """A real kernel still lists a killed process, and rmdir is EBUSY, until its exit
     has finished (seen in User-Mode Linux): release() kills once, waits for
     populated 0 and only then tries rmdir, once."""
-    fs, root, backend = make(tmp_path)
+    fs, _root, backend = make(tmp_path)
     fs.KILL_LATENCY_S = 0.05
     cage = backend.create("x", 50 * MiB)
     fs.add_process(cage.path, 999999)
@@ -182,7 +182,7 @@ def test_kill_uses_cgroup_kill_and_release_waits_for_populated_0(tmp_path):
 def test_release_of_a_cage_that_stays_busy_names_the_pids(tmp_path, monkeypatch):
     import agent_supervise.limits.cgroupcage as cc
     monkeypatch.setattr(cc, "RMDIR_PATIENCE_S", 0.1)
-    fs, root, backend = make(tmp_path)
+    fs, _root, backend = make(tmp_path)
     cage = backend.create("x", 50 * MiB)
     fs.add_process(cage.path, 999999)
     cage.kill = lambda: 0  # a process that will not die
@@ -210,7 +210,7 @@ def test_stale_cage_processes_are_counted_once_while_they_die(tmp_path):
 def test_sub_cgroups_an_agent_made_are_members_and_removed(tmp_path):
     """An agent running as root can mkdir in its cage and move into the new cgroup:
     cgroup.procs of the cage no longer lists it, rmdir of the cage is EBUSY."""
-    fs, root, backend = make(tmp_path)
+    fs, _root, backend = make(tmp_path)
     cage = backend.create("x", 50 * MiB)
     fs.mkdir(f"{cage.path}/inner")
     fs.mkdir(f"{cage.path}/inner/deeper")
@@ -223,7 +223,7 @@ def test_sub_cgroups_an_agent_made_are_members_and_removed(tmp_path):
 
 def test_the_fake_speaks_like_the_kernel(tmp_path):
     """What a 6.1 kernel showed (tests/vm): the formats the backend parses."""
-    fs, root, backend = make(tmp_path)
+    fs, root, _backend = make(tmp_path)
     assert read(f"{root}/cgroup.subtree_control") == ""
     assert not os.path.exists(f"{root}/cgroup.kill")  # no kill, events, memory.max at
     assert not os.path.exists(f"{root}/cgroup.events")  # the root
@@ -250,7 +250,7 @@ def test_the_fake_speaks_like_the_kernel(tmp_path):
 
 
 def test_missing_optional_files_become_notes(tmp_path):
-    fs, root, backend = make(tmp_path, missing=("memory.swap.max", "memory.oom.group"))
+    _fs, _root, backend = make(tmp_path, missing=("memory.swap.max", "memory.oom.group"))
     cage = backend.create("x", 50 * MiB)
     try:
         assert any("memory.swap.max is missing" in n for n in cage.notes)

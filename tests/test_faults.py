@@ -202,7 +202,7 @@ def test_a_run_folder_still_full_at_the_end(tmp_path, backend):
         left = sorted(p.name for p in run.iterdir())
     stderr = err.read_text()
     assert stderr.count("is full (No space left on device") == 1, stderr
-    head, _, body = stderr.partition("summary.json could not be written, so it follows on "
+    _head, _, body = stderr.partition("summary.json could not be written, so it follows on "
                                      "stderr")
     assert body, stderr
     summary = json.loads(body[body.index("\n{"):])

@@ -79,7 +79,7 @@ def test_cap_order_and_one_terminal_state_each(tmp_path):
 
 def test_queue_never_holds_more_than_its_size(tmp_path):
     spec = fleet("  - {agent: work, vars: {n: '1'}, repeat: 30}")
-    sup, engine, _, _ = make(spec, tmp_path)
+    sup, _engine, _, _ = make(spec, tmp_path)
     sup.close()
     sup.run()
     queued = 0
@@ -92,7 +92,7 @@ def test_queue_never_holds_more_than_its_size(tmp_path):
 
 
 def test_submit_without_blocking_raises_queue_full(tmp_path):
-    sup, engine, _, _ = make(fleet(), tmp_path)
+    sup, _engine, _, _ = make(fleet(), tmp_path)
     for _ in range(4):
         sup.submit(TaskSpec("quick"), block=False)
     with pytest.raises(QueueFull):
@@ -106,7 +106,7 @@ def test_submit_without_blocking_raises_queue_full(tmp_path):
 
 
 def test_blocking_submit_waits_for_room(tmp_path):
-    sup, engine, _, _ = make(fleet(), tmp_path)
+    sup, _engine, _, _ = make(fleet(), tmp_path)
     for _ in range(4):
         sup.submit(TaskSpec("quick"))
     done = threading.Event()
@@ -135,7 +135,7 @@ def test_admission_waits_for_memory_and_says_why(tmp_path):
     spec = fleet("  - {agent: work, vars: {n: '1'}, repeat: 3}")
     # 1.15 GiB available: the first 100M task fits above the 1G reserve, a second
     # would eat into it until the script frees memory at t=+5s.
-    sup, engine, clock, mem = make(spec, tmp_path, script={"work": (10.0, Reason.OK)},
+    sup, _engine, clock, mem = make(spec, tmp_path, script={"work": (10.0, Reason.OK)},
                                    available=int(1.15 * GiB))
     mem.script.append((clock.now + 5, 8 * GiB))
     sup.close()
@@ -166,7 +166,7 @@ def test_a_cap_that_can_never_fit_is_refused_up_front(tmp_path):
 
 def test_self_guard_stops_everything_and_exits_3(tmp_path):
     spec = fleet("  - {agent: work, vars: {n: '1'}, repeat: 6}")
-    sup, engine, clock, mem = make(spec, tmp_path, script={"work": (10.0, Reason.OK)})
+    sup, _engine, _clock, mem = make(spec, tmp_path, script={"work": (10.0, Reason.OK)})
     mem.rss = 600 << 20  # above the default 500M supervisor cap
     sup.close()
     result = sup.run()

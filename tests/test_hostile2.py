@@ -34,8 +34,8 @@ ESCAPE2 = str(CHILDREN / "escape2.py")
 #: kind, 50 interpreters, is left to the host: TWINS in tests/vm/run_guest.py).
 IN_VM = bool(os.environ.get("AGENT_SUPERVISE_IN_VM"))
 BUSY = {
-    "sh-subshells": ["sh", "-c", "for i in $(seq %d); do (true &) ; /bin/true; done"
-                     % (10 if IN_VM else 600)],
+    "sh-subshells": ["sh", "-c", f"for i in $(seq {10 if IN_VM else 600}); do (true &) ; "
+                     "/bin/true; done"],
     "python-subprocesses": [PY, "-c", "import subprocess\nfor i in range(150): "
                             "subprocess.run(['true'])"],
 }
@@ -172,7 +172,7 @@ TAMPERING = {
                        "memory.swap.max changed from 0 to max")),
     "oom": (KERNEL, ("memory.oom_control oom_kill_disable changed from 0 to 1",
                      "memory.oom.group changed from 1 to 0")),
-    "pids": (KERNEL + ("rlimit",), ("pids.max changed from 4096 to max by the agent",)),
+    "pids": ((*KERNEL, "rlimit"), ("pids.max changed from 4096 to max by the agent",)),
     "raise-restore": (KERNEL, ("changed from 52428800 to 1073741824",
                                "above the 50.0 MiB cap: the agent raised its limit")),
 }

@@ -58,7 +58,7 @@ def test_breaker_opens_on_low_memory_and_probes_after_cooldown():
 
 
 def test_breaker_failed_probe_doubles_cooldown_up_to_the_cap():
-    b, changes = breaker(cooldown=10.0, max_cooldown=25.0, consecutive_memory_kills=2)
+    b, _changes = breaker(cooldown=10.0, max_cooldown=25.0, consecutive_memory_kills=2)
     b.ended(0, "a-1", "oom_killed")
     assert b.state == "closed"
     b.ended(1, "a-2", "memory_exceeded")
@@ -199,7 +199,7 @@ def test_failed_task_is_retried_with_backoff_and_succeeds(tmp_path):
         def get(self, agent, default=None):
             return (1.0, next(outcomes))
 
-    result, engine, events, _ = run(spec, tmp_path, Script())
+    result, _engine, events, _ = run(spec, tmp_path, Script())
     assert result.counts == {"ok": 1} and result.tasks[0]["attempts"] == 2
     retried = [e for e in events if e["event"] == "retried"]
     assert len(retried) == 1 and 2.5 <= retried[0]["delay"] <= 5
@@ -233,7 +233,7 @@ def test_grow_retries_at_a_larger_cap(tmp_path):
 def test_breaker_blocks_starts_and_nonblocking_submits(tmp_path):
     spec = fleet(tasks="  - {agent: a, repeat: 6}\n",
                  supervisor_extra="  breaker: {consecutive_memory_kills: 2, cooldown: 10s}\n")
-    result, engine, events, sup = run(spec, tmp_path, {"a": (1.0, Reason.OOM_KILLED)})
+    result, _engine, events, sup = run(spec, tmp_path, {"a": (1.0, Reason.OOM_KILLED)})
     states = [e["state"] for e in events if e["event"] == "breaker"]
     assert states[:2] == ["open", "half_open"] and "open" in states[2:]
     # While open nothing started: every start after the opening was a lone probe.
@@ -268,7 +268,7 @@ def test_pressure_rule_measures_again_and_evicts_another_if_still_short(tmp_path
     def setup(sup, engine, clock, mem):
         mem.script = [(0, 8 * GiB), (clock.now + 0.5, 300 * MiB), (clock.now + 3, 8 * GiB)]
 
-    result, engine, events, _ = run(spec, tmp_path, {"a": (5.0, Reason.OK)}, setup=setup)
+    result, _engine, events, _ = run(spec, tmp_path, {"a": (5.0, Reason.OK)}, setup=setup)
     evictions = [(e["t"], e["task"]) for e in events if e["event"] == "evicting"]
     exits = {e["task"]: e["t"] for e in reversed(events) if e["event"] in ("retried",
                                                                            "exited")}

@@ -38,7 +38,7 @@ def test_a_node_that_can_only_rlimit_refuses_unless_allowed(monkeypatch, tmp_pat
     assert "supervisor.ray.allow_rlimit: true" in out.detail
 
     records = list(run_on_node(job(tmp_path, "sh", "-c", "echo hi", allow_rlimit=True)))
-    assert [r["kind"] for r in records][0] == "started" and records[-1]["kind"] == "ended"
+    assert next(r["kind"] for r in records) == "started" and records[-1]["kind"] == "ended"
     out = records[-1]["outcome"]
     assert out.reason is Reason.OK and out.backend.startswith("rlimit")
     assert records[-1]["stdout"] == (b"hi\n", 3) and not scratch_left()

@@ -46,7 +46,7 @@ def export(fleet: Path, *args: str) -> str:
 def branches(script: str) -> dict[int, list[str]]:
     """Array index -> the exec'd command line of its case branch."""
     found = {}
-    for index, body in re.findall(r"^  (\d+)\)(.*?);;$", script, re.M | re.S):
+    for index, body in re.findall(r"^  (\d+)\)(.*?);;$", script, re.MULTILINE | re.DOTALL):
         (exec_line,) = [ln.strip() for ln in body.splitlines() if ln.strip().startswith("exec ")]
         found[int(index)] = shlex.split(exec_line)[1:]
     return found
@@ -55,7 +55,7 @@ def branches(script: str) -> dict[int, list[str]]:
 def test_the_script_is_one_array_with_the_caps_throttle_and_commands(tmp_path):
     fleet = fleet_file(tmp_path, max_concurrent=3)
     script = export(fleet)
-    sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", script, re.M))
+    sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", script, re.MULTILINE))
     assert sbatch["array"] == "0-4%3"                         # 5 tasks, 3 at once
     assert sbatch["mem"] == f"{50 + 64}M"                     # largest cap + headroom
     assert sbatch["time"] == "4"                              # 2m + 1s grace, + 1 min

@@ -122,7 +122,7 @@ def test_stdio_env_cwd_fds_and_signals(path, tmp_path):
 def test_parent_death_signal_is_set_even_after_a_user_change(path, other_user):
     cage = select_backend("rlimit").create("x", 64 * MiB)
     creds = resolve(other_user.name)
-    status, out = run(cage, ["sh", "-c", "id -u; grep PPid /proc/self/status; "
+    _status, out = run(cage, ["sh", "-c", "id -u; grep PPid /proc/self/status; "
                              "cat /proc/self/status | grep -c NoNewPrivs"], creds=creds)
     assert out.split()[0] == str(creds.uid)
     # The death signal: a child of a process that dies gets SIGKILL.

@@ -20,8 +20,9 @@ main(["run", "--backend", sys.argv[1], "--", "/bin/true"])
 
 #: Not needed to run one agent: the fleet, observing, Ray, YAML, rich; and on the C
 #: spawn path neither subprocess nor cgroup2's systemd client (rlimit, cgroup1).
-NEVER = ("rich", "yaml", "psutil", "ray", "agent_supervise.fleet.supervisor", "agent_supervise.fleet.engine",
-         "agent_supervise.observe.dashboard", "agent_supervise.observe.snapshot", "agent_supervise.agents.loader",
+NEVER = ("rich", "yaml", "psutil", "ray", "agent_supervise.fleet.supervisor",
+         "agent_supervise.fleet.engine", "agent_supervise.observe.dashboard",
+         "agent_supervise.observe.snapshot", "agent_supervise.agents.loader",
          "agent_supervise.doctor", "json", "subprocess", "shutil",
          "agent_supervise.limits.cgroup2", "agent_supervise.limits.systemd")
 

@@ -70,8 +70,7 @@ def guest(tmp_path_factory):
 
 
 def _step(run, who: str, name: str) -> dict:
-    step = run.results["users"][who]["steps"][name]
-    return step
+    return run.results["users"][who]["steps"][name]
 
 
 def _show(step: dict) -> str:
@@ -159,7 +158,7 @@ def test_ordinary_command_runs_in_a_cage_of_a_delegated_scope(guest, who, step, 
 def test_login_session_is_where_ssh_puts_a_user(guest):
     """The premise of the dev cases: a root-owned session scope, a runtime dir."""
     out = _step(guest, "dev", "where")["out"]
-    assert re.search(r"^0::/user.slice/user-1001.slice/session-\w+\.scope$", out, re.M), out
+    assert re.search(r"^0::/user.slice/user-1001.slice/session-\w+\.scope$", out, re.MULTILINE), out
     assert "XDG_RUNTIME_DIR=/run/user/1001" in out, out
     runner = _step(guest, "runner", "where")["out"]
     assert "0::/system.slice/" in runner and "XDG_RUNTIME_DIR=\n" in runner, runner
@@ -184,7 +183,7 @@ def test_cgroup_root_keeps_its_meaning(guest):
     step = _step(guest, "root", "cgroup_root")
     assert step["rc"] == 0, _show(step)
     assert re.search(r"^0::/agent-supervise-check-root/agent-supervise\.\d+-\d+\.\d+\.cat$",
-                     step["out"], re.M), _show(step)
+                     step["out"], re.MULTILINE), _show(step)
 
 
 def test_one_agents_oom_kill_leaves_its_neighbour_running(guest):
@@ -514,7 +513,7 @@ def _hierarchy(tmp_path, own=SESSION, **systemd_args):
 @pytest.mark.unit
 @pytest.mark.parametrize("enter", [True, False])
 def test_cages_go_in_the_scope_when_the_own_cgroup_cannot_host_them(tmp_path, enter):
-    fs, root, systemd, backend = _hierarchy(tmp_path, enter=enter)
+    fs, _root, systemd, backend = _hierarchy(tmp_path, enter=enter)
     parent = backend.probe()
     scope = systemd.scopes[0]
     assert parent == scope.path and scope.joined is not enter  # ssh: the supervisor joins
@@ -531,7 +530,7 @@ def test_cages_go_in_the_scope_when_the_own_cgroup_cannot_host_them(tmp_path, en
 def test_root_of_a_user_slice_is_never_written_when_a_scope_is_had(tmp_path):
     """Item 3: under systemd the ancestors (user-1001.slice, user.slice) are not
     where cages go while systemd hands out a scope."""
-    fs, root, systemd, backend = _hierarchy(tmp_path)
+    fs, root, _systemd, backend = _hierarchy(tmp_path)
     fs.writes.clear()
     parent = backend.probe()
     # Only the scope and what is under it (its subtree_control, the probe cage), and
@@ -542,7 +541,7 @@ def test_root_of_a_user_slice_is_never_written_when_a_scope_is_had(tmp_path):
 
 @pytest.mark.unit
 def test_without_a_manager_the_ancestors_are_tried_and_each_reason_said(tmp_path):
-    fs, root, systemd, backend = _hierarchy(
+    fs, root, _systemd, backend = _hierarchy(
         tmp_path, no_manager="no systemd user manager for uid 1001: ...")
     fs.writable = lambda path: path.startswith(root + SESSION)  # as a user: only its own
     with pytest.raises(Unavailable) as info:
@@ -556,7 +555,7 @@ def test_without_a_manager_the_ancestors_are_tried_and_each_reason_said(tmp_path
 
 @pytest.mark.unit
 def test_a_failed_scope_falls_back_to_the_ancestors(tmp_path):
-    fs, root, systemd, backend = _hierarchy(tmp_path, fail_start="systemd-run ...: exit 1")
+    _fs, root, _systemd, backend = _hierarchy(tmp_path, fail_start="systemd-run ...: exit 1")
     parent = backend.probe()  # as root here, everything is writable: the ancestor
     assert parent == f"{root}/user.slice/user-1001.slice" and backend.scope is None
 
@@ -565,7 +564,7 @@ def test_a_failed_scope_falls_back_to_the_ancestors(tmp_path):
 def test_a_scope_without_memory_is_given_back(tmp_path):
     fs, root, systemd, backend = _hierarchy(tmp_path)
     fs.write(f"{root}{APP}/cgroup.subtree_control", "-memory")  # the scope gets none
-    fs.writable = lambda path: path.startswith(root + APP) or path.startswith(root + SESSION)
+    fs.writable = lambda path: path.startswith((root + APP, root + SESSION))
     with pytest.raises(Unavailable, match="systemd: agent-supervise-.*: its parent does not "
                                           "delegate the memory controller"):
         backend.probe()
@@ -574,7 +573,7 @@ def test_a_scope_without_memory_is_given_back(tmp_path):
 
 @pytest.mark.unit
 def test_cgroup_root_never_asks_systemd(tmp_path):
-    fs, root, systemd, backend = _hierarchy(tmp_path)
+    _fs, root, systemd, backend = _hierarchy(tmp_path)
     backend.requested_root = f"{root}{APP}"
     assert backend.probe() == f"{root}{APP}" and systemd.scopes == []
 
@@ -589,7 +588,7 @@ def test_systemd_step_can_be_turned_off(monkeypatch):
 
 @pytest.mark.unit
 def test_stale_scopes_of_dead_supervisors_are_emptied(tmp_path):
-    fs, root, systemd, backend = _hierarchy(tmp_path)
+    fs, root, _systemd, backend = _hierarchy(tmp_path)
     backend.probe()
     dead = f"{root}{APP}/agent-supervise-999999999-1-1.scope"  # no such pid
     alive = f"{root}{APP}/agent-supervise-{owner_tag()}-7.scope"
@@ -615,7 +614,7 @@ def test_a_stale_scope_that_systemd_removes_while_it_is_cleaned(tmp_path, monkey
     import shutil
 
     from agent_supervise.limits.cgroup2 import Cgroup2Cage
-    fs, root, systemd, backend = _hierarchy(tmp_path)
+    fs, root, _systemd, backend = _hierarchy(tmp_path)
     backend.probe()
     dead = f"{root}{APP}/agent-supervise-999999999-1-1.scope"
     fs.mkdir(dead)

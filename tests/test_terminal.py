@@ -153,7 +153,7 @@ def test_a_pager_works(tmux, backend, tmp_path):
     tmux.keys("G")  # to the end: less read the key from /dev/tty
     tmux.wait_for("line 199 of the pager test")
     tmux.keys("q")
-    status, screen = tmux.run("true")
+    status, _screen = tmux.run("true")
     assert status == 0
 
 

@@ -27,7 +27,7 @@ def memory_dir():
     v1 = {c: p for c, p in lines() if c}
     if "memory" in v1:
         return f"{CG}/memory", v1["memory"]
-    return CG, dict((c, p) for c, p in lines())[""]
+    return CG, dict(lines())[""]
 
 
 def write(path, value, quiet=False):

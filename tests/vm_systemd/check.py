@@ -116,12 +116,13 @@ def killed_steps(d: str, slice_dir: str, user: str, env: str = "") -> list:
 
 
 def runner_steps(d: str) -> list[tuple[str, str]]:
-    return COMMON + [("forced", f"{AS} run --backend cgroup2 -- true")]
+    return [*COMMON, ("forced", f"{AS} run --backend cgroup2 -- true")]
 
 
 def root_steps(d: str) -> list[tuple[str, str]]:
     mine = f"{CG}/{OURS}-root"
-    return COMMON + [
+    return [
+        *COMMON,
         ("cgroup_root", f"mkdir {mine} && {AS} run --json --cgroup-root {mine} "
                         f"-- cat /proc/self/cgroup; rc=$?; rmdir {mine}; exit $rc"),
         # A scope's OOMPolicy by default, and as agent-supervise asks (systemd.py)
