@@ -15,7 +15,18 @@ from dataclasses import dataclass, field
 from agent_supervise.units import format_duration, format_size
 
 
-class Reason(str, enum.Enum):
+class TextEnum(str, enum.Enum):
+    """An enum whose members are their text: equal to it, written as it in JSON and
+    f-strings. For reasons and states, typed inside and plain text at the edges."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Reason(TextEnum):
     """Why an agent run ended. The value is what JSON and logs show."""
 
     OK = "ok"                            # exited 0
@@ -34,8 +45,36 @@ class Reason(str, enum.Enum):
     ESCAPED = "escaped"                  # left its cage, or changed the cage's limits
     CANCELLED = "cancelled"              # never started: the fleet was stopped first
 
-    def __str__(self) -> str:
-        return self.value
+    # -- categories: what the policies and reports ask of a reason (one home) -------
+    @property
+    def memory_kill(self) -> bool:
+        """Stopped at its own cap (kernel OOM or the watchdog): a memory retry, or a
+        larger cap, may help."""
+        return self in _MEMORY_KILLS
+
+    @property
+    def memory_ending(self) -> bool:
+        """Ended for lack of memory: at its cap, or evicted because the machine ran
+        short. What the circuit breaker counts and the report marks."""
+        return self in _MEMORY_ENDINGS
+
+    @property
+    def ordinary_failure(self) -> bool:
+        """A failure another try may not repeat: non-zero exit, a signal, a timeout,
+        eviction. Counts against ``retries``."""
+        return self in _ORDINARY_FAILURES
+
+    @property
+    def final(self) -> bool:
+        """No retry can change it: success, a command that cannot run or be caged,
+        an escape, the process cap, and endings the supervisor chose."""
+        return not (self.memory_kill or self.ordinary_failure)
+
+
+_MEMORY_KILLS = frozenset({Reason.OOM_KILLED, Reason.MEMORY_EXCEEDED})
+_MEMORY_ENDINGS = _MEMORY_KILLS | {Reason.EVICTED}
+_ORDINARY_FAILURES = frozenset({Reason.FAILED, Reason.SIGNALED, Reason.TIMEOUT,
+                                Reason.EVICTED})
 
 
 #: Fixed codes; FAILED, SIGNALED and INTERRUPTED depend on the status or signal.

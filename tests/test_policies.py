@@ -15,8 +15,8 @@ from agent_supervise.agents.spec import (
     TaskSpec,
 )
 from agent_supervise.checkpoint import last_line
-from agent_supervise.fleet.breaker import CircuitBreaker, CircuitOpen
-from agent_supervise.fleet.degrade import Degradation
+from agent_supervise.fleet.breaker import BreakerState, CircuitBreaker, CircuitOpen
+from agent_supervise.fleet.degrade import Degradation, Mode
 from agent_supervise.fleet.retry import Budget, backoff_delay, plan_retry
 from agent_supervise.fleet.supervisor import Supervisor
 from agent_supervise.outcome import Reason
@@ -52,35 +52,35 @@ def test_breaker_opens_on_low_memory_and_probes_after_cooldown():
     assert b.state == "half_open" and b.may_start() is None
     b.started("t-1")
     assert "waiting for probe t-1" in b.may_start()  # exactly one probe
-    b.ended(60, "t-1", "ok")
+    b.ended(60, "t-1", Reason("ok"))
     assert b.state == "closed" and b.may_start() is None
     assert [c["state"] for c in changes] == ["open", "half_open", "closed"]
 
 
 def test_breaker_failed_probe_doubles_cooldown_up_to_the_cap():
     b, _changes = breaker(cooldown=10.0, max_cooldown=25.0, consecutive_memory_kills=2)
-    b.ended(0, "a-1", "oom_killed")
+    b.ended(0, "a-1", Reason("oom_killed"))
     assert b.state == "closed"
-    b.ended(1, "a-2", "memory_exceeded")
+    b.ended(1, "a-2", Reason("memory_exceeded"))
     assert b.state == "open" and b.reason == "2 memory kills in a row"
     for expected in (20.0, 25.0, 25.0):
         b.observe(b.opened_at + b.cooldown, 8 * GiB)
         assert b.state == "half_open"
         b.started("p")
-        b.ended(b.opened_at + b.cooldown + 1, "p", "oom_killed")
+        b.ended(b.opened_at + b.cooldown + 1, "p", Reason("oom_killed"))
         assert b.state == "open" and b.cooldown == expected
     b.observe(b.opened_at + b.cooldown, 8 * GiB)
     b.started("p")
-    b.ended(1000, "p", "failed")  # not a memory problem: the question is answered
+    b.ended(1000, "p", Reason("failed"))  # not a memory problem: the question is answered
     assert b.state == "closed" and b.cooldown == 10.0
 
 
 def test_breaker_counts_memory_kills_in_a_row_only():
     b, _ = breaker(consecutive_memory_kills=3)
     for reason in ("oom_killed", "oom_killed", "ok", "oom_killed", "oom_killed"):
-        b.ended(0, "x", reason)
+        b.ended(0, "x", Reason(reason))
     assert b.state == "closed"
-    b.ended(0, "x", "evicted")
+    b.ended(0, "x", Reason("evicted"))
     assert b.state == "open"
 
 
@@ -95,7 +95,7 @@ def test_modes_follow_the_seed_thresholds_after_enough_samples():
     seen = modes([8 * GiB] * 3 + [3 * GiB] * 3 + [1 * GiB] * 3)
     assert seen == ["full"] * 5 + ["limited"] * 3 + ["sequential"]
     d = Degradation(DegradationSettings())
-    d.mode = "limited"
+    d.mode = Mode.LIMITED
     assert d.limit(8) == 2 and Degradation(DegradationSettings()).limit(8) == 8
 
 
@@ -147,7 +147,7 @@ def test_backoff_is_exponential_jittered_and_capped():
 ])
 def test_retry_matrix(reason, agent_kw, expect):
     agent = AgentSpec("a", ("x",), **agent_kw)
-    retry = plan_retry(task(), agent, reason, Budget(), random.Random(0))
+    retry = plan_retry(task(), agent, Reason(reason), Budget(), random.Random(0))
     if expect is None:
         assert retry is None
         return
@@ -164,11 +164,11 @@ def test_memory_retries_have_their_own_budget_and_growth_stops_at_the_top():
     agent = AgentSpec("a", ("x",), retries=1, on_memory_kill="grow", memory_retries=5,
                       max_memory_limit=300 * MiB)
     budget, t, caps = Budget(), task(), []
-    while (retry := plan_retry(t, agent, "oom_killed", budget, random.Random(0))):
+    while (retry := plan_retry(t, agent, Reason.OOM_KILLED, budget, random.Random(0))):
         t = retry.task
         caps.append(t.memory_limit // MiB)
     assert caps == [100, 200, 300] and budget.failures == 0
-    assert plan_retry(t, agent, "failed", budget, random.Random(0)) is not None  # own budget
+    assert plan_retry(t, agent, Reason.FAILED, budget, random.Random(0)) is not None  # own budget
 
 
 # -- the fleet with policies ---------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_breaker_blocks_starts_and_nonblocking_submits(tmp_path):
     later = [e for e in events if e["event"] == "started" and e["t"] > opened]
     assert all(e["running"] == 1 for e in later)
     assert result.counts == {"oom_killed": 6}
-    sup.policies.breaker.state, sup.policies.breaker.reason = "open", "test"
+    sup.policies.breaker.state, sup.policies.breaker.reason = BreakerState.OPEN, "test"
     sup.queue._closed = False
     with pytest.raises(CircuitOpen, match="the circuit breaker is open: test"):
         sup.submit(TaskSpec("a"), block=False)

@@ -15,8 +15,18 @@ from __future__ import annotations
 
 from agent_supervise.agents.spec import DegradationSettings
 from agent_supervise.memsource import psi_avg10, read_psi
+from agent_supervise.outcome import TextEnum
 
-MODES = ("sequential", "limited", "full")
+
+class Mode(TextEnum):
+    """How many agents may run: one, ``limited_to``, or the full concurrency."""
+
+    SEQUENTIAL = "sequential"
+    LIMITED = "limited"
+    FULL = "full"
+
+
+MODES = (Mode.SEQUENTIAL, Mode.LIMITED, Mode.FULL)  # from the least to the most
 
 
 def read_psi_some_avg10(path: str = "/proc/pressure/memory") -> float | None:
@@ -26,12 +36,12 @@ def read_psi_some_avg10(path: str = "/proc/pressure/memory") -> float | None:
 class Degradation:
     def __init__(self, settings: DegradationSettings, on_change=None) -> None:
         self.s = settings
-        self.mode = "full"
-        self._pending: str | None = None
+        self.mode = Mode.FULL
+        self._pending: Mode | None = None
         self._count = 0
         self.on_change = on_change or (lambda **event: None)
 
-    def _target(self, available: int, psi: float | None, current: str) -> str:
+    def _target(self, available: int, psi: float | None, current: Mode) -> Mode:
         """The mode these figures call for; ``margin`` applies only upward."""
         level = MODES.index(current)
         up = self.s.margin
@@ -42,7 +52,7 @@ class Degradation:
             target = max(0, min(target, level) - 1) if target >= level else target
         return MODES[target]
 
-    def observe(self, available: int, psi: float | None = None) -> str:
+    def observe(self, available: int, psi: float | None = None) -> Mode:
         target = self._target(available, psi, self.mode)
         if target == self.mode:
             self._pending, self._count = None, 0
@@ -56,5 +66,5 @@ class Degradation:
         return self.mode
 
     def limit(self, max_concurrent: int) -> int:
-        return {"sequential": 1, "limited": min(self.s.limited_to, max_concurrent),
-                "full": max_concurrent}[self.mode]
+        return {Mode.SEQUENTIAL: 1, Mode.LIMITED: min(self.s.limited_to, max_concurrent),
+                Mode.FULL: max_concurrent}[self.mode]

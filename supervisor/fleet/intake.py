@@ -13,7 +13,7 @@ from agent_supervise.agents import bounds as B
 from agent_supervise.agents.spec import TaskSpec, make_task
 from agent_supervise.agents.tasks import task_problem
 from agent_supervise.errors import BadInput
-from agent_supervise.fleet.breaker import CircuitOpen
+from agent_supervise.fleet.breaker import BreakerState, CircuitOpen
 
 
 class Intake:
@@ -25,7 +25,7 @@ class Intake:
         if problem:
             raise BadInput(f"{spec.where}: {problem[0]}", hint=problem[1])
         self._check_fits([spec])
-        if not block and self.policies.breaker.state == "open":
+        if not block and self.policies.breaker.state is BreakerState.OPEN:
             raise CircuitOpen(self.policies.breaker.reason)
         self.queue.put([self._maker(spec)] * spec.repeat, block, timeout)
 

@@ -17,6 +17,7 @@ from agent_supervise.fleet.breaker import CircuitBreaker
 from agent_supervise.fleet.degrade import Degradation, read_psi_some_avg10
 from agent_supervise.fleet.retry import Budget, Retry, plan_retry
 from agent_supervise.fleet.seams import RunView
+from agent_supervise.outcome import Reason
 
 
 class Policies:
@@ -61,7 +62,7 @@ class Policies:
         """The task has ended for good: drop its retry budget."""
         self.budgets.pop(task_id, None)
 
-    def ended(self, now: float, task, reason: str, lost: bool = False) -> Retry | None:
+    def ended(self, now: float, task, reason: Reason, lost: bool = False) -> Retry | None:
         """Record an ending; return the retry to schedule, if any."""
         self.breaker.ended(now, task.id, reason)
         if task.id == self.evicting:

@@ -17,7 +17,15 @@ from agent_supervise.fleet.pool import (
     recycle_reason,
     task_line,
 )
-from agent_supervise.outcome import Outcome, Reason, exit_code_for
+from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
+
+
+class PoolState(TextEnum):
+    """What a pooled task would get now (PoolKeeper.state)."""
+
+    IDLE = "idle"    # a worker can take it at once
+    SPAWN = "spawn"  # a new worker may start, subject to admission
+    BUSY = "busy"    # every worker of its agent is busy: it waits
 
 
 class PoolKeeper:
@@ -32,13 +40,14 @@ class PoolKeeper:
     def all(self) -> list[Worker]:
         return [w for ws in self.workers.values() for w in ws]
 
-    def state(self, task) -> str:
+    def state(self, task) -> PoolState:
         """``idle`` (a worker can take it now), ``spawn`` (a new worker may start,
         subject to admission), or ``busy`` (all workers of the agent are busy)."""
         ws = [w for w in self.workers.get(task.agent, []) if not w.retiring]
         if any(w.job is None for w in ws):
-            return "idle"
-        return "spawn" if len(self.workers.get(task.agent, [])) < task.pool.size else "busy"
+            return PoolState.IDLE
+        full = len(self.workers.get(task.agent, [])) >= task.pool.size
+        return PoolState.BUSY if full else PoolState.SPAWN
 
     def start(self, task, rundir):
         self.rundir = rundir

@@ -17,8 +17,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
-ORDINARY = {"failed", "signaled", "timeout", "evicted"}
-MEMORY = {"oom_killed", "memory_exceeded"}
+from agent_supervise.outcome import Reason
 
 
 @dataclass
@@ -43,7 +42,7 @@ def backoff_delay(agent, attempt: int, rng: random.Random) -> float:
     return full / 2 + rng.uniform(0, full / 2)
 
 
-def plan_retry(task, agent, reason: str, budget: Budget, rng: random.Random,
+def plan_retry(task, agent, reason: Reason, budget: Budget, rng: random.Random,
                lost: bool = False) -> Retry | None:
     """The retry for a task that ended with ``reason``, or None if this is its end.
 
@@ -55,12 +54,12 @@ def plan_retry(task, agent, reason: str, budget: Budget, rng: random.Random,
         budget.lost += 1
         return Retry(dataclasses.replace(task, attempt=task.attempt + 1), 0.0,
                      f"{reason}: its pool worker died under it; requeued")
-    if reason in ORDINARY and budget.failures < agent.retries:
+    if reason.ordinary_failure and budget.failures < agent.retries:
         budget.failures += 1
-        delay = 0.0 if reason == "evicted" else backoff_delay(agent, budget.failures, rng)
+        delay = 0.0 if reason is Reason.EVICTED else backoff_delay(agent, budget.failures, rng)
         return Retry(dataclasses.replace(task, attempt=task.attempt + 1), delay,
                      f"{reason}: retry {budget.failures} of {agent.retries}")
-    if reason in MEMORY and agent.on_memory_kill != "fail" \
+    if reason.memory_kill and agent.on_memory_kill != "fail" \
             and budget.memory_kills < agent.memory_retries:
         cap = task.memory_limit
         if agent.on_memory_kill == "grow":

@@ -22,6 +22,7 @@ from agent_supervise.errors import BadInput
 from agent_supervise.fleet.admission import Admission
 from agent_supervise.fleet.intake import Intake
 from agent_supervise.fleet.policies import Policies
+from agent_supervise.fleet.poolkeeper import PoolState
 from agent_supervise.fleet.seams import Engine
 from agent_supervise.fleet.summary import FleetEnd, FleetResult, ResultLog, result_entry
 from agent_supervise.fleet.taskqueue import TaskQueue
@@ -193,10 +194,10 @@ class Supervisor(Intake):
             if len(self.engine.runs) >= self.policies.concurrency(self.max_concurrent):
                 return
             pool = self.engine.pool_state(task)
-            if pool == "busy":
+            if pool is PoolState.BUSY:
                 continue  # its pool's workers are all busy: let other agents' tasks by
             why = self.policies.blocked()
-            if why is None and pool != "idle":  # a new process: does its cap fit?
+            if why is None and pool is not PoolState.IDLE:  # a new process: does its cap fit?
                 why = self.admission.waiting_reason(available, self.engine.headroom(),
                                                     task.memory_limit)
             if why != self._waiting:
@@ -263,7 +264,7 @@ class Supervisor(Intake):
         self._checkpoint_seen(task.id)  # one written just before the end
         retry = None
         if self.stopping is None:
-            retry = self.policies.ended(self.clock(), task, outcome.reason.value, lost)
+            retry = self.policies.ended(self.clock(), task, outcome.reason, lost)
         if retry is None:
             self._record(task, outcome)
             return

@@ -10,10 +10,10 @@ import json
 import os
 
 from agent_supervise.errors import BadInput
+from agent_supervise.outcome import Reason
 from agent_supervise.rundir import read_events
 from agent_supervise.units import format_duration, format_size
 
-MEMORY_KILLS = {"oom_killed", "memory_exceeded", "evicted"}
 MiB = 1 << 20
 
 
@@ -55,7 +55,7 @@ def figure(events: list[dict], title: str):
             ax.axhline(line["limit"] / MiB, color=color, linestyle="--", linewidth=0.8,
                        alpha=0.7)
         for t, peak, reason in line["ends"]:
-            if reason in MEMORY_KILLS:
+            if Reason(reason).memory_ending:
                 ax.plot([t], [peak / MiB], marker="X", markersize=10, color=color,
                         markeredgecolor="black", linestyle="none")
     ax.set_xlabel("seconds since the run started")

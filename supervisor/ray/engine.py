@@ -25,6 +25,7 @@ from agent_supervise.outcome import Outcome, Reason, exit_code_for
 from agent_supervise.ray.control import Control
 from agent_supervise.ray.files import checkpoint_tail
 from agent_supervise.ray.node import Job, janitor, run_on_node
+from agent_supervise.run.lifecycle import RunState
 from agent_supervise.run.loop import INTERRUPTS, SignalInbox
 from agent_supervise.units import format_size
 
@@ -49,7 +50,7 @@ class RemoteRun:
         self.cage_name, self.backend = f"ray:{task.id}", "ray"
         self.node: str | None = None
         self.where = "its node"
-        self.state = "pending"
+        self.state = RunState.PENDING
         self.usage = self.peak = 0
         self.outcome: Outcome | None = None
         self.cause: Reason | None = None
@@ -58,7 +59,7 @@ class RemoteRun:
         """The node started the agent in its cage."""
         self.pid, self.node, self.where = record["pid"], record["node"], record["where"]
         self.cage_name, self.backend = record["cage"], record["backend"]
-        self.state = "running"
+        self.state = RunState.RUNNING
 
     def sampled(self, record: dict) -> None:
         self.usage = record["usage"]
@@ -214,7 +215,7 @@ class RayEngine:
         if type(err) is self.ray.exceptions.RayTaskError and err.cause is not None:
             name = type(err.cause).__name__  # what the node-side code raised
         text = (str(err).strip().splitlines() or [name])[-1][:300]
-        if run.state == "pending" and name == "TaskCancelledError":
+        if run.state is RunState.PENDING and name == "TaskCancelledError":
             run.outcome = self._outcome(run.task, Reason.CANCELLED,
                                         "cancelled before it reached a node")
             return True
@@ -248,7 +249,7 @@ class RayEngine:
     def _order(self, run: RemoteRun, cause: Reason, sig: int, cause_signal=None) -> None:
         run.cause = run.cause or cause
         self.control.order.remote(run.key, (cause.value, int(sig), cause_signal))
-        if run.state == "pending":  # still in Ray's queue: take it out
+        if run.state is RunState.PENDING:  # still in Ray's queue: take it out
             self.ray.cancel(run.gen)
 
     def processes(self) -> list[RemoteRun]:

@@ -29,7 +29,7 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent_supervise.outcome import Outcome, Reason, exit_code_for
+from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
 from agent_supervise.run.escape import CONFIRM_AFTER_S, EscapeState
 from agent_supervise.run.watchdog import ThrashDetector, Watchdog
 from agent_supervise.units import format_size
@@ -37,6 +37,19 @@ from agent_supervise.units import format_size
 if TYPE_CHECKING:
     from agent_supervise.agents.spec import Task
     from agent_supervise.fleet.pool import Worker
+
+class RunState(TextEnum):
+    """Where a run is: running -> (draining: its main process exited, its cage is
+    emptied) or (stopping: SIGTERM sent, grace running -> killing: SIGKILL sent) ->
+    done. A Ray run is pending while it waits for a node."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPING = "stopping"
+    KILLING = "killing"
+    DONE = "done"
+
 
 #: How often an exited agent's cage is checked for leftovers while it drains.
 DRAIN_CHECK_S = 0.005
@@ -79,7 +92,7 @@ class AgentRun:
         self.orphans: set[int] = cage.orphans
         self.started = now
         self.ended: float | None = None
-        self.state = "running"
+        self.state = RunState.RUNNING
         self.cause: Reason | None = None
         self.cause_signal: int | None = None
         self.kill_at: float | None = None
@@ -116,7 +129,7 @@ class AgentRun:
                            f"{format_size(int(self.thrash.rate))}/s for "
                            f"{self.thrash.window:g}s")
             self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
-        elif (self.cause is Reason.MEMORY_EXCEEDED and self.state == "stopping"
+        elif (self.cause is Reason.MEMORY_EXCEEDED and self.state is RunState.STOPPING
               and usage > self.breach_usage + ESCALATE_FRACTION * self.spec.limit):
             self._kill(now)
 
@@ -147,8 +160,8 @@ class AgentRun:
         namespace's init has already stopped (see limits/isolation.py)."""
         self.status = status
         self.ended = now
-        if self.cause is None and self.state == "running":
-            self.state = "draining"
+        if self.cause is None and self.state is RunState.RUNNING:
+            self.state = RunState.DRAINING
             self.leftovers = leftovers
             if not self.cage.is_empty():
                 self.leftovers = self.cage.signal(signal.SIGTERM)
@@ -170,14 +183,14 @@ class AgentRun:
             self.stop(Reason.TIMEOUT, signal.SIGTERM, now)
         if self.kill_at is not None and now >= self.kill_at:
             self._kill(now)
-        elif self.state == "killing" and not self.cage.is_empty():
+        elif self.state is RunState.KILLING and not self.cage.is_empty():
             self.cage.kill()  # processes forked while the first kill ran
         if self.status is None and now >= self.watchdog.next_due:
             self.sample(now)
         if self.escape is not None and now >= self.escape_at and (
                 self.status is None or self.escape_state.suspects):
             self._check_escape(now)
-        if self.state == "killing" or self.status is not None:
+        if self.state is RunState.KILLING or self.status is not None:
             self.check_at = now + DRAIN_CHECK_S  # poll the draining cage
 
     def _check_escape(self, now: float) -> bool:
@@ -213,24 +226,24 @@ class AgentRun:
         return self._check_escape(now)
 
     def stop(self, cause: Reason, sig: int, now: float, cause_signal: int | None = None) -> None:
-        if self.cause is not None or self.state in ("killing", "done"):
+        if self.cause is not None or self.state in (RunState.KILLING, RunState.DONE):
             return
         self.cause, self.cause_signal = cause, cause_signal
         if sig == signal.SIGKILL:
             self._kill(now)
         else:
             self.cage.signal(sig)
-            self.state = "stopping"
+            self.state = RunState.STOPPING
             self.kill_at = now + self.spec.grace
 
     def retire(self, now: float) -> None:
         """A pool worker being recycled (its stdin was closed, so it should exit by
         itself): no signal and no cause, but killed at the end of the grace."""
-        self.state, self.kill_at = "stopping", now + self.spec.grace
+        self.state, self.kill_at = RunState.STOPPING, now + self.spec.grace
 
     def _kill(self, now: float) -> None:
         self.cage.kill()
-        self.state, self.kill_at = "killing", None
+        self.state, self.kill_at = RunState.KILLING, None
         self.killed_at = self.killed_at or now
 
     # -- what the fleet reads (seams.RunView) ---------------------------------
@@ -260,7 +273,8 @@ class AgentRun:
                  self.watchdog.next_due if self.status is None else None,
                  self.settle_until, self.escape_at if self.escape_state.suspects or (
                      self.escape_state.moved_back and self.status is None) else None]
-        if self.state == "killing" or (self.status is not None and self.state != "done"):
+        if self.state is RunState.KILLING or (self.status is not None
+                                              and self.state is not RunState.DONE):
             times.append(self.check_at)
         return min(t for t in times if t is not None) if any(
             t is not None for t in times) else float("inf")
@@ -297,7 +311,7 @@ class AgentRun:
         detail = self.detail
         if self.leftovers and self.cause is None:
             detail = f"{self.leftovers} leftover processes were stopped"
-        self.state = "done"
+        self.state = RunState.DONE
         self.outcome = Outcome(
             reason=reason, exit_code=exit_code_for(reason, status, signum),
             cmd=self.spec.cmd, backend=self.cage.backend, limit_bytes=self.spec.limit,
