@@ -30,17 +30,9 @@ from agent_supervise.agents.spec import (
     placeholder_names,
 )
 from agent_supervise.agents.tasks import did_you_mean, parse_task_json, task_problem
-from agent_supervise.errors import BadInput
+from agent_supervise.errors import BadInput, FleetFileError
 
 __all__ = ["FleetFileError", "load_fleet", "parse_fleet", "parse_task_json", "task_problem"]
-
-
-class FleetFileError(BadInput):
-    """One or more problems in a fleet file; ``problems`` holds one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 class _Checker:

@@ -9,14 +9,31 @@ package (the loop, policies, CLI), ``limits/`` is :mod:`agent_supervise.limits`
 __version__ = "0.1.0"
 
 from agent_supervise.checkpoint import checkpoint, resume_from
-from agent_supervise.errors import BackendUnavailable, BadInput, CageError, SuperviseError
+from agent_supervise.errors import (
+    BackendUnavailable,
+    BadInput,
+    CageError,
+    CageRefused,
+    CircuitOpen,
+    FleetFileError,
+    NotLinux,
+    QueueClosed,
+    QueueFull,
+    SuperviseError,
+)
 from agent_supervise.outcome import Outcome, Reason
 
 __all__ = [
     "BackendUnavailable",
     "BadInput",
     "CageError",
+    "CageRefused",
+    "CircuitOpen",
+    "FleetFileError",
+    "NotLinux",
     "Outcome",
+    "QueueClosed",
+    "QueueFull",
     "Reason",
     "RunOptions",
     "SuperviseError",

@@ -12,6 +12,7 @@ the breaker. Every transition is reported through ``on_change``.
 from __future__ import annotations
 
 from agent_supervise.agents.spec import BreakerSettings
+from agent_supervise.errors import CircuitOpen  # noqa: F401 - its old home
 from agent_supervise.outcome import Reason, TextEnum
 from agent_supervise.units import format_duration, format_size
 
@@ -20,14 +21,6 @@ class BreakerState(TextEnum):
     CLOSED = "closed"        # normal
     OPEN = "open"            # no starts
     HALF_OPEN = "half_open"  # exactly one probe task may start
-
-
-class CircuitOpen(Exception):
-    """``submit(block=False)`` while the breaker is open; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"the circuit breaker is open: {reason}")
-        self.reason = reason
 
 
 class CircuitBreaker:

@@ -12,8 +12,8 @@ import threading
 from agent_supervise.agents import bounds as B
 from agent_supervise.agents.spec import TaskSpec, make_task
 from agent_supervise.agents.tasks import task_problem
-from agent_supervise.errors import BadInput
-from agent_supervise.fleet.breaker import BreakerState, CircuitOpen
+from agent_supervise.errors import BadInput, CircuitOpen
+from agent_supervise.fleet.breaker import BreakerState
 
 
 class Intake:

@@ -14,8 +14,7 @@ import threading
 
 from agent_supervise.agents.bounds import MAX_LINE_BYTES
 from agent_supervise.agents.tasks import parse_task_json
-from agent_supervise.errors import BadInput
-from agent_supervise.fleet.taskqueue import QueueClosed
+from agent_supervise.errors import BadInput, QueueClosed
 
 #: How much of an over-long line is read at a time while skipping it.
 SKIP_CHUNK = 64 << 10

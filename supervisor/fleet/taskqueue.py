@@ -11,15 +11,7 @@ import collections
 import threading
 import time
 
-from agent_supervise.errors import SuperviseError
-
-
-class QueueFull(SuperviseError):
-    """``submit(block=False)`` found no room (or ``timeout`` passed while blocking)."""
-
-
-class QueueClosed(SuperviseError):
-    """The supervisor is shutting down and takes no more tasks."""
+from agent_supervise.errors import QueueClosed, QueueFull
 
 
 class TaskQueue:

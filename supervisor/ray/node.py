@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from agent_supervise import limits
 from agent_supervise.creds import resolve
-from agent_supervise.errors import CageError, SuperviseError
+from agent_supervise.errors import CageError, CageRefused, SuperviseError
 from agent_supervise.linux import become_subreaper
 from agent_supervise.outcome import Outcome, Reason, exit_code_for
 from agent_supervise.ray.control import Orders
@@ -63,10 +63,6 @@ class Job:
     allow_rlimit: bool = False
     log_tail: int = 8 << 20
     checkpoint_seed: bytes = b""   # the task's checkpoint so far (bounded tail)
-
-
-class CageRefused(SuperviseError):
-    """This node can only cap with an rlimit, and the fleet did not allow that."""
 
 
 _BACKENDS: dict = {}   # per worker process: probed once, reused by its next tasks
