@@ -17,6 +17,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
+from agent_supervise.agents.spec import Task
 from agent_supervise.outcome import Reason
 
 
@@ -31,7 +32,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class Retry:
-    task: object        # the Task to run next (attempt + 1, maybe a larger cap)
+    task: Task          # the Task to run next (attempt + 1, maybe a larger cap)
     delay: float        # seconds to wait first
     why: str
 

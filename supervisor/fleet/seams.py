@@ -77,8 +77,10 @@ class Engine(Protocol):
 
     #: What the dashboard and events call its backend.
     backend_name: str
-    #: Cages left by supervisors that died, cleaned when the engine was made.
-    stale: Sequence[StaleCage]
+
+    @property
+    def stale(self) -> Sequence[StaleCage]:
+        """Cages left by supervisors that died, cleaned when the engine was made."""
 
     @property
     def runs(self) -> Mapping[str, RunView]:

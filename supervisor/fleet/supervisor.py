@@ -112,6 +112,7 @@ class Supervisor(Intake):
                 if self._finished():
                     break
                 for run in self.engine.step(self._next_wait()):
+                    assert run.outcome is not None  # step() returns the runs that ended
                     self._ended(run.task, run.outcome, run.lost)
                 self._watch_checkpoints()
                 self._guard(started)
@@ -216,6 +217,8 @@ class Supervisor(Intake):
             self._ended(task, started)
             return
         self.policies.started(task)
+        out: str | None
+        err: str | None
         out, err = self.rundir.log_paths(task.id, task.attempt)
         if self.rundir.logs_note(task.id, task.attempt):
             out = err = None  # the folder was full: its output goes to /dev/null

@@ -21,6 +21,8 @@ import threading
 import time
 
 from agent_supervise.fleet.engine import agent_env
+from agent_supervise.fleet.seams import RunView
+from agent_supervise.limits.base import StaleCage
 from agent_supervise.outcome import Outcome, Reason, exit_code_for
 from agent_supervise.ray.control import Control
 from agent_supervise.ray.files import checkpoint_tail
@@ -68,7 +70,7 @@ class RemoteRun:
 
 class RayEngine:
     backend_name = "ray"
-    stale: tuple = ()  # each node cleans its own cages (raynode.janitor)
+    stale: tuple[StaleCage, ...] = ()  # each node cleans its own cages (ray.node.janitor)
 
     def __init__(self, settings, cluster, *, clock=time.monotonic, on_interrupt=None,
                  emit=None) -> None:
@@ -134,7 +136,7 @@ class RayEngine:
         return 0  # whole requests are subtracted from the cluster's budget already
 
     # -- driving ----------------------------------------------------------------------
-    def step(self, max_wait: float | None) -> list[RemoteRun]:
+    def step(self, max_wait: float | None) -> list[RunView]:
         """Wait up to ``max_wait`` for records from the nodes; return the runs that
         ended. Ray's wait cannot be woken by another thread, so waits stay short."""
         self._signals()
@@ -145,7 +147,7 @@ class RayEngine:
             self._wake.clear()
             self._signals()
             return []
-        ended = []
+        ended: list[RunView] = []
         want = 1  # first: until any record is ready; then: whatever else is ready now
         for _ in range(1000):
             pending = [r.gen for r in gens.values()]
@@ -160,8 +162,8 @@ class RayEngine:
                     ended.append(gens.pop(id(gen)))
             if not gens:
                 break
-        for run in ended:
-            self.runs.pop(run.task.id, None)
+        for done in ended:
+            self.runs.pop(done.task.id, None)
         self._signals()
         return ended
 
