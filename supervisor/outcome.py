@@ -141,6 +141,16 @@ class Outcome:
     def ok(self) -> bool:
         return self.reason is Reason.OK
 
+    @classmethod
+    def never_started(cls, reason: Reason, *, cmd, backend: str, limit: int,
+                      detail: str = "", agent: str | None = None,
+                      duration_s: float = 0.0) -> Outcome:
+        """The outcome of an agent that never ran: no cage, a failed spawn, cancelled
+        first. The one constructor of such outcomes (no pid, no peak, no status)."""
+        return cls(reason=reason, exit_code=exit_code_for(reason), cmd=tuple(cmd),
+                   backend=backend, limit_bytes=limit, duration_s=duration_s,
+                   detail=detail, agent=agent)
+
     def to_json(self) -> dict:
         data = {f: getattr(self, f) for f in self.__dataclass_fields__}  # asdict is slow
         data["reason"] = self.reason.value

@@ -16,17 +16,16 @@ from agent_supervise import limits
 from agent_supervise.agents.spec import SupervisorSettings, Task
 from agent_supervise.checkpoint import last_line
 from agent_supervise.creds import resolve
-from agent_supervise.errors import CageError
 from agent_supervise.fleet.pool import PooledRun
 from agent_supervise.fleet.poolkeeper import PoolKeeper
 from agent_supervise.fleet.seams import RunView
 from agent_supervise.linux import become_subreaper, raise_open_files_limit
-from agent_supervise.outcome import Outcome, Reason, exit_code_for
+from agent_supervise.outcome import Outcome, Reason
 from agent_supervise.run.escape import EscapeWatch
-from agent_supervise.run.lifecycle import AgentRun, RunSpec
+from agent_supervise.run.launch import Request, launch
+from agent_supervise.run.lifecycle import AgentRun
 from agent_supervise.run.loop import Loop
-from agent_supervise.run.reaper import CAGE_ENV
-from agent_supervise.run.spawn import Spawner, SpawnFailed
+from agent_supervise.run.spawn import Spawner
 
 
 def agent_env(task, rundir) -> dict[str, str]:
@@ -93,38 +92,26 @@ class LocalEngine:
 
     def launch(self, task: Task, label: str, rundir, *, stdin, stdout, timeout,
                err_log: str | None = None, extra_env=None) -> AgentRun | Outcome:
-        """Make a cage, spawn ``task.cmd`` in it, and have the loop watch it."""
-        now = self.clock()
-        try:
-            cage = self.backend.create(label, task.memory_limit, pids=task.pids_limit,
-                                       uid=getattr(self.credentials(task), "uid", None))
-        except CageError as err:
-            return self._not_started(task, Reason.SETUP_FAILED, str(err), now)
-        # A pool worker has its own stderr log (err_log); its stdout is the protocol
-        # pipe. A full run folder gives /dev/null and a note (see rundir.py).
-        out_fd, err_fd = rundir.open_logs(task.id, task.attempt, err_log)
+        """Start ``task.cmd`` through the launch sequence (run/launch.py)."""
         creds = self.credentials(task)
         env = {**self._environ(), **task.env, **agent_env(task, rundir), **(extra_env or {}),
-               **(creds.env() if creds else {}), CAGE_ENV: cage.name}
-        if creds:  # the agent may not write in the root-owned run folder: give it its file
-            rundir.give_file(rundir.checkpoint_path(task.id), creds.uid, creds.gid)
-        try:
-            proc = self.spawner.spawn(task.cmd, cage, env=env, cwd=task.cwd, stdin=stdin,
-                                      stdout=out_fd if stdout is None else stdout,
-                                      stderr=err_fd, creds=creds, grace=task.grace)
-        except SpawnFailed as failed:
-            cage.release()
-            return self._not_started(task, failed.reason, failed.detail, now, cage.backend)
-        finally:
-            os.close(out_fd)
-            os.close(err_fd)
-        cage.attach(proc.pid)
-        spec = RunSpec(task.cmd, task.memory_limit, label, timeout, task.grace,
-                       self.settings.poll_interval)
-        run = AgentRun(spec, cage, proc.pid, now, escape=self.escape)
-        run.proc, run.task = proc, task
-        self.loop.watch(run)
-        return run
+               **(creds.env() if creds else {})}
+
+        def stdio():
+            # A pool worker has its own stderr log (err_log); its stdout is the protocol
+            # pipe. A full run folder gives /dev/null and a note (see rundir.py).
+            out_fd, err_fd = rundir.open_logs(task.id, task.attempt, err_log)
+            return (out_fd if stdout is None else stdout), err_fd, (out_fd, err_fd)
+
+        def give_checkpoint(cage) -> None:
+            if creds:  # the agent may not write in the root-owned run folder: its file
+                rundir.give_file(rundir.checkpoint_path(task.id), creds.uid, creds.gid)
+
+        req = Request(task.cmd, label, task.memory_limit, task.pids_limit, env, task.grace,
+                      timeout, self.settings.poll_interval, creds=creds, cwd=task.cwd,
+                      stdin=stdin, stdio=stdio, task=task, agent=task.id)
+        return launch(req, self.backend, self.loop, self.spawner, self.escape,
+                      clock=self.clock, before_spawn=give_checkpoint)
 
     def _environ(self) -> dict[str, str]:
         """os.environ as a plain dict, decoded again only when it changed: decoding
@@ -142,11 +129,6 @@ class LocalEngine:
         if key not in self._creds:
             self._creds[key] = resolve(task.user, task.group)
         return self._creds[key]
-
-    def _not_started(self, task, reason, detail, now, backend=None) -> Outcome:
-        return Outcome(reason=reason, exit_code=exit_code_for(reason), cmd=task.cmd,
-                       backend=backend or self.backend_name, limit_bytes=task.memory_limit,
-                       duration_s=self.clock() - now, detail=detail, agent=task.id)
 
     def step(self, max_wait: float | None) -> list[RunView]:
         """Drive everything; return the task runs (plain or pooled) that ended."""

@@ -318,8 +318,9 @@ class Supervisor(Intake):
         never_started += [self._new_task(spec) for spec, _ in self._file_tasks]
         self._file_done = True
         for task in never_started:
-            self._record(task, Outcome(Reason.CANCELLED, None, task.cmd, "-",
-                                       task.memory_limit, agent=task.id, detail=message))
+            self._record(task, Outcome.never_started(
+                Reason.CANCELLED, cmd=task.cmd, backend="-", limit=task.memory_limit,
+                agent=task.id, detail=message))
 
     @staticmethod
     def _check_users(fleet) -> None:

@@ -3,19 +3,19 @@ cage, watchdog and exit reasons as a local run, on whichever node Ray placed it.
 
 Ray's ``memory=`` request only places the task (Ray never enforces it), so the cap is
 enforced here, by this node's kernel, exactly as ``agent-supervise run`` does it:
-the pieces of :func:`agent_supervise.run.single.run_agent` (backend, Spawner, AgentRun,
-Loop), driven from this generator so it can report while the agent runs.
+the same launch sequence (:func:`agent_supervise.run.launch.launch`) and Loop, driven
+from this generator so it can report while the agent runs.
 
 The task is a streaming generator. It yields ``started`` (pid, cage, node),
 ``sample`` records (usage, peak, new checkpoint lines) about once a second, and
 one ``ended`` record: the Outcome plus the tails of the agent's stdout and stderr,
 since no shared filesystem is assumed. Orders from the driver (interrupt, stop,
 kill) come through a small actor that the loop polls without blocking
-(:mod:`.raycontrol`): ``ray.cancel`` would lose the last record.
+(:mod:`agent_supervise.ray.control`): ``ray.cancel`` would lose the last record.
 
 Ray runs tasks in the worker's main thread, and the agent is spawned from it: its
 ``PR_SET_PDEATHSIG`` fires only when that thread (the worker process) exits. What the
-agent leaves behind when the worker dies is removed by its guard (:mod:`.rayfiles`).
+agent leaves behind when the worker dies is removed by its guard (:mod:`agent_supervise.ray.files`).
 """
 
 from __future__ import annotations
@@ -28,16 +28,15 @@ from dataclasses import dataclass, field
 
 from agent_supervise import limits
 from agent_supervise.creds import resolve
-from agent_supervise.errors import CageError, CageRefused, SuperviseError
+from agent_supervise.errors import CageRefused, SuperviseError
 from agent_supervise.linux import become_subreaper
-from agent_supervise.outcome import Outcome, Reason, exit_code_for
+from agent_supervise.outcome import Outcome, Reason
 from agent_supervise.ray.control import Orders
 from agent_supervise.ray.files import Scratch, clean_scratch, dismiss_guard, spawn_guard
 from agent_supervise.run.escape import EscapeWatch
-from agent_supervise.run.lifecycle import AgentRun, RunSpec
+from agent_supervise.run.launch import Request, launch
 from agent_supervise.run.loop import Loop
-from agent_supervise.run.reaper import CAGE_ENV
-from agent_supervise.run.spawn import Spawner, SpawnFailed
+from agent_supervise.run.spawn import Spawner
 
 SAMPLE_S = 1.0          # how often usage goes back to the driver
 
@@ -134,33 +133,10 @@ def run_on_node(job: Job, control=None):
 
 def ended(job: Job, reason: Reason, detail: str, t0: float, backend: str = "ray") -> dict:
     """The ``ended`` record of an agent that never ran."""
-    outcome = Outcome(reason=reason, exit_code=exit_code_for(reason), cmd=job.cmd,
-                      backend=backend, limit_bytes=job.memory,
-                      duration_s=time.monotonic() - t0, detail=detail, agent=job.task_id)
+    outcome = Outcome.never_started(reason, cmd=job.cmd, backend=backend, limit=job.memory,
+                                    duration_s=time.monotonic() - t0, detail=detail,
+                                    agent=job.task_id)
     return {"kind": "ended", "outcome": outcome, "node": node_id()}
-
-
-def _spawn(job, cage, creds, scratch):
-    """Spawn the agent in its cage, as LocalEngine.launch does (SpawnFailed if not)."""
-    out_fd, err_fd = scratch.open_logs()
-    if creds:  # as in a local run, the agent owns only its checkpoint file
-        os.chown(scratch.checkpoint, creds.uid, creds.gid)
-    env = {**os.environ, **job.env, "AGENT_RUN_DIR": scratch.path,
-           "AGENT_CHECKPOINT_FILE": scratch.checkpoint,
-           **(creds.env() if creds else {}), CAGE_ENV: cage.name}
-    # Ray blocks SIGINT in the worker's main thread, and a child inherits the signal
-    # mask through exec: the agent would never see a forwarded SIGINT. Unblock all for
-    # the fork, as a shell would start it.
-    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    try:
-        with Spawner() as spawner:
-            return spawner.spawn(job.cmd, cage, env=env, cwd=job.cwd,
-                                 stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
-                                 creds=creds, grace=job.grace)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        os.close(out_fd)
-        os.close(err_fd)
 
 
 def _supervise(job, backend, creds, scratch, orders, where):
@@ -179,24 +155,32 @@ def _supervise(job, backend, creds, scratch, orders, where):
         if orders.fetch(t0, wait=5.0):  # stopped while it waited for a node
             yield ended(job, Reason.CANCELLED, f"{where}: stopped before it started", t0)
             return
-        try:
-            cage = backend.create(job.task_id, job.memory)
-        except CageError as err:
-            yield ended(job, Reason.SETUP_FAILED, f"{where}: {err}", t0, backend.name)
+        env = {**os.environ, **job.env, "AGENT_RUN_DIR": scratch.path,
+               "AGENT_CHECKPOINT_FILE": scratch.checkpoint, **(creds.env() if creds else {})}
+
+        def stdio():
+            out_fd, err_fd = scratch.open_logs()
+            return out_fd, err_fd, (out_fd, err_fd)
+
+        def guard_and_files(cage) -> None:
+            nonlocal guard
+            guard = spawn_guard(cage, scratch.path)
+            if creds:  # as in a local run, the agent owns only its checkpoint file
+                os.chown(scratch.checkpoint, creds.uid, creds.gid)
+
+        req = Request(tuple(job.cmd), job.task_id, job.memory, limits.DEFAULT_PIDS_LIMIT, env,
+                      job.grace, job.timeout, job.poll, creds=creds, cwd=job.cwd,
+                      stdin=subprocess.DEVNULL, stdio=stdio, agent=job.task_id)
+        with Spawner() as spawner:
+            started = launch(req, backend, loop, spawner, EscapeWatch(loop.table),
+                             before_spawn=guard_and_files)
+        if isinstance(started, Outcome):
+            started.detail = f"{where}: {started.detail}" if started.detail else where
+            started.duration_s = time.monotonic() - t0
+            yield {"kind": "ended", "outcome": started, "node": node_id()}
             return
-        guard = spawn_guard(cage, scratch.path)
-        try:
-            proc = _spawn(job, cage, creds, scratch)
-        except SpawnFailed as failed:
-            cage.release()
-            yield ended(job, failed.reason,
-                        f"{where}: {failed.detail}" if failed.detail else where, t0,
-                        cage.backend)
-            return
-        cage.attach(proc.pid)
-        spec = RunSpec(job.cmd, job.memory, job.task_id, job.timeout, job.grace, job.poll)
-        run = AgentRun(spec, cage, proc.pid, t0, escape=EscapeWatch(loop.table))
-        loop.watch(run)
+        run = started
+        cage, proc = run.cage, run.proc
         yield {"kind": "started", "pid": proc.pid, "cage": cage.name, "backend": cage.backend,
                "node": node_id(), "where": where}
         next_sample = t0 + SAMPLE_S

@@ -81,7 +81,8 @@ class RunSpec:
 class AgentRun:
     """The life of one agent process tree inside one cage."""
 
-    def __init__(self, spec: RunSpec, cage, pid: int, now: float, escape=None) -> None:
+    def __init__(self, spec: RunSpec, cage, pid: int, now: float, escape=None,
+                 task: Task | None = None) -> None:
         self.spec = spec
         self.cage = cage
         self.pid = pid
@@ -105,7 +106,7 @@ class AgentRun:
         self.emptied = False  # finished() saw the cage empty
         self.check_at = now
         self.outcome: Outcome | None = None
-        self.task: Task | None = None  # the fleet's Task, when run by an engine
+        self.task: Task | None = task  # the fleet's Task, when run by an engine
         self.proc = None  # the Popen object, kept so it never waits on the pid itself
         #: The pool worker this process is (poolkeeper.py); None for a task's own run.
         self.worker: Worker | None = None

@@ -14,12 +14,11 @@ from agent_supervise import limits
 from agent_supervise.creds import Credentials, resolve
 from agent_supervise.errors import BadInput, SuperviseError
 from agent_supervise.linux import become_subreaper, raise_open_files_limit
-from agent_supervise.outcome import Outcome, exit_code_for
+from agent_supervise.outcome import Outcome
 from agent_supervise.run.escape import EscapeWatch
-from agent_supervise.run.lifecycle import AgentRun, RunSpec
+from agent_supervise.run.launch import Request, launch
 from agent_supervise.run.loop import Loop
-from agent_supervise.run.reaper import CAGE_ENV
-from agent_supervise.run.spawn import Spawner, SpawnFailed
+from agent_supervise.run.spawn import Spawner
 from agent_supervise.units import parse_duration, parse_size
 
 
@@ -103,27 +102,19 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
     loop = Loop(clock=clock)
     loop.catch_signals()  # from here on, even during spawn (main thread only)
     try:
-        cage = backend.create(label, opts.memory, pids=opts.pids_limit,
-                              uid=opts.creds.uid if opts.creds else None)
         env = dict(os.environ if opts.env is None else opts.env)
         env.update(opts.creds.env() if opts.creds else {})
-        env[CAGE_ENV] = cage.name
-        started = clock()
-        try:
-            with Spawner() as spawner:
-                proc = spawner.spawn(cmd, cage, env=env, cwd=opts.cwd, stdin=stdin,
-                                     stdout=stdout, stderr=stderr, creds=opts.creds,
-                                     grace=opts.grace,
-                                     foreground_tty=terminal.fd if terminal else None)
-        except SpawnFailed as failed:
-            cage.release()
-            return _not_started(cmd, cage, opts, failed, clock() - started)
+        req = Request(cmd, label, opts.memory, opts.pids_limit, env, opts.grace, opts.timeout,
+                      opts.poll, creds=opts.creds, cwd=opts.cwd, stdin=stdin, stdout=stdout,
+                      stderr=stderr, foreground_tty=terminal.fd if terminal else None)
+        with Spawner() as spawner:
+            run = launch(req, backend, loop, spawner, EscapeWatch(loop.table), clock=clock,
+                         cage_errors=True)
+        if isinstance(run, Outcome):
+            return run
+        cage, proc = run.cage, run.proc
         if terminal is not None:
             terminal.started(proc.pid, init=cage.init_fd is not None)
-        cage.attach(proc.pid)
-        spec = RunSpec(cmd, opts.memory, label, opts.timeout, opts.grace, opts.poll)
-        run = AgentRun(spec, cage, proc.pid, started, escape=EscapeWatch(loop.table))
-        loop.watch(run)
         if on_started:
             on_started(run)
         while run.outcome is None:
@@ -141,8 +132,3 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
         if terminal is not None:
             terminal.restore()
 
-
-def _not_started(cmd, cage, opts: RunOptions, failed: SpawnFailed, duration: float) -> Outcome:
-    return Outcome(reason=failed.reason, exit_code=exit_code_for(failed.reason), cmd=cmd,
-                   backend=cage.backend, limit_bytes=opts.memory, peak_bytes=None,
-                   duration_s=duration, detail=failed.detail)
