@@ -13,7 +13,6 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-PR_GET_CHILD_SUBREAPER = 37
 
 # dlopen(NULL): the symbols already loaded into this process, the C library's among
 # them (Python links it). find_library("c") would import ctypes.util and run
@@ -52,15 +51,6 @@ def become_subreaper() -> None:
     Needed to see and reap double-forked agent descendants (Linux >= 3.4).
     """
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-def is_subreaper() -> bool:
-    flag = ctypes.c_int(0)
-    if _libc is None:
-        return False
-    if _libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) < 0:
-        return False
-    return bool(flag.value)
 
 
 def pidfd_supported() -> bool:

@@ -55,10 +55,6 @@ class TaskQueue:
         if self._on_put:
             self._on_put()
 
-    def peek(self):
-        with self._cond:
-            return self._items[0] if self._items else None
-
     def snapshot(self) -> list:
         with self._cond:
             return list(self._items)

@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 
 from agent_supervise.proctree import ProcessTable, read_proc
 
-CHECK_EVERY_S = 1.0
 #: The second look of an escape check comes this long after the first.
 CONFIRM_AFTER_S = 0.05
 #: do_exit() sets it first thing (include/linux/sched.h).
