@@ -56,3 +56,18 @@ def test_no_module_is_left_flat_that_belongs_to_a_part():
         assert not flat & inside, flat & inside
     # the one shim: the README of 0.1 documented agent_supervise.raycluster
     assert {n for n in flat if n.startswith("ray")} == {"raycluster"}
+
+
+def test_the_launch_sequence_exists_once():
+    """Only run/launch.py spawns an agent (and creates its cage for it): the sequence
+    that keeps an agent from ever running uncapped is written once."""
+    spawning, caging = [], []
+    for path in sorted((ROOT / "supervisor").rglob("*.py")):
+        text = path.read_text()
+        rel = str(path.relative_to(ROOT))
+        if "spawner.spawn(" in text:
+            spawning.append(rel)
+        if "backend.create(" in text:
+            caging.append(rel)
+    assert spawning == ["supervisor/run/launch.py"], spawning
+    assert caging == ["supervisor/run/launch.py"], caging
