@@ -60,8 +60,12 @@ def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
-def read_regular_file(path: str, limit: int = MAX_FILE_BYTES, what: str = "fleet file",
-                      hint: str = "give the path of a fleet YAML file") -> bytes:
+def read_regular_file(
+    path: str,
+    limit: int = MAX_FILE_BYTES,
+    what: str = "fleet file",
+    hint: str = "give the path of a fleet YAML file",
+) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; BadInput otherwise.
 
     O_NONBLOCK: opening a FIFO must not wait for a writer. fstat refuses what is not a
@@ -71,13 +75,15 @@ def read_regular_file(path: str, limit: int = MAX_FILE_BYTES, what: str = "fleet
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except (OSError, ValueError) as err:  # ValueError: a NUL in the path
-        raise BadInput(f"{path}: {getattr(err, 'strerror', None) or err}", path=path,
-                       hint=hint) from None
+        raise BadInput(
+            f"{path}: {getattr(err, 'strerror', None) or err}", path=path, hint=hint
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise BadInput(f"{path}: not a regular file ({_kind(info.st_mode)})", path=path,
-                           hint=hint)
+            raise BadInput(
+                f"{path}: not a regular file ({_kind(info.st_mode)})", path=path, hint=hint
+            )
         if info.st_size > limit:
             raise _too_big(path, what, limit)
         chunks, size = [], 0
@@ -97,14 +103,21 @@ def read_regular_file(path: str, limit: int = MAX_FILE_BYTES, what: str = "fleet
 
 
 def _too_big(path: str, what: str, limit: int) -> BadInput:
-    return BadInput(f"{path}: larger than {limit // MiB} MiB, the limit for a {what}",
-                    path=path, hint="pass many tasks as JSON lines with --tasks FILE")
+    return BadInput(
+        f"{path}: larger than {limit // MiB} MiB, the limit for a {what}",
+        path=path,
+        hint="pass many tasks as JSON lines with --tasks FILE",
+    )
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO or pipe"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO or pipe"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a file"
@@ -119,8 +132,9 @@ def stream_problem(fd: int) -> str | None:
     mode = os.fstat(fd)
     if stat.S_ISDIR(mode.st_mode):
         return "is a directory"
-    if stat.S_ISBLK(mode.st_mode) or (stat.S_ISCHR(mode.st_mode) and not os.isatty(fd)
-                                       and mode.st_rdev != os.makedev(1, 3)):
+    if stat.S_ISBLK(mode.st_mode) or (
+        stat.S_ISCHR(mode.st_mode) and not os.isatty(fd) and mode.st_rdev != os.makedev(1, 3)
+    ):
         return f"is {_kind(mode.st_mode)}, not a file or a pipe of JSON lines"
     return None
 
@@ -128,8 +142,10 @@ def stream_problem(fd: int) -> str | None:
 def text_problem(value: str) -> str | None:
     """Why ``value`` cannot reach the kernel as a C string (argv, environ, a path)."""
     if "\0" in value:
-        return f"contains a NUL byte at character {value.index(chr(0))}: no command " \
-               "line, environment or path can carry one"
+        return (
+            f"contains a NUL byte at character {value.index(chr(0))}: no command "
+            "line, environment or path can carry one"
+        )
     try:
         os.fsencode(value)
     except UnicodeEncodeError as err:
@@ -164,24 +180,32 @@ def exec_problem(argv, env=None, cwd: str | None = None) -> tuple[str, str, str]
             return (key, problem, "remove it")
         size = len(os.fsencode(text)) + 1
         if size > MAX_ARG_STRLEN:
-            return (key, f"is {size - 1:,} bytes; the kernel takes at most "
-                    f"{MAX_ARG_STRLEN - 1:,} in one argument or variable (MAX_ARG_STRLEN)",
-                    "pass large values in a file, or on the agent's stdin")
+            return (
+                key,
+                f"is {size - 1:,} bytes; the kernel takes at most "
+                f"{MAX_ARG_STRLEN - 1:,} in one argument or variable (MAX_ARG_STRLEN)",
+                "pass large values in a file, or on the agent's stdin",
+            )
         total += size
     total += 8 * (len(strings) + count + 2) + EXEC_RESERVE
     if total > arg_max():
-        return ("cmd", f"the command and its environment take {total:,} bytes; the kernel "
-                f"takes at most {arg_max():,} (ARG_MAX: a quarter of the stack limit)",
-                "pass large values in a file or on stdin, or raise ulimit -s")
+        return (
+            "cmd",
+            f"the command and its environment take {total:,} bytes; the kernel "
+            f"takes at most {arg_max():,} (ARG_MAX: a quarter of the stack limit)",
+            "pass large values in a file or on stdin, or raise ulimit -s",
+        )
     if cwd is not None:
         problem = text_problem(cwd)
         if problem:
             return ("cwd", problem, "remove it")
         if len(os.fsencode(cwd)) >= PATH_MAX:
-            return ("cwd", f"is longer than {PATH_MAX - 1:,} bytes (PATH_MAX)",
-                    "use a shorter path")
+            return (
+                "cwd",
+                f"is longer than {PATH_MAX - 1:,} bytes (PATH_MAX)",
+                "use a shorter path",
+            )
     return None
-
 
 
 def check_command(cmd) -> None:
@@ -191,7 +215,9 @@ def check_command(cmd) -> None:
         return
     key, message, hint = problem
     if key == "cmd[0]" and not cmd[0]:
-        raise BadInput("the command is empty text", hint="name a program after '--': "
-                       "agent-supervise run -- python3 agent.py")
+        raise BadInput(
+            "the command is empty text",
+            hint="name a program after '--': agent-supervise run -- python3 agent.py",
+        )
     where = "" if key == "cmd" else f"word {key[4:-1]} of the command "
     raise BadInput(f"{where}{message}", hint=hint)

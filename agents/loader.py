@@ -44,8 +44,11 @@ class _Checker:
         self.constructor = yaml.constructor.SafeConstructor()
 
     def error(self, node, path: str, message: str, hint: str | None = None) -> None:
-        where = f"{self.name}:{node.start_mark.line + 1}:{node.start_mark.column + 1}" \
-            if node is not None else self.name
+        where = (
+            f"{self.name}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+            if node is not None
+            else self.name
+        )
         text = f"{where}: {path + ': ' if path else ''}{B.clip(message)}"
         self.problems.append(text + (f" ({hint})" if hint else ""))
 
@@ -54,8 +57,12 @@ class _Checker:
             return self.constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as err:
             # ValueError: a 5,000-digit number, !!timestamp 2001-99-99, !!float x
-            self.error(node, path, f"cannot read this value: {err}",
-                       "write a plain number, size or duration, or quote text")
+            self.error(
+                node,
+                path,
+                f"cannot read this value: {err}",
+                "write a plain number, size or duration, or quote text",
+            )
             return None
 
     def items(self, node, path: str):
@@ -63,21 +70,33 @@ class _Checker:
         if _is_null(node):
             return []  # 'section:' with nothing under it
         if not isinstance(node, yaml.MappingNode):
-            self.error(node, path, f"must be a mapping, not {_kind(node)}",
-                       "write 'key: value' lines under it")
+            self.error(
+                node,
+                path,
+                f"must be a mapping, not {_kind(node)}",
+                "write 'key: value' lines under it",
+            )
             return None
         seen: dict = {}
         for key_node, _ in node.value:  # duplicates among the keys written here
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             if not isinstance(key_node, yaml.ScalarNode):  # '? [a, b]': not hashable
-                self.error(key_node, path, f"a key must be text, not {_kind(key_node)}",
-                           "write 'name: value'")
+                self.error(
+                    key_node,
+                    path,
+                    f"a key must be text, not {_kind(key_node)}",
+                    "write 'name: value'",
+                )
                 return None
             key = self.value(key_node, path)
             if key in seen:
-                self.error(key_node, _join(path, key), f"duplicate key (first at line "
-                           f"{seen[key]})", "remove one of them")
+                self.error(
+                    key_node,
+                    _join(path, key),
+                    f"duplicate key (first at line {seen[key]})",
+                    "remove one of them",
+                )
             seen.setdefault(key, key_node.start_mark.line + 1)
         # Resolve '<<: *anchor' merges: merged keys come first, written ones override.
         try:
@@ -119,8 +138,12 @@ class _Checker:
         for key, key_node, value_node in entries:
             where = _join(path, key)
             if key not in known:
-                self.error(key_node, where, "unknown key", did_you_mean(key, known)
-                           or f"known keys: {', '.join(known)}")
+                self.error(
+                    key_node,
+                    where,
+                    "unknown key",
+                    did_you_mean(key, known) or f"known keys: {', '.join(known)}",
+                )
                 continue
             if known[key].kind == "object":
                 parsed[key] = self.fields(value_node, where, known[key].sub)
@@ -158,53 +181,78 @@ def load_fleet(path: str) -> FleetSpec:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise FleetFileError([f"{path}:{line}: not UTF-8 text ({err.reason} at byte "
-                              f"{err.start}) (save the file as UTF-8)"]) from None
+        raise FleetFileError(
+            [
+                f"{path}:{line}: not UTF-8 text ({err.reason} at byte "
+                f"{err.start}) (save the file as UTF-8)"
+            ]
+        ) from None
     return parse_fleet(text, path, os.path.dirname(os.path.abspath(path)))
 
 
 def parse_fleet(text: str, name: str = "<fleet>", base_dir: str = ".") -> FleetSpec:
     check = _Checker(name)
     if len(text) > B.MAX_FILE_BYTES:  # the API's path: load_fleet has checked bytes
-        raise FleetFileError([f"{name}: larger than {B.MAX_FILE_BYTES // B.MiB} MiB, the "
-                              "limit for a fleet file (pass many tasks as JSON lines with "
-                              "--tasks FILE)"])
+        raise FleetFileError(
+            [
+                f"{name}: larger than {B.MAX_FILE_BYTES // B.MiB} MiB, the "
+                "limit for a fleet file (pass many tasks as JSON lines with "
+                "--tasks FILE)"
+            ]
+        )
     try:
         root = yamlbound.compose(text)
     except yamlbound.TooLarge as err:
-        raise FleetFileError([f"{name}:{err.where}: {err.path + ': ' if err.path else ''}"
-                              f"{err.message} ({err.hint})"]) from None
+        raise FleetFileError(
+            [f"{name}:{err.where}: {err.path + ': ' if err.path else ''}{err.message} ({err.hint})"]
+        ) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
         raise FleetFileError([f"{where}: YAML syntax error: {err.problem or err}"]) from None
     except yaml.reader.ReaderError as err:  # a character YAML forbids (NUL, controls)
         line = text.count("\n", 0, err.position) + 1
-        raise FleetFileError([f"{name}:{line}: YAML syntax error: character "
-                              f"{err.character:#04x}: {err.reason}"]) from None
+        raise FleetFileError(
+            [f"{name}:{line}: YAML syntax error: character {err.character:#04x}: {err.reason}"]
+        ) from None
     except yaml.YAMLError as err:
         raise FleetFileError([f"{name}: YAML error: {err}"]) from None
     if root is None:
-        raise FleetFileError([f"{name}: the file is empty (a fleet needs 'agents:' and "
-                              "'tasks:'; see configs/example.yaml)"])
+        raise FleetFileError(
+            [
+                f"{name}: the file is empty (a fleet needs 'agents:' and "
+                "'tasks:'; see configs/example.yaml)"
+            ]
+        )
     sections = check.items(root, "")
     if sections is None:
         raise FleetFileError(check.problems)
     nodes = {}
     for key, key_node, value_node in sections:
         if key not in F.SECTIONS:
-            check.error(key_node, str(key), "unknown section",
-                        did_you_mean(key, F.SECTIONS) or f"sections: {', '.join(F.SECTIONS)}")
+            check.error(
+                key_node,
+                str(key),
+                "unknown section",
+                did_you_mean(key, F.SECTIONS) or f"sections: {', '.join(F.SECTIONS)}",
+            )
         else:
             nodes[key] = value_node
-    sup = check.fields(nodes["supervisor"], "supervisor", F.SUPERVISOR) \
-        if "supervisor" in nodes else {}
-    defaults = check.fields(nodes["defaults"], "defaults", F.DEFAULTS) \
-        if "defaults" in nodes else {}
+    sup = (
+        check.fields(nodes["supervisor"], "supervisor", F.SUPERVISOR)
+        if "supervisor" in nodes
+        else {}
+    )
+    defaults = (
+        check.fields(nodes["defaults"], "defaults", F.DEFAULTS) if "defaults" in nodes else {}
+    )
     agents = _agents(check, nodes.get("agents"), defaults, base_dir, root)
     agents_node = nodes.get("agents")
-    declared = {str(k.value) for k, _ in agents_node.value} \
-        if isinstance(agents_node, yaml.MappingNode) else set()
+    declared = (
+        {str(k.value) for k, _ in agents_node.value}
+        if isinstance(agents_node, yaml.MappingNode)
+        else set()
+    )
     tasks = _tasks(check, nodes.get("tasks"), agents, declared)
     if check.problems:
         raise FleetFileError(check.problems)
@@ -216,8 +264,7 @@ def parse_fleet(text: str, name: str = "<fleet>", base_dir: str = ".") -> FleetS
     sup["degradation"] = DegradationSettings(**sup.get("degradation", {}))
     ray = sup.get("ray", {})
     sup["ray"] = RaySettings(**{**ray, "resources": MappingProxyType(ray.get("resources", {}))})
-    return FleetSpec(SupervisorSettings(**sup), MappingProxyType(agents), tuple(tasks),
-                     path=name)
+    return FleetSpec(SupervisorSettings(**sup), MappingProxyType(agents), tuple(tasks), path=name)
 
 
 def _agents(check: _Checker, node, defaults: dict, base_dir: str, root) -> dict:
@@ -228,9 +275,12 @@ def _agents(check: _Checker, node, defaults: dict, base_dir: str, root) -> dict:
     for name, key_node, value_node in check.items(node, "agents") or []:
         path = f"agents.{name}"
         if not F.is_valid_name(name):
-            check.error(key_node, path, f"{name!r} is not a valid agent name",
-                        "use letters, digits, '_', '-' and '.', no '/' or '..': it names "
-                        "log files")
+            check.error(
+                key_node,
+                path,
+                f"{name!r} is not a valid agent name",
+                "use letters, digits, '_', '-' and '.', no '/' or '..': it names log files",
+            )
             continue
         given = check.fields(value_node, path, F.AGENT)
         if "cmd" not in given:
@@ -249,12 +299,20 @@ def _agents(check: _Checker, node, defaults: dict, base_dir: str, root) -> dict:
             try:
                 bad = [n for n in placeholder_names(text) if not n.isidentifier()]
             except ValueError as err:
-                check.error(value_node, path, f"bad placeholder in {text!r}: {err}",
-                            "write {name}; double the braces for a literal: {{ }}")
+                check.error(
+                    value_node,
+                    path,
+                    f"bad placeholder in {text!r}: {err}",
+                    "write {name}; double the braces for a literal: {{ }}",
+                )
                 break
             if bad:
-                check.error(value_node, path, f"placeholder {{{bad[0]}}} in {text!r} is not "
-                            "a plain name", "use {name}; double braces for a literal")
+                check.error(
+                    value_node,
+                    path,
+                    f"placeholder {{{bad[0]}}} in {text!r} is not a plain name",
+                    "use {name}; double braces for a literal",
+                )
                 break
         else:
             agents[name] = agent
@@ -277,13 +335,17 @@ def _agent_problem(merged: dict) -> tuple[str, str] | None:
         if top is None:
             return ("on_memory_kill: grow needs max_memory_limit", "add max_memory_limit: 1G")
         if top <= limit:
-            return ("max_memory_limit must be above memory_limit",
-                    "raise max_memory_limit or lower memory_limit")
+            return (
+                "max_memory_limit must be above memory_limit",
+                "raise max_memory_limit or lower memory_limit",
+            )
     if merged.get("pool") is not None:
         words = (*merged["cmd"], *merged["env"].values(), merged["cwd"])
         if any(placeholder_names(w) for w in words if "{" in w):
-            return ("a pooled agent's cmd cannot have {placeholders}: its workers are "
-                    "long-lived", "tasks reach the workers as JSON lines on stdin instead")
+            return (
+                "a pooled agent's cmd cannot have {placeholders}: its workers are long-lived",
+                "tasks reach the workers as JSON lines on stdin instead",
+            )
         problem = B.exec_problem(merged["cmd"], merged["env"], merged["cwd"])
         if problem:  # (other agents are checked per task, once their values are in)
             return (f"{problem[0]}: {problem[1]}", problem[2])
@@ -294,8 +356,9 @@ def _tasks(check: _Checker, node, agents: dict, declared: set) -> list[TaskSpec]
     if node is None or _is_null(node):
         return []
     if not isinstance(node, yaml.SequenceNode):
-        check.error(node, "tasks", f"must be a list, not {_kind(node)}",
-                    "write '- {agent: name}' lines")
+        check.error(
+            node, "tasks", f"must be a list, not {_kind(node)}", "write '- {agent: name}' lines"
+        )
         return []
     tasks, runs = [], 0
     for i, item in enumerate(node.value):
@@ -312,10 +375,14 @@ def _tasks(check: _Checker, node, agents: dict, declared: set) -> list[TaskSpec]
             continue
         runs += given.get("repeat", 1)
         if runs > B.MAX_FILE_RUNS:  # the file's runs are listed before the loop starts
-            check.error(item, f"{path}.repeat", f"the file's tasks add up to more than "
-                        f"{B.MAX_FILE_RUNS:,} runs", "feed the rest as JSON lines with "
-                        "--tasks, which are read as they are used")
+            check.error(
+                item,
+                f"{path}.repeat",
+                f"the file's tasks add up to more than {B.MAX_FILE_RUNS:,} runs",
+                "feed the rest as JSON lines with --tasks, which are read as they are used",
+            )
             break
-        tasks.append(TaskSpec(where=where, **{**given, "vars": MappingProxyType(
-            given.get("vars", {}))}))
+        tasks.append(
+            TaskSpec(where=where, **{**given, "vars": MappingProxyType(given.get("vars", {}))})
+        )
     return tasks

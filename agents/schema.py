@@ -14,9 +14,13 @@ from agent_supervise.units import MAX_SIZE
 
 
 def _object(table, doc: str) -> dict:
-    return {"type": "object", "description": doc, "additionalProperties": False,
-            "properties": {f.name: f.schema() for f in table},
-            "required": [f.name for f in table if f.required]}
+    return {
+        "type": "object",
+        "description": doc,
+        "additionalProperties": False,
+        "properties": {f.name: f.schema() for f in table},
+        "required": [f.name for f in table if f.required],
+    }
 
 
 def fleet_schema() -> dict:
@@ -30,11 +34,18 @@ def fleet_schema() -> dict:
         "properties": {
             "supervisor": _object(F.SUPERVISOR, "How the fleet is dispatched."),
             "defaults": _object(F.DEFAULTS, "Agent settings used where an agent sets none."),
-            "agents": {"type": "object", "description": "Named agents.", "minProperties": 1,
-                       "propertyNames": {"pattern": F.NAME_RE, "not": {"pattern": r"\.\."}},
-                       "additionalProperties": _object(F.AGENT, "One agent.")},
-            "tasks": {"type": "array", "description": "What to run.",
-                      "items": _object(F.TASK, "One task (repeat: N runs it N times).")},
+            "agents": {
+                "type": "object",
+                "description": "Named agents.",
+                "minProperties": 1,
+                "propertyNames": {"pattern": F.NAME_RE, "not": {"pattern": r"\.\."}},
+                "additionalProperties": _object(F.AGENT, "One agent."),
+            },
+            "tasks": {
+                "type": "array",
+                "description": "What to run.",
+                "items": _object(F.TASK, "One task (repeat: N runs it N times)."),
+            },
         },
     }
 
@@ -43,34 +54,57 @@ def field_schema(f) -> dict:
     """One field of the table in JSON Schema."""
     out = {"description": f.doc}
     kinds = {
-        "size": {"oneOf": [{"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
-                           {"type": "string", "pattern": SIZE_RE}]},
-        "size0": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": MAX_SIZE},
-                            {"type": "string",
-                             "pattern": rf"^[0-9]+(\.[0-9]+)?{_UNIT}$"}]},
-        "duration": {"oneOf": [{"type": "number", "exclusiveMinimum": 0},
-                               {"type": "string", "pattern": DURATION_RE},
-                               {"type": "null"}]},
-        "cap": {"oneOf": [{"type": "integer", "minimum": B.MIN_CAP,
-                           "maximum": MAX_SIZE},
-                          {"type": "string", "pattern": SIZE_RE}]},
-        "int": {"type": "integer", "minimum": f.minimum,
-                **({"maximum": f.maximum} if f.maximum is not None else {})},
+        "size": {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
+                {"type": "string", "pattern": SIZE_RE},
+            ]
+        },
+        "size0": {
+            "oneOf": [
+                {"type": "integer", "minimum": 0, "maximum": MAX_SIZE},
+                {"type": "string", "pattern": rf"^[0-9]+(\.[0-9]+)?{_UNIT}$"},
+            ]
+        },
+        "duration": {
+            "oneOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": DURATION_RE},
+                {"type": "null"},
+            ]
+        },
+        "cap": {
+            "oneOf": [
+                {"type": "integer", "minimum": B.MIN_CAP, "maximum": MAX_SIZE},
+                {"type": "string", "pattern": SIZE_RE},
+            ]
+        },
+        "int": {
+            "type": "integer",
+            "minimum": f.minimum,
+            **({"maximum": f.maximum} if f.maximum is not None else {}),
+        },
         "number": {"type": "number", "minimum": f.minimum},
         "choice": {"enum": list(f.choices)},
         "text": {"type": "string", "minLength": 1},
         "path": {"type": "string", "minLength": 1},
-        "ident": {"oneOf": [{"type": "string", "minLength": 1},
-                            {"type": "integer", "minimum": 0}]},
+        "ident": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer", "minimum": 0}]},
         "bool": {"type": "boolean"},
-        "resources": {"type": "object",
-                      "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+        "resources": {
+            "type": "object",
+            "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+        },
         "cmd": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
     }
     if f.kind == "object":
-        out.update({"type": ["object", "null"], "additionalProperties": False,
-                    "properties": {sub.name: field_schema(sub) for sub in f.sub}})
+        out.update(
+            {
+                "type": ["object", "null"],
+                "additionalProperties": False,
+                "properties": {sub.name: field_schema(sub) for sub in f.sub},
+            }
+        )
         return out
     out.update(kinds[f.kind])
     if f.default is not None:

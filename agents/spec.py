@@ -111,8 +111,9 @@ class AgentSpec:
     @property
     def placeholders(self) -> frozenset[str]:
         """The ``{names}`` its cmd, env values and cwd need values for."""
-        return frozenset(n for text in (*self.cmd, *self.env.values(), self.cwd)
-                         for n in placeholder_names(text))
+        return frozenset(
+            n for text in (*self.cmd, *self.env.values(), self.cwd) for n in placeholder_names(text)
+        )
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class TaskSpec:
 class Task:
     """One runnable agent invocation: placeholders filled, limits resolved."""
 
-    id: str                      # "<agent>-<n>": also its log file stem
+    id: str  # "<agent>-<n>": also its log file stem
     agent: str
     n: int
     cmd: tuple[str, ...]
@@ -170,12 +171,19 @@ def make_task(agent: AgentSpec, spec: TaskSpec, n: int, default_grace: float) ->
     """Resolve one task of ``agent`` (the loader has checked every placeholder)."""
     values = dict(spec.vars)
     return Task(
-        id=f"{agent.name}-{n}", agent=agent.name, n=n,
+        id=f"{agent.name}-{n}",
+        agent=agent.name,
+        n=n,
         cmd=tuple(fill(word, values) for word in agent.cmd),
         memory_limit=spec.memory_limit or agent.memory_limit,
         timeout=spec.timeout if spec.timeout is not None else agent.timeout,
         grace=agent.grace if agent.grace is not None else default_grace,
         cwd=fill(agent.cwd, values),
         env=MappingProxyType({k: fill(v, values) for k, v in agent.env.items()}),
-        vars=spec.vars, where=spec.where, pool=agent.pool, user=agent.user,
-        group=agent.group, pids_limit=agent.pids_limit)
+        vars=spec.vars,
+        where=spec.where,
+        pool=agent.pool,
+        user=agent.user,
+        group=agent.group,
+        pids_limit=agent.pids_limit,
+    )

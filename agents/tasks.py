@@ -30,14 +30,16 @@ def task_problem(given: dict, agents, declared=()) -> tuple[str, str | None] | N
     name = given["agent"]
     if name not in agents:
         names = sorted(set(agents) | set(declared))
-        return (f"agent {B.clip(repr(name), 80)} is not defined",
-                did_you_mean(name, names) or f"agents: {', '.join(names) or 'none'}")
+        return (
+            f"agent {B.clip(repr(name), 80)} is not defined",
+            did_you_mean(name, names) or f"agents: {', '.join(names) or 'none'}",
+        )
     repeat = given.get("repeat", 1)
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or not \
-            1 <= repeat <= B.MAX_REPEAT:
-        return (f"repeat: {B.clip(repr(repeat), 40)} is not a whole number from 1 to "
-                f"{B.MAX_REPEAT:,}", "split it into several tasks, or feed the runs as "
-                "JSON lines with --tasks")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat <= B.MAX_REPEAT:
+        return (
+            f"repeat: {B.clip(repr(repeat), 40)} is not a whole number from 1 to {B.MAX_REPEAT:,}",
+            "split it into several tasks, or feed the runs as JSON lines with --tasks",
+        )
     agent = agents[name]
     values = given.get("vars", {})
     for key, value in values.items():  # API callers' vars have not been through fields
@@ -49,21 +51,27 @@ def task_problem(given: dict, agents, declared=()) -> tuple[str, str | None] | N
     needed = agent.placeholders
     unused = sorted(set(values) - needed)
     if unused:
-        return (f"vars.{unused[0]}: agent {name} has no {{{unused[0]}}} placeholder",
-                did_you_mean(unused[0], needed) or "remove it, or use it in the agent's cmd")
+        return (
+            f"vars.{unused[0]}: agent {name} has no {{{unused[0]}}} placeholder",
+            did_you_mean(unused[0], needed) or "remove it, or use it in the agent's cmd",
+        )
     missing = sorted(needed - set(values))
     if missing:
-        return (f"agent {name} needs a value for {{{missing[0]}}}",
-                f"add vars: {{{missing[0]}: ...}}")
+        return (
+            f"agent {name} needs a value for {{{missing[0]}}}",
+            f"add vars: {{{missing[0]}: ...}}",
+        )
     return filled_problem(agent, values)
 
 
 def filled_problem(agent, values) -> tuple[str, str] | None:
     """What execve would refuse in ``agent``'s command once ``values`` fill it."""
     values = dict(values)
-    problem = B.exec_problem([fill(w, values) for w in agent.cmd],
-                             {k: fill(v, values) for k, v in agent.env.items()},
-                             fill(agent.cwd, values))
+    problem = B.exec_problem(
+        [fill(w, values) for w in agent.cmd],
+        {k: fill(v, values) for k, v in agent.env.items()},
+        fill(agent.cwd, values),
+    )
     if problem is None:
         return None
     key, message, hint = problem
@@ -86,23 +94,29 @@ def parse_task_json(line: str, agents, where: str) -> TaskSpec:
     try:
         data = json.loads(line, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as err:
-        raise BadInput(f"{where}: not JSON: {err.msg} at column {err.colno}",
-                       hint='write {"agent": "name", "vars": {...}}') from None
+        raise BadInput(
+            f"{where}: not JSON: {err.msg} at column {err.colno}",
+            hint='write {"agent": "name", "vars": {...}}',
+        ) from None
     except BadInput as err:
         raise BadInput(f"{where}: {err.message}", hint=err.hint) from None
     except (ValueError, RecursionError) as err:  # a 5,000-digit number; [[[[...]]]]
         what = "nested too deeply" if isinstance(err, RecursionError) else B.clip(str(err))
-        raise BadInput(f"{where}: not a task: {what}",
-                       hint='write {"agent": "name", "vars": {...}}') from None
+        raise BadInput(
+            f"{where}: not a task: {what}", hint='write {"agent": "name", "vars": {...}}'
+        ) from None
     if not isinstance(data, dict):
-        raise BadInput(f"{where}: a task must be a JSON object",
-                       hint='write {"agent": "name", "vars": {...}}')
+        raise BadInput(
+            f"{where}: a task must be a JSON object", hint='write {"agent": "name", "vars": {...}}'
+        )
     known = {f.name: f for f in F.TASK}
     given = {}
     for key, value in data.items():
         if key not in known:
-            raise BadInput(f"{where}: {B.clip(key, 80)}: unknown key",
-                           hint=did_you_mean(key, known) or f"known keys: {', '.join(known)}")
+            raise BadInput(
+                f"{where}: {B.clip(key, 80)}: unknown key",
+                hint=did_you_mean(key, known) or f"known keys: {', '.join(known)}",
+            )
         try:
             given[key] = known[key].parse(value, key)
         except F.FieldError as err:

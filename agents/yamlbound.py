@@ -60,9 +60,12 @@ def compose(text: str):
         if "nesting depth" not in str(err.problem):
             raise
         # libyaml's scanner reads ahead and stops at its own depth limit (1000) first
-        raise TooLarge(err.problem_mark, composer._path(), f"nested more than "
-                       f"{B.MAX_DEPTH} levels deep", "a fleet file needs about 6: "
-                       "flatten it") from None
+        raise TooLarge(
+            err.problem_mark,
+            composer._path(),
+            f"nested more than {B.MAX_DEPTH} levels deep",
+            "a fleet file needs about 6: flatten it",
+        ) from None
     finally:
         loader.dispose()
 
@@ -83,9 +86,12 @@ class _Composer:
         root = self._node()
         get()  # document end
         if not self.loader.check_event(StreamEndEvent):
-            raise ComposerError("expected a single document in the stream",
-                                root.start_mark, "but found another document",
-                                self.loader.peek_event().start_mark)
+            raise ComposerError(
+                "expected a single document in the stream",
+                root.start_mark,
+                "but found another document",
+                self.loader.peek_event().start_mark,
+            )
         return root
 
     def _node(self):
@@ -100,8 +106,9 @@ class _Composer:
                 tag = event.tag
                 if tag is None or tag == "!":
                     tag = self.loader.resolve(ScalarNode, event.value, event.implicit)
-                done = ScalarNode(tag, event.value, event.start_mark, event.end_mark,
-                                  style=event.style)
+                done = ScalarNode(
+                    tag, event.value, event.start_mark, event.end_mark, style=event.style
+                )
                 self._count(1, len(event.value), event)
                 if event.anchor is not None:
                     self.anchors[event.anchor] = (done, 1, len(event.value))
@@ -113,17 +120,23 @@ class _Composer:
                 frame.node.end_mark = event.end_mark
                 done = frame.node
                 if frame.anchor is not None:
-                    self.anchors[frame.anchor] = (done, self.nodes - frame.nodes0,
-                                                  self.text - frame.text0)
+                    self.anchors[frame.anchor] = (
+                        done,
+                        self.nodes - frame.nodes0,
+                        self.text - frame.text0,
+                    )
             if not stack:
                 return done
             self._attach(stack[-1], done)
 
     def _open(self, event) -> None:
         if len(self.stack) >= B.MAX_DEPTH:
-            raise TooLarge(event.start_mark, self._path(),
-                           f"nested more than {B.MAX_DEPTH} levels deep",
-                           "a fleet file needs about 6: flatten it")
+            raise TooLarge(
+                event.start_mark,
+                self._path(),
+                f"nested more than {B.MAX_DEPTH} levels deep",
+                "a fleet file needs about 6: flatten it",
+            )
         self._anchor(event)
         kind = MappingNode if isinstance(event, MappingStartEvent) else SequenceNode
         tag = event.tag
@@ -138,19 +151,27 @@ class _Composer:
     def _anchor(self, event) -> None:
         if event.anchor is not None and event.anchor in self.anchors:
             first = self.anchors[event.anchor]
-            raise ComposerError(f"found duplicate anchor {event.anchor!r}; first occurrence",
-                                first[0].start_mark if first else None,
-                                "second occurrence", event.start_mark)
+            raise ComposerError(
+                f"found duplicate anchor {event.anchor!r}; first occurrence",
+                first[0].start_mark if first else None,
+                "second occurrence",
+                event.start_mark,
+            )
 
     def _alias(self, event):
         if event.anchor not in self.anchors:
-            raise ComposerError(None, None, f"found undefined alias {event.anchor!r}",
-                                event.start_mark)
+            raise ComposerError(
+                None, None, f"found undefined alias {event.anchor!r}", event.start_mark
+            )
         entry = self.anchors[event.anchor]
         if entry is None:
-            raise TooLarge(event.start_mark, self._path(),
-                           f"the alias *{event.anchor} is inside its own anchor (a "
-                           "structure that contains itself)", "copy the values instead")
+            raise TooLarge(
+                event.start_mark,
+                self._path(),
+                f"the alias *{event.anchor} is inside its own anchor (a "
+                "structure that contains itself)",
+                "copy the values instead",
+            )
         node, nodes, text = entry
         self._count(nodes, text, event)
         return node
@@ -159,15 +180,22 @@ class _Composer:
         self.nodes += nodes
         self.text += text
         if self.nodes > B.MAX_NODES:
-            raise TooLarge(event.start_mark, self._path(),
-                           f"the document expands to more than {B.MAX_NODES:,} values "
-                           "(an alias counts everything in its anchor, each time)",
-                           "use fewer aliases, or pass tasks as JSON lines with --tasks")
+            raise TooLarge(
+                event.start_mark,
+                self._path(),
+                f"the document expands to more than {B.MAX_NODES:,} values "
+                "(an alias counts everything in its anchor, each time)",
+                "use fewer aliases, or pass tasks as JSON lines with --tasks",
+            )
         if self.text > B.MAX_EXPANDED_TEXT:
-            raise TooLarge(event.start_mark, self._path(),
-                           f"the document expands to more than "
-                           f"{B.MAX_EXPANDED_TEXT // B.MiB} MiB of text (an alias counts "
-                           "its anchor's text each time)", "use fewer aliases")
+            raise TooLarge(
+                event.start_mark,
+                self._path(),
+                f"the document expands to more than "
+                f"{B.MAX_EXPANDED_TEXT // B.MiB} MiB of text (an alias counts "
+                "its anchor's text each time)",
+                "use fewer aliases",
+            )
 
     @staticmethod
     def _attach(frame: _Frame, node) -> None:

@@ -72,22 +72,30 @@ def fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-def wall_times(cmd, runs: int, *, env=None, shell: bool = False, timeout: float = 600,
-               check: bool = True) -> list[float]:
+def wall_times(
+    cmd, runs: int, *, env=None, shell: bool = False, timeout: float = 600, check: bool = True
+) -> list[float]:
     """Wall seconds of ``runs`` runs of ``cmd``."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        proc = subprocess.run(cmd, shell=shell, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=timeout)
+        proc = subprocess.run(
+            cmd,
+            shell=shell,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
         times.append(time.perf_counter() - start)
         if check and proc.returncode not in (0, 1):
             raise RuntimeError(f"{cmd} exited {proc.returncode}")
     return times
 
 
-def hyperfine(commands: dict[str, str], runs: int, warmup: int = 1,
-              rounds: int = 1) -> dict[str, list[float]]:
+def hyperfine(
+    commands: dict[str, str], runs: int, warmup: int = 1, rounds: int = 1
+) -> dict[str, list[float]]:
     """Times of each shell command by hyperfine (if installed; else our own loop).
 
     With ``rounds`` > 1 the commands take turns: hyperfine runs each ``runs / rounds``
@@ -102,8 +110,18 @@ def hyperfine(commands: dict[str, str], runs: int, warmup: int = 1,
                 times[name] += wall_times(cmd, per_round, shell=True)
             continue
         out = Path(os.environ.get("TMPDIR", "/tmp")) / f"hyperfine-{os.getpid()}.json"
-        args = ["hyperfine", "--style", "none", "--runs", str(per_round), "--warmup",
-                str(warmup), "--export-json", str(out), "--shell=sh"]
+        args = [
+            "hyperfine",
+            "--style",
+            "none",
+            "--runs",
+            str(per_round),
+            "--warmup",
+            str(warmup),
+            "--export-json",
+            str(out),
+            "--shell=sh",
+        ]
         for name, cmd in commands.items():
             args += ["-n", name, cmd]
         subprocess.run(args, check=True, stdout=subprocess.DEVNULL, timeout=1800)
@@ -126,10 +144,15 @@ def version(cmd: list[str]) -> str:
 def machine() -> dict[str, str]:
     from agent_supervise.limits import probe_all
     from agent_supervise.memsource import MemorySource
+
     backends = ", ".join(p.name for p in probe_all() if p.available)
-    return {"kernel": platform.release(), "cpus": str(os.cpu_count()),
-            "memory": f"{MemorySource().total() / 2**30:.1f} GiB",
-            "python": platform.python_version(), "backends here": backends}
+    return {
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+        "memory": f"{MemorySource().total() / 2**30:.1f} GiB",
+        "python": platform.python_version(),
+        "backends here": backends,
+    }
 
 
 def fleet_file(path: Path, agents: str, tasks: str, **supervisor) -> Path:
@@ -148,9 +171,15 @@ def scratch(prefix: str):
 
 def sleepers_fleet(tmp: Path, n: int, **supervisor) -> Path:
     """A fleet of ``n`` `sleep 600` agents, all running at once, each in its own cage."""
-    return fleet_file(tmp / "f.yaml", "  s: {cmd: [sleep, '600'], memory_limit: 20M}\n",
-                      f"  - {{agent: s, repeat: {n}}}\n", max_concurrent=n, queue_size=n,
-                      min_free_memory=0, **supervisor)
+    return fleet_file(
+        tmp / "f.yaml",
+        "  s: {cmd: [sleep, '600'], memory_limit: 20M}\n",
+        f"  - {{agent: s, repeat: {n}}}\n",
+        max_concurrent=n,
+        queue_size=n,
+        min_free_memory=0,
+        **supervisor,
+    )
 
 
 def wait_for_sleepers(sup, n: int, timeout: float, every: float) -> None:

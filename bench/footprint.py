@@ -17,9 +17,11 @@ MiB = 1 << 20
 
 def _rss_with(n: int) -> tuple[float, float]:
     with scratch("bench-footprint-") as tmp:
-        proc = subprocess.Popen([AGENT_SUPERVISE, "fleet", "--no-dashboard",
-                                 str(sleepers_fleet(tmp, n))],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [AGENT_SUPERVISE, "fleet", "--no-dashboard", str(sleepers_fleet(tmp, n))],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         sup = psutil.Process(proc.pid)
         try:
             start = time.monotonic()
@@ -35,7 +37,7 @@ def _rss_with(n: int) -> tuple[float, float]:
 def run(quick: bool) -> Section:
     raise_open_files_limit()
     rows = []
-    for n in ((1, 20) if quick else (1, 100, 1000)):
+    for n in (1, 20) if quick else (1, 100, 1000):
         rss, took = _rss_with(n)
         rows.append([n, f"{rss:.1f}", f"{took:.2f}"])
     at_100 = next((float(r[1]) for r in rows if r[0] == 100), None)
@@ -45,5 +47,8 @@ def run(quick: bool) -> Section:
         "RSS of `agent-supervise fleet` once N agents (`sleep`, each in its own cage, "
         "20M cap) all run, and how long it took to start them all (one supervisor "
         f"thread; {os.cpu_count()} cores).",
-        ["agents", "supervisor RSS MiB", "seconds to start them all"], rows,
-        target="≤ 40 MiB at 100 agents.", notes=notes)
+        ["agents", "supervisor RSS MiB", "seconds to start them all"],
+        rows,
+        target="≤ 40 MiB at 100 agents.",
+        notes=notes,
+    )

@@ -37,8 +37,9 @@ def _peak_during(cmd: list[str]) -> tuple[float, float, int]:
     sampler = threading.Thread(target=sample)
     sampler.start()
     start = time.monotonic()
-    status = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            timeout=600).returncode
+    status = subprocess.run(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600
+    ).returncode
     wall = time.monotonic() - start
     done.set()
     sampler.join()
@@ -48,11 +49,14 @@ def _peak_during(cmd: list[str]) -> tuple[float, float, int]:
 def run(quick: bool) -> Section:
     agents, mb, hold, runs = (4, 100, 1.0, 1) if quick else (8, 300, 3.0, 3)
     tmp = Path(tempfile.mkdtemp(prefix="bench-headline-"))
-    agent = (f"  a: {{cmd: ['{PY}', '{ALLOC}', --step, '{mb}', --interval, '0', --max, "
-             f"'{mb}', --hold, '{hold}'], memory_limit: {mb + 100}M}}\n")
+    agent = (
+        f"  a: {{cmd: ['{PY}', '{ALLOC}', --step, '{mb}', --interval, '0', --max, "
+        f"'{mb}', --hold, '{hold}'], memory_limit: {mb + 100}M}}\n"
+    )
     task = f"  - {{agent: a, repeat: {agents}}}\n"
-    unthrottled = fleet_file(tmp / "all.yaml", agent, task, max_concurrent=agents,
-                             queue_size=agents, min_free_memory=0)
+    unthrottled = fleet_file(
+        tmp / "all.yaml", agent, task, max_concurrent=agents, queue_size=agents, min_free_memory=0
+    )
     default = fleet_file(tmp / "default.yaml", agent, task, min_free_memory="1G")
     results = {}
     for name, path in (("all at once", unthrottled), ("default policy", default)):
@@ -62,16 +66,31 @@ def run(quick: bool) -> Section:
     peaks = {name: median([p for p, _, _ in got]) for name, got in results.items()}
     walls = {name: median([w for _, w, _ in got]) for name, got in results.items()}
     base_peak, base_wall = peaks["all at once"], walls["all at once"]
-    rows = [[name, f"{peaks[name]:.0f}", f"{(1 - peaks[name] / base_peak) * 100:.0f}%",
-             f"{walls[name]:.1f}", f"{walls[name] / base_wall:.2f}×"] for name in results]
+    rows = [
+        [
+            name,
+            f"{peaks[name]:.0f}",
+            f"{(1 - peaks[name] / base_peak) * 100:.0f}%",
+            f"{walls[name]:.1f}",
+            f"{walls[name] / base_wall:.2f}×",
+        ]
+        for name in results
+    ]
     lower = (1 - peaks["default policy"] / base_peak) * 100
     failed = sum(status != 0 for got in results.values() for _, _, status in got)
-    notes = [verdict(lower >= 70 and not failed,
-                     f"peak {lower:.0f}% lower with the default policy, "
-                     + (f"{failed} runs in which a task did not end ok" if failed
-                        else "every task ok in every run")),
-             f"The cost: {walls['default policy'] / base_wall:.1f}"
-             "× the wall time, since the agents wait their turn."]
+    notes = [
+        verdict(
+            lower >= 70 and not failed,
+            f"peak {lower:.0f}% lower with the default policy, "
+            + (
+                f"{failed} runs in which a task did not end ok"
+                if failed
+                else "every task ok in every run"
+            ),
+        ),
+        f"The cost: {walls['default policy'] / base_wall:.1f}"
+        "× the wall time, since the agents wait their turn.",
+    ]
     return Section(
         "The seed's headline: peak memory with throttling",
         f"{agents} agents that each touch {mb} MB and hold it {hold:g} s. Memory in use "
@@ -80,5 +99,8 @@ def run(quick: bool) -> Section:
         " no admission) against the defaults (`max_concurrent: 2`, "
         "`min_free_memory: 1G`); a run counts as losing nothing when the fleet exits 0 "
         "(every task ended `ok`).",
-        ["policy", "peak MiB in use", "lower by", "wall s", "wall vs all at once"], rows,
-        target="≥ 70% lower peak, nothing lost.", notes=notes)
+        ["policy", "peak MiB in use", "lower by", "wall s", "wall vs all at once"],
+        rows,
+        target="≥ 70% lower peak, nothing lost.",
+        notes=notes,
+    )

@@ -10,6 +10,7 @@ if an allocation fails (an rlimit refused it). T is time.monotonic(), CLOCK_MONO
 the same clock in every process of the machine. At MAX MiB it stops growing and holds.
 --die-at-cap: SIGTERM itself right after noting the crossing (the floor: exit alone).
 """
+
 import argparse
 import os
 import signal
@@ -31,8 +32,9 @@ page, pid, cap = os.sysconf("SC_PAGE_SIZE"), os.getpid(), int(args.cap * 2**20)
 
 
 def note(what: str, *more) -> None:
-    os.write(out, " ".join([what, str(pid), f"{time.monotonic():.6f}", *map(str, more)])
-             .encode() + b"\n")
+    os.write(
+        out, " ".join([what, str(pid), f"{time.monotonic():.6f}", *map(str, more)]).encode() + b"\n"
+    )
 
 
 chunks, crossed, size = [], False, 0

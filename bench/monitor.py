@@ -41,6 +41,7 @@ def _tick_costs(n: int, repeat: int) -> list:
     from agent_supervise.limits.rlimit import RlimitCage
     from agent_supervise.proctree import ProcessTable
     from agent_supervise.run.spawn import Spawner
+
     kernel = next((p.name for p in probe_all() if p.available and p.name != "rlimit"), None)
     backend = select_backend(kernel or "rlimit")
     cages, table = [], ProcessTable()
@@ -58,9 +59,15 @@ def _tick_costs(n: int, repeat: int) -> list:
             walkers.append(walker)
         row.append(fmt(_per_agent_us(lambda w: w.usage(), walkers, repeat)))
         procs = [psutil.Process(c.pid) for c in cages]
-        row.append(fmt(_per_agent_us(
-            lambda p: sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]),
-            procs, max(1, repeat // 5))))
+        row.append(
+            fmt(
+                _per_agent_us(
+                    lambda p: sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]),
+                    procs,
+                    max(1, repeat // 5),
+                )
+            )
+        )
         return row
     finally:
         for cage in cages:
@@ -76,16 +83,16 @@ def _tick_costs(n: int, repeat: int) -> list:
 def _supervisor_cpu(n: int, dashboard: bool, seconds: float) -> float:
     """% of one core used by a fleet supervisor watching ``n`` sleeping agents."""
     with scratch("bench-monitor-") as tmp:
-        return _cpu_watching(sleepers_fleet(tmp, n, poll_interval="100ms"), n, dashboard,
-                             seconds)
+        return _cpu_watching(sleepers_fleet(tmp, n, poll_interval="100ms"), n, dashboard, seconds)
 
 
 def _cpu_watching(path, n: int, dashboard: bool, seconds: float) -> float:
     cmd = f"{AGENT_SUPERVISE} fleet {'--dashboard' if dashboard else '--no-dashboard'} {path}"
     # A terminal for the dashboard: `script` gives the command a pseudo-terminal.
     argv = ["script", "-qfec", cmd, "/dev/null"] if dashboard else cmd.split()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     sup = None
     try:
         sup = _find_supervisor(proc.pid)
@@ -113,8 +120,11 @@ def _find_supervisor(pid: int) -> psutil.Process:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         for p in [proc, *proc.children(recursive=True)]:
-            if "fleet" in p.cmdline() and "agent-supervise" in " ".join(p.cmdline()) \
-                    and p.name() != "script":
+            if (
+                "fleet" in p.cmdline()
+                and "agent-supervise" in " ".join(p.cmdline())
+                and p.name() != "script"
+            ):
                 return p
         time.sleep(0.05)
     raise RuntimeError("the supervisor did not start")
@@ -134,15 +144,23 @@ def run(quick: bool) -> Section:
         "the cgroup backends' watchdog does), the rlimit backend's walk of the tree "
         "(/proc children files and statm), and psutil's `children(recursive=True)` plus "
         "`memory_info()` (how pm2 and circus look).",
-        ["agents", "cgroup usage read", "rlimit tree walk", "psutil tree walk"], rows,
-        target="≤ 20 µs per agent per tick on cgroup backends; growth linear.")
+        ["agents", "cgroup usage read", "rlimit tree walk", "psutil tree walk"],
+        rows,
+        target="≤ 20 µs per agent per tick on cgroup backends; growth linear.",
+    )
     cgroup = [float(r[1]) for r in rows if r[1] != "-"]
     if cgroup:
-        section.notes.append(verdict(max(cgroup) <= 20, f"cgroup usage read at most "
-                                     f"{max(cgroup):.1f} µs per agent per tick"))
+        section.notes.append(
+            verdict(
+                max(cgroup) <= 20,
+                f"cgroup usage read at most {max(cgroup):.1f} µs per agent per tick",
+            )
+        )
     n = 20 if quick else 100
-    section.notes.append(f"The fleet supervisor's own CPU while {n} agents sleep, "
-                         f"sampled every 100 ms, over {seconds} s: **{plain:.1f}%** of a "
-                         f"core without the dashboard, **{dash:.1f}%** with it (redrawn "
-                         "at most 4 times a second, in a pseudo-terminal).")
+    section.notes.append(
+        f"The fleet supervisor's own CPU while {n} agents sleep, "
+        f"sampled every 100 ms, over {seconds} s: **{plain:.1f}%** of a "
+        f"core without the dashboard, **{dash:.1f}%** with it (redrawn "
+        "at most 4 times a second, in a pseudo-terminal)."
+    )
     return section

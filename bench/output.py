@@ -29,10 +29,14 @@ def _measure(tmp: Path, size: str, nbytes: int) -> Section:
     subprocess.run(f"head -c {size} /dev/zero > {tmp}/direct", shell=True, check=True)
     direct = time.monotonic() - start
     (tmp / "direct").unlink()
-    path = fleet_file(tmp / "f.yaml", f"  loud: {{cmd: [head, -c, {size}, /dev/zero]}}\n",
-                      "  - {agent: loud}\n")
-    proc = subprocess.Popen([AGENT_SUPERVISE, "fleet", "--no-dashboard", "--json",
-                             str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    path = fleet_file(
+        tmp / "f.yaml", f"  loud: {{cmd: [head, -c, {size}, /dev/zero]}}\n", "  - {agent: loud}\n"
+    )
+    proc = subprocess.Popen(
+        [AGENT_SUPERVISE, "fleet", "--no-dashboard", "--json", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     sup, rss, done = psutil.Process(proc.pid), [], threading.Event()
     deadline = time.monotonic() + 30
     while not sup.children() and time.monotonic() < deadline:
@@ -53,19 +57,29 @@ def _measure(tmp: Path, size: str, nbytes: int) -> Section:
     sampler.join()
     task = json.loads(out)["tasks"][0]
     growth = (max(rss) - rss[0]) / MiB
-    rows = [["the agent's stdout is the log file", f"{nbytes / MiB / task['duration_s']:.0f}",
-             f"{growth:.1f}"],
-            ["`head -c ... > file` directly", f"{nbytes / MiB / direct:.0f}", "-"]]
-    notes = [verdict(growth < 5, f"supervisor RSS grew {growth:.1f} MiB"),
-             "The agent writes slower than `head` alone because it runs under its cap "
-             "(the default 50M): the kernel charges the file's page cache to the agent's "
-             "cgroup, so writeback is forced whenever the cap is reached. That is the cap "
-             "working, not the supervisor."]
+    rows = [
+        [
+            "the agent's stdout is the log file",
+            f"{nbytes / MiB / task['duration_s']:.0f}",
+            f"{growth:.1f}",
+        ],
+        ["`head -c ... > file` directly", f"{nbytes / MiB / direct:.0f}", "-"],
+    ]
+    notes = [
+        verdict(growth < 5, f"supervisor RSS grew {growth:.1f} MiB"),
+        "The agent writes slower than `head` alone because it runs under its cap "
+        "(the default 50M): the kernel charges the file's page cache to the agent's "
+        "cgroup, so writeback is forced whenever the cap is reached. That is the cap "
+        "working, not the supervisor.",
+    ]
     return Section(
         "Output streaming",
         f"`head -c {size} /dev/zero` as an agent: its stdout is the task's log file, "
         "opened by the supervisor and handed to the child, so no byte passes through the "
         "supervisor. Throughput in MiB/s; the supervisor's RSS growth (sampled every "
         "10 ms) from when the agent started to its largest.",
-        ["how", "MiB/s", "supervisor RSS growth MiB"], rows,
-        target="< 5 MiB growth.", notes=notes)
+        ["how", "MiB/s", "supervisor RSS growth MiB"],
+        rows,
+        target="< 5 MiB growth.",
+        notes=notes,
+    )

@@ -44,23 +44,33 @@ STEADY, BURSTS = ["--tick", "0.001"], ["--tick", "0.01"]
 
 # -- the section -------------------------------------------------------------------
 
+
 def _versions() -> dict[str, str]:
     out = {"ours": "agent-supervise"}
     try:
         import agent_supervise
+
         out["ours"] += f" {agent_supervise.__version__}"
     except ImportError:
         pass
     try:
-        out["pm2"] = "pm2 " + json.loads(
-            (NPM_BIN.parent / "pm2" / "package.json").read_text())["version"]
+        out["pm2"] = (
+            "pm2 " + json.loads((NPM_BIN.parent / "pm2" / "package.json").read_text())["version"]
+        )
     except (OSError, ValueError, KeyError):
         out["pm2"] = "pm2"
     try:
         got = subprocess.run(
-            [VENV_BIN / "python", "-c", "import importlib.metadata as m; print(*(m.version(p) "
-             "for p in ('supervisor', 'superlance', 'circus')))"],
-            capture_output=True, text=True, timeout=30).stdout.split()
+            [
+                VENV_BIN / "python",
+                "-c",
+                "import importlib.metadata as m; print(*(m.version(p) "
+                "for p in ('supervisor', 'superlance', 'circus')))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
         out["memmon"] = f"supervisord {got[0]} + superlance {got[1]} memmon"
         out["circus"] = f"circus {got[2]}"
     except (OSError, subprocess.TimeoutExpired, IndexError):
@@ -72,8 +82,9 @@ def _installed() -> dict[str, str | None]:
     """Why a peer cannot run here (None: it can)."""
     venv = all((VENV_BIN / b).exists() for b in ("supervisord", "memmon", "circusd"))
     return {
-        "pm2": None if PM2.exists() and shutil.which("node") else
-        "not installed (bash bench/install.sh; needs node and npm)",
+        "pm2": None
+        if PM2.exists() and shutil.which("node")
+        else "not installed (bash bench/install.sh; needs node and npm)",
         "memmon": None if venv else "not installed (bash bench/install.sh)",
         "circus": None if venv else "not installed (bash bench/install.sh)",
     }
@@ -104,31 +115,69 @@ def run(quick: bool) -> Section:
     names = _versions()
     missing = _installed()
     ours_cfg = "`run --backend rlimit --memory 200M`"
-    circus_cfg = ("resource_watcher: `loop_rate` 0.01 s, `max_count` 0, `max_cpu` 0, "
-                  "`health_threshold` 0, `max_mem` 200M")
+    circus_cfg = (
+        "resource_watcher: `loop_rate` 0.01 s, `max_count` 0, `max_cpu` 0, "
+        "`health_threshold` 0, `max_mem` 200M"
+    )
     bursts = "; hog in 1 MiB bursts every 10 ms"
     # key, supervisor, configuration, trial, runs, hog's growth
-    plan = [("ours", names["ours"], ours_cfg + " (defaults: `--poll 100ms`, adaptive "
-             "down to 5 ms)", ours([]), n, STEADY)]
+    plan = [
+        (
+            "ours",
+            names["ours"],
+            ours_cfg + " (defaults: `--poll 100ms`, adaptive down to 5 ms)",
+            ours([]),
+            n,
+            STEADY,
+        )
+    ]
     if not quick:
         plan += [
-            ("floor", "none (floor)", "the hog SIGTERMs itself at the crossing: only the "
-             "kernel's teardown of ~200 MiB, part of every row", floor, n, STEADY),
-            ("ours-poll1s", names["ours"], "same, `--poll 1s`", ours(["--poll", "1s"]), n,
-             STEADY),
-            ("ours-poll10ms", names["ours"], "same, `--poll 10ms`",
-             ours(["--poll", "10ms"]), n, STEADY),
+            (
+                "floor",
+                "none (floor)",
+                "the hog SIGTERMs itself at the crossing: only the "
+                "kernel's teardown of ~200 MiB, part of every row",
+                floor,
+                n,
+                STEADY,
+            ),
+            ("ours-poll1s", names["ours"], "same, `--poll 1s`", ours(["--poll", "1s"]), n, STEADY),
+            (
+                "ours-poll10ms",
+                names["ours"],
+                "same, `--poll 10ms`",
+                ours(["--poll", "10ms"]),
+                n,
+                STEADY,
+            ),
             ("circus", names["circus"], circus_cfg, circus, n, STEADY),
-            ("memmon", names["memmon"], "memmon `-p hog=200MB` on `TICK_5`", memmon, n,
-             STEADY),
-            ("pm2-1s", names["pm2"], "`max_memory_restart` 200M, "
-             "`PM2_WORKER_INTERVAL=1000`", pm2(1000), n, STEADY),
-            ("pm2", names["pm2"], "`max_memory_restart` 200M, default worker interval "
-             "(30 s)", pm2(None), 3, STEADY),
-            ("ours-bursts", names["ours"], ours_cfg + " (defaults)" + bursts, ours([]), n,
-             BURSTS),
-            ("ours-bursts-poll10ms", names["ours"], ours_cfg + " `--poll 10ms`" + bursts,
-             ours(["--poll", "10ms"]), n, BURSTS),
+            ("memmon", names["memmon"], "memmon `-p hog=200MB` on `TICK_5`", memmon, n, STEADY),
+            (
+                "pm2-1s",
+                names["pm2"],
+                "`max_memory_restart` 200M, `PM2_WORKER_INTERVAL=1000`",
+                pm2(1000),
+                n,
+                STEADY,
+            ),
+            (
+                "pm2",
+                names["pm2"],
+                "`max_memory_restart` 200M, default worker interval (30 s)",
+                pm2(None),
+                3,
+                STEADY,
+            ),
+            ("ours-bursts", names["ours"], ours_cfg + " (defaults)" + bursts, ours([]), n, BURSTS),
+            (
+                "ours-bursts-poll10ms",
+                names["ours"],
+                ours_cfg + " `--poll 10ms`" + bursts,
+                ours(["--poll", "10ms"]),
+                n,
+                BURSTS,
+            ),
             ("circus-bursts", names["circus"], circus_cfg + bursts, circus, n, BURSTS),
         ]
     rows, notes, measured = [], [], {}
@@ -149,8 +198,11 @@ def run(quick: bool) -> Section:
             hits = [r.reaction * 1000 for r in results if r.kind == "watchdog"]
             windows = [r for r in results if r.kind in ("watchdog", "rlimit")]
             wall = sum(r.wall for r in windows)
-            cpu = f"{100 * sum(r.cpu for r in windows) / wall:.2f}" \
-                if wall and key != "floor" else "—"
+            cpu = (
+                f"{100 * sum(r.cpu for r in windows) / wall:.2f}"
+                if wall and key != "floor"
+                else "—"
+            )
             baseline = key in ("ours", "ours-bursts")
             if baseline and hits:
                 base[" ".join(hog_args)] = median(hits)
@@ -161,37 +213,67 @@ def run(quick: bool) -> Section:
                 notes.append(
                     f"{key}: in {len(rl)} of {runs} runs the hog's allocation failed "
                     "(RLIMIT_DATA, MemoryError) before the watchdog stopped it; those runs "
-                    "are left out of the median (reaction then: " + ", ".join(
-                        f"{r.reaction * 1000:.1f} ms" if r.reaction is not None else "—"
-                        for r in rl) + ").")
+                    "are left out of the median (reaction then: "
+                    + ", ".join(
+                        f"{r.reaction * 1000:.1f} ms" if r.reaction is not None else "—" for r in rl
+                    )
+                    + ")."
+                )
             bad = [r for r in results if r.kind in ("lost", "timeout")]
             if bad:
                 count += f" + {len(bad)} failed"
-                notes.append(f"{key}: {len(bad)} run(s) gave no figure: "
-                             + "; ".join(r.detail for r in bad))
+                notes.append(
+                    f"{key}: {len(bad)} run(s) gave no figure: " + "; ".join(r.detail for r in bad)
+                )
             odd = [r.detail for r in results if r.kind == "watchdog" and r.detail]
             if odd:
                 notes.append(f"{key}: " + "; ".join(odd))
-            rows.append([who, config, spread(hits) if hits else "—",
-                         ("1× (baseline)" if baseline else "—" if key == "floor" else
-                          _ratio(median(hits), base.get(" ".join(hog_args))))
-                         if hits else "—", cpu, count])
+            rows.append(
+                [
+                    who,
+                    config,
+                    spread(hits) if hits else "—",
+                    (
+                        "1× (baseline)"
+                        if baseline
+                        else "—"
+                        if key == "floor"
+                        else _ratio(median(hits), base.get(" ".join(hog_args)))
+                    )
+                    if hits
+                    else "—",
+                    cpu,
+                    count,
+                ]
+            )
     finally:
         leftovers += sweep(SESSION_ENTRY)
     if quick:
-        notes.append("Quick mode: agent-supervise only, 2 runs; pm2, supervisord+memmon and "
-                     "circus: peers not installed / skipped in quick mode.")
+        notes.append(
+            "Quick mode: agent-supervise only, 2 runs; pm2, supervisord+memmon and "
+            "circus: peers not installed / skipped in quick mode."
+        )
     notes += _verdict(measured, quick)
-    notes.append(f"Load average (1 min) {load_before:.2f} before and "
-                 f"{os.getloadavg()[0]:.2f} after the runs, on {os.cpu_count()} cores: "
-                 "other work on the machine slows the teardown and the supervisors alike.")
-    notes.append("Every process a trial started was stopped at its end (pm2 kill, SIGTERM to "
-                 "supervisord and circusd, then SIGKILL to anything still carrying the "
-                 "trial's environment token); " + (
-                     f"{len(set(leftovers))} straggler(s) had to be killed that way."
-                     if leftovers else "none was left to kill.")
-                 + (" A final scan of /proc found none left." if not marked(SESSION_ENTRY)
-                    else " A final scan of /proc still found some: see the log."))
+    notes.append(
+        f"Load average (1 min) {load_before:.2f} before and "
+        f"{os.getloadavg()[0]:.2f} after the runs, on {os.cpu_count()} cores: "
+        "other work on the machine slows the teardown and the supervisors alike."
+    )
+    notes.append(
+        "Every process a trial started was stopped at its end (pm2 kill, SIGTERM to "
+        "supervisord and circusd, then SIGKILL to anything still carrying the "
+        "trial's environment token); "
+        + (
+            f"{len(set(leftovers))} straggler(s) had to be killed that way."
+            if leftovers
+            else "none was left to kill."
+        )
+        + (
+            " A final scan of /proc found none left."
+            if not marked(SESSION_ENTRY)
+            else " A final scan of /proc still found some: see the log."
+        )
+    )
     return Section(
         title="Reaction time to a memory breach",
         intro=(
@@ -218,12 +300,21 @@ def run(quick: bool) -> Section:
             "circusd and its resource-watcher plugin; "
             "supervisord, memmon and the `ps` it runs; pm2's daemon — over the hog's "
             "lifetime (start to death), summed over the runs and divided by their "
-            "summed wall time."),
-        headers=["supervisor", "configuration", "reaction ms, median (min–max)", "vs ours",
-                 "CPU % of a core", "runs"],
-        rows=rows, notes=notes,
+            "summed wall time."
+        ),
+        headers=[
+            "supervisor",
+            "configuration",
+            "reaction ms, median (min–max)",
+            "vs ours",
+            "CPU % of a core",
+            "runs",
+        ],
+        rows=rows,
+        notes=notes,
         target="ours ≤ 25 ms median, at least as fast as circus at its tightest, "
-               "costing ≤ 1% of a core")
+        "costing ≤ 1% of a core",
+    )
 
 
 def _verdict(measured: dict[str, list[Result]], quick: bool) -> list[str]:
@@ -244,32 +335,43 @@ def _verdict(measured: dict[str, list[Result]], quick: bool) -> list[str]:
         return ["Target not measured: no run of agent-supervise gave a figure."]
     why = ""
     if ours_ms > 25 and floor_ms is not None:
-        why = (f": the floor alone (the kernel tearing the ~200 MiB hog down after "
-               f"SIGTERM, no supervisor involved) took {fmt(floor_ms)} ms in this run, "
-               f"leaving {fmt(max(0.0, ours_ms - floor_ms))} ms to detection")
-    out = [f"Target ≤ 25 ms (steady ramp): {'met' if ours_ms <= 25 else 'missed'} "
-           f"({fmt(ours_ms)} ms median{why})."]
+        why = (
+            f": the floor alone (the kernel tearing the ~200 MiB hog down after "
+            f"SIGTERM, no supervisor involved) took {fmt(floor_ms)} ms in this run, "
+            f"leaving {fmt(max(0.0, ours_ms - floor_ms))} ms to detection"
+        )
+    out = [
+        f"Target ≤ 25 ms (steady ramp): {'met' if ours_ms <= 25 else 'missed'} "
+        f"({fmt(ours_ms)} ms median{why})."
+    ]
     circus_ms = med("circus")
     if circus_ms is not None:
-        out.append(f"Target at least as fast as circus at its tightest: "
-                   f"{'met' if ours_ms <= circus_ms else 'missed'} "
-                   f"({fmt(ours_ms)} ms vs {fmt(circus_ms)} ms median).")
+        out.append(
+            f"Target at least as fast as circus at its tightest: "
+            f"{'met' if ours_ms <= circus_ms else 'missed'} "
+            f"({fmt(ours_ms)} ms vs {fmt(circus_ms)} ms median)."
+        )
     elif not quick:
         out.append("Target vs circus not measured: circus gave no figure.")
     if ours_cpu is not None:
-        than = f"; circus at its tightest: {cpu('circus'):.1f}%" \
-            if cpu("circus") is not None else ""
-        out.append(f"Target ≤ 1% of a core: {'met' if ours_cpu <= 1 else 'missed'} "
-                   f"({ours_cpu:.2f}% over the hog's life{than}).")
+        than = (
+            f"; circus at its tightest: {cpu('circus'):.1f}%" if cpu("circus") is not None else ""
+        )
+        out.append(
+            f"Target ≤ 1% of a core: {'met' if ours_cpu <= 1 else 'missed'} "
+            f"({ours_cpu:.2f}% over the hog's life{than})."
+        )
     burst_ms, wins = med("ours-bursts"), rlimit_wins("ours-bursts")
     if "ours-bursts" in measured:
         fast, circus_b = med("ours-bursts-poll10ms"), med("circus-bursts")
         if burst_ms is None or burst_ms > 25:
             verdict = "missed"
         elif wins:
-            verdict = (f"median met, but in {wins} of {len(measured['ours-bursts'])} runs "
-                       "RLIMIT_DATA ended the hog before the watchdog reacted, and "
-                       "those runs are not in the median")
+            verdict = (
+                f"median met, but in {wins} of {len(measured['ours-bursts'])} runs "
+                "RLIMIT_DATA ended the hog before the watchdog reacted, and "
+                "those runs are not in the median"
+            )
         else:
             verdict = "met"
         out.append(
@@ -280,12 +382,21 @@ def _verdict(measured: dict[str, list[Result]], quick: bool) -> list[str]:
             "sample sees no growth; the watchdog keeps the fastest recent rate (halving "
             "each second, supervisor/run/watchdog.py) so that it still looks again before "
             "the cap. "
-            + (f"In {wins} run(s) the hog met RLIMIT_DATA (~5 MiB, ~50 ms past the RSS "
-               "crossing here) first. " if wins else "")
-            + ("What a miss is made of: the kernel's teardown (the floor row) plus up to "
-               "one burst period (10 ms) during which the hog is over the cap but has "
-               "not grown since the last sample; polling faster does not shorten it, "
-               "and circus meets the same." if verdict != "met" else ""))
+            + (
+                f"In {wins} run(s) the hog met RLIMIT_DATA (~5 MiB, ~50 ms past the RSS "
+                "crossing here) first. "
+                if wins
+                else ""
+            )
+            + (
+                "What a miss is made of: the kernel's teardown (the floor row) plus up to "
+                "one burst period (10 ms) during which the hog is over the cap but has "
+                "not grown since the last sample; polling faster does not shorten it, "
+                "and circus meets the same."
+                if verdict != "met"
+                else ""
+            )
+        )
     return out
 
 

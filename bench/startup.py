@@ -30,7 +30,13 @@ def commands() -> dict[str, list[str]]:
     for backend in ("cgroup2", "cgroup1", "rlimit"):
         if backend in here:
             cmds[f"agent-supervise run --backend {backend} -- /bin/true"] = [
-                AGENT_SUPERVISE, "run", "--backend", backend, "--", "/bin/true"]
+                AGENT_SUPERVISE,
+                "run",
+                "--backend",
+                backend,
+                "--",
+                "/bin/true",
+            ]
     return cmds
 
 
@@ -59,13 +65,29 @@ def run(quick: bool) -> Section:
     wall = {name: [w for w, _ in got] for name, got in times.items()}
     cpu = {name: [c for _, c in got] for name, got in times.items()}
     bare, bare_cpu = median(wall["python -c pass"]), median(cpu["python -c pass"])
-    rows = [[f"`{name}`", spread(wall[name]), f"{median(wall[name]) / bare:.2f}×",
-             spread(cpu[name]), f"{median(cpu[name]) / bare_cpu:.2f}×"] for name in times]
-    judged = {name: median(wall[name]) / bare for name in times
-              if name.startswith("agent-supervise") and "cgroup2" not in name}
+    rows = [
+        [
+            f"`{name}`",
+            spread(wall[name]),
+            f"{median(wall[name]) / bare:.2f}×",
+            spread(cpu[name]),
+            f"{median(cpu[name]) / bare_cpu:.2f}×",
+        ]
+        for name in times
+    ]
+    judged = {
+        name: median(wall[name]) / bare
+        for name in times
+        if name.startswith("agent-supervise") and "cgroup2" not in name
+    }
     worst = max(judged.values())
-    notes = [verdict(worst <= TARGET, "`run -- /bin/true` at " + ", ".join(
-        f"{ratio:.2f}× on {name.split()[3]}" for name, ratio in judged.items()))]
+    notes = [
+        verdict(
+            worst <= TARGET,
+            "`run -- /bin/true` at "
+            + ", ".join(f"{ratio:.2f}× on {name.split()[3]}" for name, ratio in judged.items()),
+        )
+    ]
     return Section(
         "Start-up: `run -- /bin/true`",
         f"Wall time of a whole command from its start to its exit, {runs} runs each, the "
@@ -77,11 +99,14 @@ def run(quick: bool) -> Section:
         ["command", "wall ms", "wall vs python -c pass", "cpu ms", "cpu vs python -c pass"],
         rows,
         target=f"`run -- /bin/true` median ≤ {TARGET:g}× `python -c pass` on the cgroup1 "
-               "and rlimit backends.", notes=notes)
+        "and rlimit backends.",
+        notes=notes,
+    )
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import run as bench_run
+
     bench_run.compile_package()
     print(run("--quick" in sys.argv).markdown())

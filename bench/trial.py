@@ -34,7 +34,7 @@ SESSION_VAR = "BENCH_REACTION_SESSION"  # in every trial of this run
 SESSION_ENTRY = f"{SESSION_VAR}={SESSION}"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PM2_DEFAULT_INTERVAL = 30.0  # s: pm2's constants.js, WORKER_INTERVAL
-MEMMON_TICK = 5.0            # s: TICK_5, the shortest supervisord event period
+MEMMON_TICK = 5.0  # s: TICK_5, the shortest supervisord event period
 
 
 # -- reading /proc ---------------------------------------------------------------
@@ -48,7 +48,7 @@ def _stat(pid: int) -> list[str] | None:
         data = read_proc(f"/proc/{pid}/stat")
     except OSError:
         return None
-    return data[data.rindex(b")") + 2:].decode().split()
+    return data[data.rindex(b")") + 2 :].decode().split()
 
 
 def cpu_seconds(pid: int, children: bool) -> float | None:
@@ -79,8 +79,14 @@ def cpu_seconds(pid: int, children: bool) -> float | None:
 def marked(entry: str) -> list[int]:
     """Live processes whose environment carries ``entry`` (``VAR=value``)."""
     needle = entry.encode()
-    return [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()
-            and TABLE.environ_has(int(p), needle) and TABLE.alive(int(p))]
+    return [
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit()
+        and int(p) != os.getpid()
+        and TABLE.environ_has(int(p), needle)
+        and TABLE.alive(int(p))
+    ]
 
 
 def sweep(entry: str, timeout: float = 5.0) -> list[int]:
@@ -103,12 +109,13 @@ def sweep(entry: str, timeout: float = 5.0) -> list[int]:
 
 # -- one trial ---------------------------------------------------------------------
 
+
 @dataclass
 class Result:
-    kind: str                   # watchdog (stopped by the supervisor), rlimit, lost, timeout
+    kind: str  # watchdog (stopped by the supervisor), rlimit, lost, timeout
     reaction: float | None = None  # s, death - crossing
-    cpu: float = 0.0            # s of CPU of the supervising processes over the window
-    wall: float = 0.0           # s, window: hog started -> hog gone
+    cpu: float = 0.0  # s of CPU of the supervising processes over the window
+    wall: float = 0.0  # s, window: hog started -> hog gone
     detail: str = ""
 
 
@@ -125,17 +132,27 @@ class Trial:
 
     def fill(self, template: str, out: str, **values) -> Path:
         text = Template((PEERS / template).read_text()).substitute(
-            tmp=self.tmp, python=PY, hog=HOG, marker=self.marker,
-            hog_args=" ".join(self.hog_args), **values)
+            tmp=self.tmp,
+            python=PY,
+            hog=HOG,
+            marker=self.marker,
+            hog_args=" ".join(self.hog_args),
+            **values,
+        )
         path = self.tmp / out
         path.write_text(text)
         return path
 
     def popen(self, cmd, log: str, env=None) -> subprocess.Popen:
         with open(self.tmp / log, "ab") as out:
-            proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT,
-                                    env=env or self.env, start_new_session=True)
+            proc = subprocess.Popen(
+                [str(c) for c in cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env or self.env,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
@@ -189,17 +206,27 @@ class Trial:
             os.close(pidfd)
         cpu = sum(c1[p] - c0[p] for p in watched if c0[p] is not None and c1[p] is not None)
         if not woke:
-            return Result("timeout", cpu=cpu, wall=t1 - t0,
-                          detail=f"the hog was not stopped within {timeout:.0f} s")
+            return Result(
+                "timeout",
+                cpu=cpu,
+                wall=t1 - t0,
+                detail=f"the hog was not stopped within {timeout:.0f} s",
+            )
         mine = [ln for ln in self._lines() if len(ln) > 2 and ln[1] == str(pid)]
         cross = next((float(ln[2]) for ln in mine if ln[0] == "cross"), None)
         memerr = next((float(ln[2]) for ln in mine if ln[0] == "memerr"), None)
         if memerr is not None:
-            return Result("rlimit", None if cross is None else t1 - cross, cpu, t1 - t0,
-                          "an allocation failed (RLIMIT_DATA) before the watchdog struck")
+            return Result(
+                "rlimit",
+                None if cross is None else t1 - cross,
+                cpu,
+                t1 - t0,
+                "an allocation failed (RLIMIT_DATA) before the watchdog struck",
+            )
         if cross is None:
-            return Result("lost", cpu=cpu, wall=t1 - t0,
-                          detail="the hog died before noting its crossing")
+            return Result(
+                "lost", cpu=cpu, wall=t1 - t0, detail="the hog died before noting its crossing"
+            )
         return Result("watchdog", t1 - cross, cpu, t1 - t0)
 
     def close(self) -> list[int]:
@@ -235,10 +262,26 @@ def _killpg(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
 
 # -- the supervisors ---------------------------------------------------------------
 
+
 def ours(extra: list[str]):
     def trial(t: Trial, i: int, n: int) -> Result:
-        sup = t.popen([AGENT_SUPERVISE, "run", "--backend", "rlimit", "--memory", CAP,
-                       *extra, "--", PY, HOG, t.marker, *t.hog_args], "agent-supervise.log")
+        sup = t.popen(
+            [
+                AGENT_SUPERVISE,
+                "run",
+                "--backend",
+                "rlimit",
+                "--memory",
+                CAP,
+                *extra,
+                "--",
+                PY,
+                HOG,
+                t.marker,
+                *t.hog_args,
+            ],
+            "agent-supervise.log",
+        )
         result = t.watch([sup.pid], timeout=30)
         try:
             status = sup.wait(timeout=15)
@@ -247,6 +290,7 @@ def ours(extra: list[str]):
         if result.kind == "watchdog" and status != 137:
             result.detail = f"agent-supervise exited {status}, not 137 (memory_exceeded)"
         return result
+
     return trial
 
 
@@ -292,4 +336,5 @@ def pm2(interval_ms: int | None):
             return t.watch([god], timeout=period + 30)
         finally:
             t.call([PM2, "kill"], "pm2.out", env, timeout=60)
+
     return trial

@@ -17,8 +17,19 @@ from agent_supervise.limits.base import DEFAULT_PIDS_LIMIT, Backend, Cage, Stale
 from agent_supervise.limits.cgroupfs import cgroup_mounts
 from agent_supervise.limits.rlimit import KINDS
 
-__all__ = ["BACKEND_CHOICES", "BACKEND_NAMES", "DEFAULT_PIDS_LIMIT", "Backend", "Cage",
-           "Probe", "StaleCage", "Unavailable", "make_backend", "probe_all", "select_backend"]
+__all__ = [
+    "BACKEND_CHOICES",
+    "BACKEND_NAMES",
+    "DEFAULT_PIDS_LIMIT",
+    "Backend",
+    "Cage",
+    "Probe",
+    "StaleCage",
+    "Unavailable",
+    "make_backend",
+    "probe_all",
+    "select_backend",
+]
 
 BACKEND_NAMES = ("cgroup2", "cgroup1", "rlimit")  # auto's order
 #: What a user may ask for: ``--backend``, ``supervisor.backend`` in a fleet file.
@@ -40,15 +51,19 @@ def make_backend(name: str, *, rlimit: str = "data", cgroup_root: str | None = N
     # cgroup2's systemd client (subprocess, shutil), a few ms of every start.
     if name == "cgroup2":
         from agent_supervise.limits.cgroup2 import Cgroup2Backend
+
         return Cgroup2Backend(root=cgroup_root)
     if name == "cgroup1":
         from agent_supervise.limits.cgroup1 import Cgroup1Backend
+
         return Cgroup1Backend(root=cgroup_root)
     if name == "rlimit":
         from agent_supervise.limits.rlimit import RlimitBackend
+
         return RlimitBackend(rlimit)
-    raise BadInput(f"unknown backend {name!r}",
-                   hint=f"choose one of auto, {', '.join(BACKEND_NAMES)}")
+    raise BadInput(
+        f"unknown backend {name!r}", hint=f"choose one of auto, {', '.join(BACKEND_NAMES)}"
+    )
 
 
 def _hierarchy_of(path: str) -> str:
@@ -67,23 +82,30 @@ def _hierarchy_of(path: str) -> str:
             if best is None or len(point) > len(best[0]):
                 best = (point, kind)
     if best is None:
-        raise BadInput(f"--cgroup-root {path}: not inside a cgroup2 or cgroup v1 memory "
-                       "hierarchy", hint="see 'agent-supervise doctor' for the mounts")
+        raise BadInput(
+            f"--cgroup-root {path}: not inside a cgroup2 or cgroup v1 memory hierarchy",
+            hint="see 'agent-supervise doctor' for the mounts",
+        )
     return best[1]
 
 
 def check_cgroup_root(path: str) -> str:
     if not os.path.isdir(path):
-        raise BadInput(f"--cgroup-root {path}: no such directory",
-                       hint="create it first (mkdir) or leave the option out")
+        raise BadInput(
+            f"--cgroup-root {path}: no such directory",
+            hint="create it first (mkdir) or leave the option out",
+        )
     if not os.access(path, os.W_OK):
-        raise BadInput(f"--cgroup-root {path}: not writable by uid {os.getuid()}",
-                       hint="run as root or delegate the cgroup to this user")
+        raise BadInput(
+            f"--cgroup-root {path}: not writable by uid {os.getuid()}",
+            hint="run as root or delegate the cgroup to this user",
+        )
     return _hierarchy_of(path)
 
 
-def select_backend(name: str = "auto", *, rlimit: str = "data",
-                   cgroup_root: str | None = None) -> Backend:
+def select_backend(
+    name: str = "auto", *, rlimit: str = "data", cgroup_root: str | None = None
+) -> Backend:
     """Return a probed, working backend. ``auto`` picks the first that works."""
     if rlimit not in KINDS:
         raise BadInput(f"--rlimit {rlimit!r}: unknown kind", hint="choose data or as")
@@ -94,9 +116,11 @@ def select_backend(name: str = "auto", *, rlimit: str = "data",
         if name == "auto":
             name = kind
         elif name != kind:
-            raise BadInput(f"--cgroup-root {cgroup_root} is a {kind} directory but "
-                           f"--backend {name} was asked for",
-                           hint=f"use --backend {kind} or another --cgroup-root")
+            raise BadInput(
+                f"--cgroup-root {cgroup_root} is a {kind} directory but "
+                f"--backend {name} was asked for",
+                hint=f"use --backend {kind} or another --cgroup-root",
+            )
     order = BACKEND_NAMES if name == "auto" else (name,)
     reasons = []
     for candidate in order:
@@ -106,9 +130,11 @@ def select_backend(name: str = "auto", *, rlimit: str = "data",
             return backend
         except Unavailable as err:
             if name != "auto":
-                raise BackendUnavailable(candidate, str(err),
-                                         hint="run 'agent-supervise doctor' to see which "
-                                              "backends work here") from None
+                raise BackendUnavailable(
+                    candidate,
+                    str(err),
+                    hint="run 'agent-supervise doctor' to see which backends work here",
+                ) from None
             reasons.append(f"{candidate}: {err}")
     raise BackendUnavailable("auto", "; ".join(reasons))
 
@@ -123,8 +149,7 @@ def probe_all(*, rlimit: str = "data", cgroup_root: str | None = None) -> list[P
             note = backend.placement_note()
             found.append(Probe(name, True, f"{where} ({note})" if note else where))
         except Unavailable as err:
-            found.append(Probe(name, False, str(err),
-                               tuple(backend.advice())))
+            found.append(Probe(name, False, str(err), tuple(backend.advice())))
         finally:
             backend.close()  # a delegated scope goes back
     return found

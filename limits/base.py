@@ -56,12 +56,17 @@ class ChildSetup:
     def steps(self) -> list[ChildStep]:
         """The same, as Python functions for subprocess's preexec_fn (the fallback)."""
         import resource
+
         steps: list[ChildStep] = []
         for fd, path in self.procs:
             steps.append((f"write(0 > {path})", lambda fd=fd: os.write(fd, b"0")))
         for which, value in self.rlimits:
-            steps.append((f"setrlimit({which}, {value})",
-                          lambda w=which, v=value: resource.setrlimit(w, (v, v))))
+            steps.append(
+                (
+                    f"setrlimit({which}, {value})",
+                    lambda w=which, v=value: resource.setrlimit(w, (v, v)),
+                )
+            )
         return steps
 
     def describe_step(self, index: int) -> str:
@@ -70,6 +75,7 @@ class ChildSetup:
             return f"write(0 > {self.procs[index][1]})"
         which, value = self.rlimits[index - len(self.procs)]
         return f"setrlimit({which}, {value})"
+
 
 #: The default process cap (``--pids-limit``, ``pids_limit``): tasks, i.e. processes
 #: and threads, in one agent. 0 turns it off.
@@ -187,6 +193,7 @@ class Cage(abc.ABC):
         if self.init_fd is None:
             return None
         from agent_supervise.limits.isolation import InitReport
+
         fd, self.init_fd = self.init_fd, None
         return InitReport.read(fd)
 
@@ -245,6 +252,7 @@ class Cage(abc.ABC):
 
     def kill(self) -> int:
         import signal
+
         return self.signal(signal.SIGKILL)
 
     def is_empty(self) -> bool:
@@ -267,8 +275,9 @@ class Backend(abc.ABC):
         """Really try the mechanism. Return where cages go; raise :class:`Unavailable`."""
 
     @abc.abstractmethod
-    def create(self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT,
-               uid: int | None = None) -> Cage:
+    def create(
+        self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT, uid: int | None = None
+    ) -> Cage:
         """A cage for one agent: ``limit`` bytes, at most ``pids`` tasks (0: no cap);
         ``uid`` is the user the agent will run as (None: the supervisor's)."""
 

@@ -49,8 +49,10 @@ class Cgroup1Cage(CgroupCage):
             self.write_checked("memory.memsw.limit_in_bytes", str(self.limit), rounded)
             self._guarded.append("memory.memsw.limit_in_bytes")
         else:
-            self.notes.append("memory.memsw.limit_in_bytes is missing (swap accounting "
-                              "off): the cap covers RAM only")
+            self.notes.append(
+                "memory.memsw.limit_in_bytes is missing (swap accounting "
+                "off): the cap covers RAM only"
+            )
         if self.fs.exists(self._file("memory.use_hierarchy")):
             if self.fs.read(self._file("memory.use_hierarchy")).strip() != "1":
                 self.write_checked("memory.use_hierarchy", "1")
@@ -61,8 +63,13 @@ class Cgroup1Cage(CgroupCage):
         self._oom_fd = self._keep_open("memory.oom_control")
         self.guards = [Guard(self._keep_open(name), name) for name in self._guarded]
         self.guards.append(Guard(self._oom_fd, "memory.oom_control", "oom_kill_disable"))
-        self.guards.append(PeakGuard(self._keep_open("memory.max_usage_in_bytes"),
-                                     "memory.max_usage_in_bytes", self.limit))
+        self.guards.append(
+            PeakGuard(
+                self._keep_open("memory.max_usage_in_bytes"),
+                "memory.max_usage_in_bytes",
+                self.limit,
+            )
+        )
         try:
             self._event_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         except OSError as e:
@@ -71,8 +78,11 @@ class Cgroup1Cage(CgroupCage):
         self.fs.write(self._file("cgroup.event_control"), f"{self._event_fd} {self._oom_fd}")
 
     def oom_kills(self) -> int:
-        text = os.pread(self._oom_fd, 4096, 0).decode() if self._fds else \
-            self.fs.read(self._file("memory.oom_control"))
+        text = (
+            os.pread(self._oom_fd, 4096, 0).decode()
+            if self._fds
+            else self.fs.read(self._file("memory.oom_control"))
+        )
         return parse_flat_keyed(text).get("oom_kill", 0)
 
     def peak(self) -> int | None:
@@ -106,8 +116,10 @@ class Cgroup1Backend(CgroupBackend):
         try:
             self.pids.probe()
         except Unavailable as why:
-            cage.notes.append(f"no process cap from the kernel ({why}): the watchdog "
-                              "counts the cage's processes instead")
+            cage.notes.append(
+                f"no process cap from the kernel ({why}): the watchdog "
+                "counts the cage's processes instead"
+            )
             return
         cage.companion = self.pids.create(cage.name, cage.pids_limit)
 
@@ -117,8 +129,11 @@ class Cgroup1Backend(CgroupBackend):
     def probe(self) -> str:
         if self.parent is not None:
             return self.parent
-        mounts = [m for m in cgroup_mounts(self.mountinfo)
-                  if m.fstype == "cgroup" and "memory" in m.options]
+        mounts = [
+            m
+            for m in cgroup_mounts(self.mountinfo)
+            if m.fstype == "cgroup" and "memory" in m.options
+        ]
         if not mounts:
             raise Unavailable("no cgroup v1 hierarchy has the memory controller")
         if self.requested_root:
@@ -127,8 +142,9 @@ class Cgroup1Backend(CgroupBackend):
             own = own_cgroups(self.cgroup_file).get("memory")
             parent = cgroup_dir(mounts[0], own) if own else None
             if parent is None:
-                raise Unavailable("this process's memory cgroup is not visible under "
-                                  f"{mounts[0].point}")
+                raise Unavailable(
+                    f"this process's memory cgroup is not visible under {mounts[0].point}"
+                )
         if not self.fs.exists(os.path.join(parent, "memory.limit_in_bytes")):
             raise Unavailable(f"{parent} is not a cgroup v1 memory directory")
         if not self.fs.writable(parent):

@@ -70,20 +70,25 @@ class Cgroup2Cage(CgroupCage):
             self.write_checked("memory.swap.max", "0")
             self._guarded.append("memory.swap.max")
         else:
-            self.notes.append("memory.swap.max is missing (no swap accounting): "
-                              "the cap covers RAM only")
+            self.notes.append(
+                "memory.swap.max is missing (no swap accounting): the cap covers RAM only"
+            )
         if self.fs.exists(self._file("memory.oom.group")):
             self.write_checked("memory.oom.group", "1")
             self._guarded.append("memory.oom.group")
         else:
-            self.notes.append("memory.oom.group is missing (kernel < 4.19): the "
-                              "supervisor kills the rest of the agent after an OOM kill")
+            self.notes.append(
+                "memory.oom.group is missing (kernel < 4.19): the "
+                "supervisor kills the rest of the agent after an OOM kill"
+            )
         if self.pids_limit > 0 and self.fs.exists(self._file("pids.max")):
             self.write_checked("pids.max", str(self.pids_limit))
             self._guarded.append("pids.max")
         elif self.pids_limit > 0:
-            self.notes.append("pids.max is missing (the pids controller is not offered "
-                              "here): the watchdog counts the cage's processes instead")
+            self.notes.append(
+                "pids.max is missing (the pids controller is not offered "
+                "here): the watchdog counts the cage's processes instead"
+            )
 
     def open_files(self) -> None:
         super().open_files()
@@ -93,8 +98,7 @@ class Cgroup2Cage(CgroupCage):
         self._seen_kills = self.oom_kills()
         self.guards = [Guard(self._keep_open(name), name) for name in self._guarded]
         if self.fs.exists(self._file("memory.peak")):
-            self.guards.append(PeakGuard(self._keep_open("memory.peak"), "memory.peak",
-                                         self.limit))
+            self.guards.append(PeakGuard(self._keep_open("memory.peak"), "memory.peak", self.limit))
         if "pids.max" in self._guarded:
             self._pids_events_fd = self._keep_open("pids.events")
 
@@ -111,8 +115,11 @@ class Cgroup2Cage(CgroupCage):
         return parse_flat_keyed(os.pread(self._events_fd, 4096, 0).decode())
 
     def oom_kills(self) -> int:
-        events = self._events() if self._fds else parse_flat_keyed(
-            self.fs.read(self._file("memory.events")))
+        events = (
+            self._events()
+            if self._fds
+            else parse_flat_keyed(self.fs.read(self._file("memory.events")))
+        )
         return events.get("oom_group_kill") or events.get("oom_kill", 0)
 
     def peak(self) -> int | None:
@@ -196,8 +203,7 @@ class Cgroup2Backend(CgroupBackend):
         else:
             own = cgroup_dir(mount, own_cgroups(self.cgroup_file).get("", "/"))
             if own is None:
-                raise Unavailable("this process's cgroup is not visible under "
-                                  f"{mount.point}")
+                raise Unavailable(f"this process's cgroup is not visible under {mount.point}")
             candidates = _self_and_ancestors(own, mount.point)
             if self.systemd is not None:
                 candidates.insert(1, _SCOPE)
@@ -254,8 +260,9 @@ class Cgroup2Backend(CgroupBackend):
     def clean_stale(self):
         found = super().clean_stale()
         if self.scope is not None:  # scopes of dead supervisors beside ours
-            found += sd.clean_stale_scopes(self.fs, os.path.dirname(self.parent),
-                                           self._remove_stale, keep=self.parent)
+            found += sd.clean_stale_scopes(
+                self.fs, os.path.dirname(self.parent), self._remove_stale, keep=self.parent
+            )
         return found
 
     def _remove_stale(self, path: str) -> int:
@@ -282,9 +289,11 @@ class Cgroup2Backend(CgroupBackend):
                 return mount
         point = mounts[0].point
         ctrls = " ".join(sorted(self._controllers(point))) or "none"
-        raise Unavailable(f"cgroup2 at {point} offers controllers '{ctrls}' but not "
-                          "memory: the memory controller is bound to a cgroup v1 "
-                          "hierarchy (hybrid layout)")
+        raise Unavailable(
+            f"cgroup2 at {point} offers controllers '{ctrls}' but not "
+            "memory: the memory controller is bound to a cgroup v1 "
+            "hierarchy (hybrid layout)"
+        )
 
     def _controllers(self, path: str) -> set[str]:
         try:
@@ -296,8 +305,7 @@ class Cgroup2Backend(CgroupBackend):
         """Make sure children of ``path`` can get memory.max."""
         if not self.fs.exists(os.path.join(path, "cgroup.controllers")):
             raise Unavailable("not a cgroup2 directory")
-        if not self.fs.writable(path) or not self.fs.writable(
-                os.path.join(path, "cgroup.procs")):
+        if not self.fs.writable(path) or not self.fs.writable(os.path.join(path, "cgroup.procs")):
             raise Unavailable(f"not writable by uid {os.getuid()}")
         if "memory" not in self._controllers(path):
             raise Unavailable("its parent does not delegate the memory controller")
@@ -307,14 +315,13 @@ class Cgroup2Backend(CgroupBackend):
                 self.fs.write(subtree, "+memory")
             except CageError as err:
                 cause = err.__cause__
-                if isinstance(cause, OSError) and cause.errno == errno.EBUSY and \
-                        not is_root:
+                if isinstance(cause, OSError) and cause.errno == errno.EBUSY and not is_root:
                     raise Unavailable(
                         "it holds processes, and cgroup v2 lets a non-root cgroup with "
-                        "processes enable no controller for its children") from err
+                        "processes enable no controller for its children"
+                    ) from err
                 raise
-        if "pids" in self._controllers(path) and "pids" not in self.fs.read(
-                subtree).split():
+        if "pids" in self._controllers(path) and "pids" not in self.fs.read(subtree).split():
             try:
                 self.fs.write(subtree, "+pids")
             except CageError:

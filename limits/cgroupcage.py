@@ -80,8 +80,10 @@ class CgroupCage(Cage):
         want = (expect if expect is not None else value).split()
         if got[:1] != want[:1]:
             raise CageError(
-                f"{self._file(name)}: wrote {value!r} but the kernel reads back "
-                f"{' '.join(got)!r}", path=self._file(name), backend=self.backend)
+                f"{self._file(name)}: wrote {value!r} but the kernel reads back {' '.join(got)!r}",
+                path=self._file(name),
+                backend=self.backend,
+            )
 
     def open_files(self) -> None:
         self._usage_fd = self._keep_open(self.usage_file)
@@ -112,7 +114,8 @@ class CgroupCage(Cage):
         """workingset_refault_{file,anon} (pages, 5.9+) or workingset_refault (older)."""
         stat = parse_flat_keyed(self.fs.read(self._file("memory.stat")))
         pages = stat.get("workingset_refault_file", 0) + stat.get(
-            "workingset_refault_anon", 0) or stat.get("workingset_refault", 0)
+            "workingset_refault_anon", 0
+        ) or stat.get("workingset_refault", 0)
         return pages * PAGE_SIZE
 
     def members(self) -> list[int]:
@@ -135,8 +138,10 @@ class CgroupCage(Cage):
         if self.pids_limit > 0 and not self.kernel_pids():
             count = len(self.members())
             if count >= self.pids_limit:
-                return (f"process limit {self.pids_limit} reached: {count} processes in "
-                        "the cage (counted: no pids controller here)")
+                return (
+                    f"process limit {self.pids_limit} reached: {count} processes in "
+                    "the cage (counted: no pids controller here)"
+                )
         return None
 
     def kernel_pids(self) -> bool:
@@ -144,8 +149,11 @@ class CgroupCage(Cage):
         return self.companion is not None
 
     def placements(self) -> list[Placement]:
-        own = Placement(self.hierarchy, self.cgroup,
-                        lambda: set(ids_under(self.fs, self.path, self.threads_file)))
+        own = Placement(
+            self.hierarchy,
+            self.cgroup,
+            lambda: set(ids_under(self.fs, self.path, self.threads_file)),
+        )
         return [own] + ([self.companion.placement()] if self.companion else [])
 
     def wait_empty(self, timeout: float) -> bool:
@@ -202,8 +210,10 @@ def remove_when_empty(fs: CgroupFS, cage: CgroupCage) -> int:
                 if not fs.exists(path):
                     return len(killed)
                 if not is_busy(err) or time.monotonic() >= deadline:
-                    raise CageError(f"{err.message}; processes still inside: "
-                                    f"{cage.members() or 'none'}", path=path) from err
+                    raise CageError(
+                        f"{err.message}; processes still inside: {cage.members() or 'none'}",
+                        path=path,
+                    ) from err
             time.sleep(0.01)
 
 
@@ -219,12 +229,17 @@ class CgroupBackend(Backend):
 
     cage_class: type[CgroupCage]
 
-    def __init__(self, fs: CgroupFS | None = None, root: str | None = None, *,
-                 mountinfo: str = "/proc/self/mountinfo",
-                 cgroup_file: str = "/proc/self/cgroup") -> None:
+    def __init__(
+        self,
+        fs: CgroupFS | None = None,
+        root: str | None = None,
+        *,
+        mountinfo: str = "/proc/self/mountinfo",
+        cgroup_file: str = "/proc/self/cgroup",
+    ) -> None:
         self.fs = fs or CgroupFS()
         self.requested_root = root
-        self.mountinfo = mountinfo      # where to find the hierarchies (tests: fakes)
+        self.mountinfo = mountinfo  # where to find the hierarchies (tests: fakes)
         self.cgroup_file = cgroup_file  # and this process's place in them
         self.parent: str | None = None
         self._seq = 0
@@ -239,6 +254,7 @@ class CgroupBackend(Backend):
     def owner(self) -> str:
         if self._owner is None:
             from agent_supervise.limits.base import owner_tag
+
             self._owner = owner_tag()
         return self._owner
 
@@ -265,10 +281,12 @@ class CgroupBackend(Backend):
                 found.append(StaleCage(path, owner, 0, False))
         # Processes that left their cage before their supervisor died carry its marker.
         from agent_supervise.limits.stale import kill_marked_orphans
+
         return found + kill_marked_orphans()
 
-    def create(self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT,
-               uid: int | None = None) -> CgroupCage:
+    def create(
+        self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT, uid: int | None = None
+    ) -> CgroupCage:
         """mkdir a leaf, write and check its limits, open the files the loop reads."""
         path = self.next_path(label)
         return self._make(path, limit, open_files=True, pids=pids)

@@ -100,9 +100,9 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
 class Mount:
     """One cgroup mount from /proc/self/mountinfo."""
 
-    point: str        # where it is mounted
-    root: str         # which cgroup of the hierarchy appears at ``point``
-    fstype: str       # "cgroup" (v1) or "cgroup2"
+    point: str  # where it is mounted
+    root: str  # which cgroup of the hierarchy appears at ``point``
+    fstype: str  # "cgroup" (v1) or "cgroup2"
     options: tuple[str, ...]  # super options: v1 controllers are listed here
 
 
@@ -140,7 +140,7 @@ def own_cgroups(cgroup_file: str = "/proc/self/cgroup") -> dict[str, str]:
         if len(parts) != 3:
             continue
         _, controllers, path = parts
-        for key in (controllers.split(",") if controllers else [""]):
+        for key in controllers.split(",") if controllers else [""]:
             paths[key] = path
     return paths
 
@@ -153,7 +153,7 @@ def cgroup_dir(mount: Mount, cgroup_path: str) -> str | None:
     root = mount.root.rstrip("/")
     if root and not (cgroup_path == root or cgroup_path.startswith(root + "/")):
         return None
-    rel = cgroup_path[len(root):].lstrip("/")
+    rel = cgroup_path[len(root) :].lstrip("/")
     return os.path.join(mount.point, rel) if rel else mount.point
 
 
@@ -169,7 +169,7 @@ def kernel_path(directory: str, mounts: list[Mount]) -> str | None:
     if best is None:
         return None
     point, mount = best
-    rel = directory[len(point):].strip("/")
+    rel = directory[len(point) :].strip("/")
     root = mount.root.rstrip("/")
     return f"{root}/{rel}" if rel else (root or "/")
 

@@ -68,8 +68,10 @@ class PeakGuard:
     def changed(self) -> str | None:
         peak = self.value()
         if peak > self.limit + self.slack:
-            return (f"{self.label} reached {format_size(peak)}, above the "
-                    f"{format_size(self.limit)} cap: the agent raised its limit meanwhile")
+            return (
+                f"{self.label} reached {format_size(peak)}, above the "
+                f"{format_size(self.limit)} cap: the agent raised its limit meanwhile"
+            )
         if peak < self.last:
             return f"{self.label} went down from {self.last} to {peak}: the agent reset it"
         self.last = peak

@@ -42,12 +42,15 @@ MSGMNB = 16384
 def unavailable() -> str | None:
     """Why agents cannot get namespaces of their own here (None: they can)."""
     from agent_supervise.run import spawn
+
     if os.environ.get(ENV_SWITCH) == "0":
         return f"{ENV_SWITCH}=0"
     if os.geteuid() != 0:
-        return ("not root: PID, IPC and mount namespaces need CAP_SYS_ADMIN (agents of "
-                "the same user can signal each other; an rlimit agent's double-forked "
-                "children are followed through the process tree only)")
+        return (
+            "not root: PID, IPC and mount namespaces need CAP_SYS_ADMIN (agents of "
+            "the same user can signal each other; an rlimit agent's double-forked "
+            "children are followed through the process tree only)"
+        )
     if not spawn.fast_path():
         return "the C spawner is not built (no C compiler at install) or is turned off"
     if not os.access(INIT, os.X_OK):
@@ -63,14 +66,31 @@ def _try() -> str | None:
     agent, exits 2 at once): root in a container without CAP_SYS_ADMIN, a seccomp
     filter, or a full /proc/sys/user/max_pid_namespaces all fail here, once."""
     from agent_supervise import _spawn  # present: spawn.fast_path() said so
+
     plan = Plan.for_cap(64 << 20)
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
         try:
-            pid = _spawn.spawn([INIT.encode()], [INIT.encode()], [], None, null, null, null,
-                               [], [], -1, -1, -1, -1, None, 0, report_w,
-                               (plan.shm_options, plan.sysctls, (report_w, null)))
+            pid = _spawn.spawn(
+                [INIT.encode()],
+                [INIT.encode()],
+                [],
+                None,
+                null,
+                null,
+                null,
+                [],
+                [],
+                -1,
+                -1,
+                -1,
+                -1,
+                None,
+                0,
+                report_w,
+                (plan.shm_options, plan.sysctls, (report_w, null)),
+            )
         except OSError as err:
             return f"clone(CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNS): {err.strerror}"
         finally:
@@ -82,8 +102,7 @@ def _try() -> str | None:
         os.close(null)
     if report:
         step, _, code = report.partition(":")
-        return (f"setting up the namespaces failed at step {step}: "
-                f"{os.strerror(int(code or 0))}")
+        return f"setting up the namespaces failed at step {step}: {os.strerror(int(code or 0))}"
     if os.waitstatus_to_exitcode(status) != 2:
         return f"{INIT} did not run in a new PID namespace (status {status})"
     return None
@@ -113,14 +132,25 @@ class Plan:
             shm_options=f"size={pages * PAGE_SIZE},mode=1777".encode(),
             # Per IPC namespace: these bound the agent's SysV shared memory and
             # message queues by its cap (a new namespace allows 32,000 queues).
-            sysctls=((b"/proc/sys/kernel/shmmax", str(limit).encode()),
-                     (b"/proc/sys/kernel/shmall", str(pages).encode()),
-                     (b"/proc/sys/kernel/msgmni", str(max(1, limit // MSGMNB)).encode())))
+            sysctls=(
+                (b"/proc/sys/kernel/shmmax", str(limit).encode()),
+                (b"/proc/sys/kernel/shmall", str(pages).encode()),
+                (b"/proc/sys/kernel/msgmni", str(max(1, limit // MSGMNB)).encode()),
+            ),
+        )
 
     def argv(self, status_fd: int, report_fd: int, grace: float, paths, cmd) -> list[str]:
         """The init's command line: it execs ``cmd`` over the candidate ``paths``."""
-        return [INIT, str(status_fd), str(report_fd), str(int(grace * 1000)),
-                str(len(paths)), *paths, "--", *cmd]
+        return [
+            INIT,
+            str(status_fd),
+            str(report_fd),
+            str(int(grace * 1000)),
+            str(len(paths)),
+            *paths,
+            "--",
+            *cmd,
+        ]
 
 
 @dataclass(frozen=True)
@@ -154,12 +184,14 @@ class InitReport:
     def removed(self) -> str | None:
         """A note on the shared memory that went with the agent's namespaces."""
         from agent_supervise.units import format_size
+
         parts = []
         if self.shm_files:
             parts.append(f"{self.shm_files} files in /dev/shm ({format_size(self.shm_bytes)})")
         if self.sysv_segments:
-            parts.append(f"{self.sysv_segments} SysV shared memory segments "
-                         f"({format_size(self.sysv_bytes)})")
+            parts.append(
+                f"{self.sysv_segments} SysV shared memory segments ({format_size(self.sysv_bytes)})"
+            )
         return ("removed with the agent: " + ", ".join(parts)) if parts else None
 
 
@@ -167,14 +199,19 @@ def rlimit_uncounted(isolated: bool) -> str:
     """What the rlimit watchdog does not count (said by doctor and in --json notes);
     the kernel backends charge all of it to the cgroup."""
     from agent_supervise.linux import original_open_files_limit
+
     soft = (original_open_files_limit() or resource.getrlimit(resource.RLIMIT_NOFILE))[0]
     if isolated:
-        return (f"not counted under rlimit: pipe buffers (at most ~{soft // 2} pipes of "
-                "/proc/sys/fs/pipe-max-size each) and closed files in tmpfs mounts other "
-                f"than its private /dev/shm; memfd files are counted every {FD_SCAN_S:g}s")
-    return ("not counted under rlimit (no namespaces of its own): files in /dev/shm and "
-            "other tmpfs mounts, detached SysV shared memory, pipe buffers; memfd and "
-            "deleted tmpfs files it holds open are not counted either")
+        return (
+            f"not counted under rlimit: pipe buffers (at most ~{soft // 2} pipes of "
+            "/proc/sys/fs/pipe-max-size each) and closed files in tmpfs mounts other "
+            f"than its private /dev/shm; memfd files are counted every {FD_SCAN_S:g}s"
+        )
+    return (
+        "not counted under rlimit (no namespaces of its own): files in /dev/shm and "
+        "other tmpfs mounts, detached SysV shared memory, pipe buffers; memfd and "
+        "deleted tmpfs files it holds open are not counted either"
+    )
 
 
 #: How often the agent's open memfd and deleted tmpfs files are looked for (a scan
@@ -212,8 +249,7 @@ class SharedMemoryMeter:
     @classmethod
     def open(cls, pid: int) -> SharedMemoryMeter:
         try:
-            shm = os.open(f"/proc/{pid}/root/dev/shm", os.O_RDONLY | os.O_DIRECTORY
-                          | os.O_CLOEXEC)
+            shm = os.open(f"/proc/{pid}/root/dev/shm", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             shm = None
         return cls(shm, _open_in_ipc_namespace(pid, "/proc/sysvipc/shm"))
@@ -243,6 +279,7 @@ _LIBC: list = []
 def _setns(fd: int, nstype: int) -> int:
     if not _LIBC:
         import ctypes
+
         _LIBC.append(ctypes.CDLL(None, use_errno=True))
     return _LIBC[0].setns(fd, nstype)
 
@@ -310,4 +347,5 @@ def _held_file_bytes(pids) -> int:
 
 def _is_memory_backed(st) -> bool:
     import stat as stat_mod
+
     return stat_mod.S_ISREG(st.st_mode) and os.major(st.st_dev) == 0

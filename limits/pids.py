@@ -68,8 +68,10 @@ def max_events(fd: int) -> int:
 
 
 def exceeded_detail(limit: int, refused: int) -> str:
-    return (f"process limit {limit} reached: the kernel refused {refused} fork(s) "
-            "(pids.max counts threads too)")
+    return (
+        f"process limit {limit} reached: the kernel refused {refused} fork(s) "
+        "(pids.max counts threads too)"
+    )
 
 
 class PidsLeaf:
@@ -93,8 +95,10 @@ class PidsLeaf:
             fs.write(leaf._file("pids.max"), value)
             got = fs.read(leaf._file("pids.max")).strip()
             if got != value:
-                raise CageError(f"{leaf._file('pids.max')}: wrote {value} but the kernel "
-                                f"reads back {got!r}", path=leaf._file("pids.max"))
+                raise CageError(
+                    f"{leaf._file('pids.max')}: wrote {value} but the kernel reads back {got!r}",
+                    path=leaf._file("pids.max"),
+                )
             leaf._procs_fd = leaf._open("cgroup.procs", os.O_WRONLY)
             leaf._events_fd = leaf._open("pids.events")
             leaf.guards.append(Guard(leaf._open("pids.max"), "pids.max"))
@@ -128,8 +132,7 @@ class PidsLeaf:
         return exceeded_detail(self.limit, refused) if refused else None
 
     def placement(self) -> Placement:
-        return Placement("pids", self.cgroup,
-                         lambda: set(ids_under(self.fs, self.path, "tasks")))
+        return Placement("pids", self.cgroup, lambda: set(ids_under(self.fs, self.path, "tasks")))
 
     # -- what remove_when_empty needs --------------------------------------------------
     def members(self) -> list[int]:
@@ -137,6 +140,7 @@ class PidsLeaf:
 
     def kill(self) -> int:
         import signal
+
         return signal_pids(self.members(), signal.SIGKILL)
 
     def is_empty(self) -> bool:
@@ -153,6 +157,7 @@ class PidsLeaf:
     def release(self) -> None:
         """Close the files; kill what is left, wait for it to drain, rmdir."""
         from agent_supervise.limits.cgroupcage import remove_when_empty
+
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
@@ -163,8 +168,12 @@ class PidsLeaf:
 class PidsHierarchy:
     """Where companion leaves go: under this process's cgroup in the v1 pids hierarchy."""
 
-    def __init__(self, fs: CgroupFS, mountinfo: str = "/proc/self/mountinfo",
-                 cgroup_file: str = "/proc/self/cgroup") -> None:
+    def __init__(
+        self,
+        fs: CgroupFS,
+        mountinfo: str = "/proc/self/mountinfo",
+        cgroup_file: str = "/proc/self/cgroup",
+    ) -> None:
         self.fs, self.mountinfo, self.cgroup_file = fs, mountinfo, cgroup_file
         self.parent: str | None = None
         self._why_not: Unavailable | None = None
@@ -183,15 +192,15 @@ class PidsHierarchy:
         return self.parent
 
     def _find(self) -> str:
-        mounts = [m for m in cgroup_mounts(self.mountinfo)
-                  if m.fstype == "cgroup" and "pids" in m.options]
+        mounts = [
+            m for m in cgroup_mounts(self.mountinfo) if m.fstype == "cgroup" and "pids" in m.options
+        ]
         if not mounts:
             raise Unavailable("no cgroup v1 hierarchy has the pids controller")
         own = own_cgroups(self.cgroup_file).get("pids")
         parent = cgroup_dir(mounts[0], own) if own else None
         if parent is None or not self.fs.exists(os.path.join(parent, "cgroup.procs")):
-            raise Unavailable(f"this process's pids cgroup is not visible under "
-                              f"{mounts[0].point}")
+            raise Unavailable(f"this process's pids cgroup is not visible under {mounts[0].point}")
         if not self.fs.writable(parent):
             raise Unavailable(f"{parent} is not writable by uid {os.getuid()}")
         probe = os.path.join(parent, cage_name(owner_tag(), 0, "pids-probe"))
@@ -216,6 +225,7 @@ class PidsHierarchy:
     def clean_stale(self) -> list[StaleCage]:
         """Companion leaves of supervisors that died: kill what is inside, rmdir."""
         from agent_supervise.limits.cgroupcage import remove_when_empty
+
         if not self.available():
             return []
         found = []

@@ -72,6 +72,7 @@ class RlimitCage(Cage):
         if self.companion is not None:
             self.companion.attach()
         from agent_supervise.limits import isolation
+
         if self.init_fd is not None:  # namespaces of its own: its shared memory counts
             self.shared = isolation.SharedMemoryMeter.open(pid)
         self.notes.append(isolation.rlimit_uncounted(self.shared is not None))
@@ -93,6 +94,7 @@ class RlimitCage(Cage):
 
     def tampered(self) -> str | None:
         from agent_supervise.limits.guard import first_change
+
         return first_change(self.companion.guards) if self.companion else None
 
     def pids_exceeded(self) -> str | None:
@@ -101,8 +103,10 @@ class RlimitCage(Cage):
         if self.companion is not None:
             return self.companion.exceeded()
         if self.pids_limit > 0 and self._count >= self.pids_limit:
-            return (f"process limit {self.pids_limit} reached: {self._count} processes "
-                    "in the tree (counted: no pids cgroup here)")
+            return (
+                f"process limit {self.pids_limit} reached: {self._count} processes "
+                "in the tree (counted: no pids cgroup here)"
+            )
         return None
 
     def placements(self) -> list[Placement]:
@@ -150,8 +154,12 @@ class RlimitCage(Cage):
 
 
 class RlimitBackend(Backend):
-    def __init__(self, kind: str = "data", table: ProcessTable | None = None,
-                 pids: PidsHierarchy | None = None) -> None:
+    def __init__(
+        self,
+        kind: str = "data",
+        table: ProcessTable | None = None,
+        pids: PidsHierarchy | None = None,
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"rlimit kind must be one of {sorted(KINDS)}, not {kind!r}")
         self.kind = kind
@@ -173,10 +181,12 @@ class RlimitBackend(Backend):
     def clean_stale(self):
         """Processes of agents whose supervisor died (see stale.py)."""
         from agent_supervise.limits.stale import kill_marked_orphans
+
         return kill_marked_orphans() + self.pids.clean_stale()
 
-    def create(self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT,
-               uid: int | None = None) -> RlimitCage:
+    def create(
+        self, label: str, limit: int, *, pids: int = DEFAULT_PIDS_LIMIT, uid: int | None = None
+    ) -> RlimitCage:
         """The rlimits, plus the process cap: a pids companion leaf where the machine
         has a writable v1 pids hierarchy (made even without a cap, for membership);
         else the watchdog counts the tree, and an agent running as a dropped user also
@@ -185,15 +195,16 @@ class RlimitBackend(Backend):
         too) and exempts root, so it is set only where nothing better exists."""
         self._seq += 1
         self._owner = self._owner or owner_tag()
-        cage = RlimitCage(self.kind, cage_name(self._owner, self._seq, label), limit,
-                          self.table)
+        cage = RlimitCage(self.kind, cage_name(self._owner, self._seq, label), limit, self.table)
         cage.pids_limit = max(0, pids)
         try:
             cage.companion = self.pids.create(cage.name, cage.pids_limit)
         except Unavailable as why:
             if cage.pids_limit:
-                cage.notes.append(f"no process cap from the kernel ({why}): the watchdog "
-                                  "counts the agent's tree instead")
+                cage.notes.append(
+                    f"no process cap from the kernel ({why}): the watchdog "
+                    "counts the agent's tree instead"
+                )
             if cage.pids_limit and uid is not None and uid != 0:
                 cage.nproc = cage.pids_limit
         return cage

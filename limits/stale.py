@@ -25,7 +25,7 @@ def _marker(pid: int) -> str | None:
         return None  # gone, a kernel thread, or another user's (not ours to touch)
     for entry in env.split(b"\0"):
         if entry.startswith(MARKER):
-            return entry[len(MARKER):].decode(errors="replace")
+            return entry[len(MARKER) :].decode(errors="replace")
     return None
 
 
@@ -53,6 +53,5 @@ def kill_marked_orphans() -> list[StaleCage]:
     found = []
     for name, pids in sorted(victims.items()):
         signal_pids(pids, signal.SIGKILL)
-        found.append(StaleCage(f"processes marked {name}", stale_owner(name), len(pids),
-                               True))
+        found.append(StaleCage(f"processes marked {name}", stale_owner(name), len(pids), True))
     return found

@@ -152,20 +152,22 @@ def _pid1(root: str) -> str:
         return "unknown"
 
 
-def find_manager(*, euid: int | None = None, environ: dict | None = None,
-                 root: str = "/") -> Manager:
+def find_manager(
+    *, euid: int | None = None, environ: dict | None = None, root: str = "/"
+) -> Manager:
     """Which manager to ask for a delegated scope; :class:`NoManager` says why none."""
     euid = os.geteuid() if euid is None else euid
     environ = dict(os.environ if environ is None else environ)
     if not systemd_running(root):
-        raise NoManager(f"systemd is not running here (PID 1 is {_pid1(root)}; no "
-                        "/run/systemd/system), so there is no manager to ask for a "
-                        "delegated scope")
+        raise NoManager(
+            f"systemd is not running here (PID 1 is {_pid1(root)}; no "
+            "/run/systemd/system), so there is no manager to ask for a "
+            "delegated scope"
+        )
     path = environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin"
     run = shutil.which("systemd-run", path=path + ":/usr/bin:/bin")
     if run is None:
-        raise NoManager("systemd is running but systemd-run is not installed "
-                        f"(not on PATH {path})")
+        raise NoManager(f"systemd is running but systemd-run is not installed (not on PATH {path})")
     if euid == 0:
         return Manager(False, 0, environ, run)
     runtime = environ.get("XDG_RUNTIME_DIR") or os.path.join(root, f"run/user/{euid}")
@@ -175,15 +177,20 @@ def find_manager(*, euid: int | None = None, environ: dict | None = None,
         owner = None
     if owner != euid:
         where = "does not exist" if owner is None else f"belongs to uid {owner}"
-        raise NoManager(f"no systemd user manager for uid {euid}: its runtime directory "
-                        f"{runtime} {where} (user@{euid}.service runs only while the "
-                        "user has a login session, or always once lingering is on)")
+        raise NoManager(
+            f"no systemd user manager for uid {euid}: its runtime directory "
+            f"{runtime} {where} (user@{euid}.service runs only while the "
+            "user has a login session, or always once lingering is on)"
+        )
     private = os.path.join(runtime, "systemd", "private")
     bus = os.path.join(runtime, "bus")
-    if not (os.path.exists(private) or os.path.exists(bus)
-            or environ.get("DBUS_SESSION_BUS_ADDRESS")):
-        raise NoManager(f"no systemd user manager for uid {euid}: neither {private} nor "
-                        f"{bus} exists (user@{euid}.service is not running)")
+    if not (
+        os.path.exists(private) or os.path.exists(bus) or environ.get("DBUS_SESSION_BUS_ADDRESS")
+    ):
+        raise NoManager(
+            f"no systemd user manager for uid {euid}: neither {private} nor "
+            f"{bus} exists (user@{euid}.service is not running)"
+        )
     environ["XDG_RUNTIME_DIR"] = runtime
     return Manager(True, euid, environ, run)
 
@@ -198,19 +205,31 @@ def advice(uid: int | None = None, *, has_systemd: bool | None = None) -> list[s
         name = str(uid)
     out = []
     if uid != 0 and has_systemd:
-        out.append(f"loginctl enable-linger {name} (once, as root): systemd then runs "
-                   f"user@{uid}.service from boot on, and agent-supervise asks it for a "
-                   "delegated scope (a login session of the user starts it too)")
+        out.append(
+            f"loginctl enable-linger {name} (once, as root): systemd then runs "
+            f"user@{uid}.service from boot on, and agent-supervise asks it for a "
+            "delegated scope (a login session of the user starts it too)"
+        )
     if uid != 0:
-        out.append("run agent-supervise as root (sudo): root asks "
-                   + ("the system manager for the scope" if has_systemd else
-                      "for nothing and makes its cgroups itself")
-                   + "; --user NAME runs the agent itself as NAME")
-    out.append(f"--cgroup-root DIR on a cgroup2 directory delegated to uid {uid}"
-               + (" (a unit with Delegate=yes and User=" + name + ", or "
-                  "systemd-run --user --scope -p Delegate=yes)" if has_systemd else
-                  " (chown of the directory, its cgroup.procs and cgroup.subtree_control, "
-                  "with memory in the parent's subtree_control)"))
+        out.append(
+            "run agent-supervise as root (sudo): root asks "
+            + (
+                "the system manager for the scope"
+                if has_systemd
+                else "for nothing and makes its cgroups itself"
+            )
+            + "; --user NAME runs the agent itself as NAME"
+        )
+    out.append(
+        f"--cgroup-root DIR on a cgroup2 directory delegated to uid {uid}"
+        + (
+            " (a unit with Delegate=yes and User=" + name + ", or "
+            "systemd-run --user --scope -p Delegate=yes)"
+            if has_systemd
+            else " (chown of the directory, its cgroup.procs and cgroup.subtree_control, "
+            "with memory in the parent's subtree_control)"
+        )
+    )
     return out
 
 
@@ -222,8 +241,14 @@ class DelegatedScope:
 
     _count = 0
 
-    def __init__(self, manager: Manager, fs, *, mount_point: str = "/sys/fs/cgroup",
-                 timeout: float = START_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        manager: Manager,
+        fs,
+        *,
+        mount_point: str = "/sys/fs/cgroup",
+        timeout: float = START_TIMEOUT_S,
+    ) -> None:
         DelegatedScope._count += 1
         self.manager = manager
         self.fs = fs
@@ -236,18 +261,32 @@ class DelegatedScope:
         self._write_fd: int | None = None
 
     def describe(self) -> str:
-        joined = "; agent-supervise moved into it (busctl " + self.joined + \
-            " AttachProcessesToUnit), since agents could not enter it from its own " \
-            "cgroup" if self.joined else ""
+        joined = (
+            "; agent-supervise moved into it (busctl "
+            + self.joined
+            + " AttachProcessesToUnit), since agents could not enter it from its own "
+            "cgroup"
+            if self.joined
+            else ""
+        )
         return f"a delegated scope {self.unit} from {self.manager.describe()}{joined}"
 
     def command(self, oom_policy: bool = True) -> list[str]:
         cat = shutil.which("cat") or "/bin/cat"
-        return [self.manager.systemd_run, *self.manager.flags(), "--scope", "--quiet",
-                "--collect", "-p", "Delegate=yes",
-                *(["-p", "OOMPolicy=continue"] if oom_policy else []),
-                f"--unit={self.unit}",
-                f"--description=agent-supervise {os.getpid()}: agents' cages", "--", cat]
+        return [
+            self.manager.systemd_run,
+            *self.manager.flags(),
+            "--scope",
+            "--quiet",
+            "--collect",
+            "-p",
+            "Delegate=yes",
+            *(["-p", "OOMPolicy=continue"] if oom_policy else []),
+            f"--unit={self.unit}",
+            f"--description=agent-supervise {os.getpid()}: agents' cages",
+            "--",
+            cat,
+        ]
 
     # -- start ------------------------------------------------------------------
     def start(self) -> str:
@@ -269,12 +308,17 @@ class DelegatedScope:
     def _run_holder(self, *, oom_policy: bool) -> str:
         """Start systemd-run; return the scope's cgroup path (as /proc shows it)."""
         cmd = self.command(oom_policy)
-        shown = " ".join(cmd[:cmd.index("--")])
+        shown = " ".join(cmd[: cmd.index("--")])
         read_fd, write_fd = os.pipe()  # close-on-exec on our side: agents never hold it
         try:
-            proc = subprocess.Popen(cmd, stdin=read_fd, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, env=self.manager.env,
-                                    start_new_session=True)  # no terminal ^C for it
+            proc = subprocess.Popen(
+                cmd,
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=self.manager.env,
+                start_new_session=True,
+            )  # no terminal ^C for it
         except OSError as err:
             os.close(write_fd)
             raise ScopeFailed(f"{shown}: {err.strerror or err}") from err
@@ -305,8 +349,9 @@ class DelegatedScope:
                 proc.kill()
                 proc.wait()
                 os.close(write_fd)
-                raise ScopeFailed(f"{shown}: no scope after {self.timeout:g} s (its "
-                                  f"cgroup is {cgroup})")
+                raise ScopeFailed(
+                    f"{shown}: no scope after {self.timeout:g} s (its cgroup is {cgroup})"
+                )
         proc.stderr.close()  # the holder keeps its own copy; it writes nothing
         self.proc, self._write_fd = proc, write_fd
         return cgroup
@@ -320,12 +365,15 @@ class DelegatedScope:
         ancestor of where it is and where it goes, and from ``session-N.scope`` that is
         ``user-UID.slice``, root's. ``AttachProcessesToUnit`` is systemd's own way into
         a delegated unit's sub-cgroup; the user manager gets PID 1 to do the move."""
-        busctl = busctl or shutil.which("busctl", path=self.manager.env.get(
-            "PATH", "") + ":/usr/bin:/bin")
+        busctl = busctl or shutil.which(
+            "busctl", path=self.manager.env.get("PATH", "") + ":/usr/bin:/bin"
+        )
         if busctl is None:
-            raise ScopeFailed(f"{self.unit}: busctl is not installed: this process "
-                              "cannot be moved into the scope, and its agents could not "
-                              "enter it from here")
+            raise ScopeFailed(
+                f"{self.unit}: busctl is not installed: this process "
+                "cannot be moved into the scope, and its agents could not "
+                "enter it from here"
+            )
         sub = os.path.join(self.path, SUPERVISOR)
         try:
             self.fs.mkdir(sub)
@@ -333,13 +381,29 @@ class DelegatedScope:
             raise ScopeFailed(str(err)) from err
         tried = []
         for flags in self.manager.bus_flags():
-            cmd = [busctl, *flags, f"--timeout={self.timeout:g}", "call",
-                   "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
-                   "org.freedesktop.systemd1.Manager", "AttachProcessesToUnit", "ssau",
-                   self.unit, "/" + SUPERVISOR, "1", str(os.getpid())]
+            cmd = [
+                busctl,
+                *flags,
+                f"--timeout={self.timeout:g}",
+                "call",
+                "org.freedesktop.systemd1",
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.systemd1.Manager",
+                "AttachProcessesToUnit",
+                "ssau",
+                self.unit,
+                "/" + SUPERVISOR,
+                "1",
+                str(os.getpid()),
+            ]
             try:
-                done = subprocess.run(cmd, env=self.manager.env, capture_output=True,
-                                      stdin=subprocess.DEVNULL, timeout=self.timeout + 5)
+                done = subprocess.run(
+                    cmd,
+                    env=self.manager.env,
+                    capture_output=True,
+                    stdin=subprocess.DEVNULL,
+                    timeout=self.timeout + 5,
+                )
             except (OSError, subprocess.TimeoutExpired) as err:
                 tried.append(f"{' '.join(cmd)}: {err}")
                 continue
@@ -348,8 +412,10 @@ class DelegatedScope:
                 self.joined = " ".join(flags)
                 return
             said = done.stderr.decode(errors="replace").strip().splitlines()
-            tried.append(f"{' '.join(cmd)}: exit {done.returncode}: "
-                         f"{said[-1] if said else 'no message'} (this process is in {here})")
+            tried.append(
+                f"{' '.join(cmd)}: exit {done.returncode}: "
+                f"{said[-1] if said else 'no message'} (this process is in {here})"
+            )
         raise ScopeFailed("; ".join(tried))
 
     # -- end ----------------------------------------------------------------------
@@ -379,8 +445,7 @@ class DelegatedScope:
         # Our cages are gone: wait (briefly) for systemd to remove the scope, so that
         # nothing of ours is left when the supervisor exits. (Joined: it goes when
         # this process exits.)
-        while not self.joined and self.fs.exists(self.path) and not _has_cages(
-                self.fs, self.path):
+        while not self.joined and self.fs.exists(self.path) and not _has_cages(self.fs, self.path):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.005)
@@ -422,8 +487,9 @@ def scope_owner(name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
-def clean_stale_scopes(fs, slice_dir: str, remove: Callable[[str], int],
-                       keep: str | None = None) -> list[StaleCage]:
+def clean_stale_scopes(
+    fs, slice_dir: str, remove: Callable[[str], int], keep: str | None = None
+) -> list[StaleCage]:
     """Scopes in ``slice_dir`` of supervisors that are gone: remove the cages left in
     them (``remove(path)`` kills what is inside, waits, rmdirs: the count killed) and
     their holder's cgroup; then the scope is empty and systemd removes it."""

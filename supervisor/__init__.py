@@ -49,5 +49,6 @@ def __getattr__(name):
     # ``import agent_supervise`` works everywhere (validate, schema, --help).
     if name in ("RunOptions", "run_agent"):
         from agent_supervise.run import single
+
         return getattr(single, name)
     raise AttributeError(name)

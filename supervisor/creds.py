@@ -61,7 +61,9 @@ def resolve(user: str | int | None, group: str | int | None = None) -> Credentia
     entry = lookup_user(user) if user is not None else pwd.getpwuid(os.geteuid())
     gid = lookup_group(group) if group is not None else entry.pw_gid
     if os.geteuid() != 0 and (entry.pw_uid != os.geteuid() or gid != os.getegid()):
-        raise BadInput(f"running agents as user {entry.pw_name!r} needs root",
-                       hint="run agent-supervise as root, or leave user/group out")
+        raise BadInput(
+            f"running agents as user {entry.pw_name!r} needs root",
+            hint="run agent-supervise as root, or leave user/group out",
+        )
     groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, gid))))
     return Credentials(entry.pw_name, entry.pw_uid, gid, groups, entry.pw_dir)

@@ -27,8 +27,9 @@ def _pid1() -> str:
 
 def _psi() -> dict:
     line, why = read_psi()
-    return {"available": True, "memory": line} if why is None else \
-        {"available": False, "reason": why}
+    return (
+        {"available": True, "memory": line} if why is None else {"available": False, "reason": why}
+    )
 
 
 def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
@@ -40,31 +41,55 @@ def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
     is_root = os.geteuid() == 0
     warnings = []
     if is_root:
-        warnings.append("running as root: an agent that also runs as root can write its "
-                        "pid into another cgroup's cgroup.procs and leave its cage")
+        warnings.append(
+            "running as root: an agent that also runs as root can write its "
+            "pid into another cgroup's cgroup.procs and leave its cage"
+        )
     if not any(p.available for p in probes if p.name != "rlimit"):
-        warnings.append("no cgroup backend: caps are per-process rlimits plus the "
-                        "watchdog's RSS sampling, not a kernel-enforced tree cap")
+        warnings.append(
+            "no cgroup backend: caps are per-process rlimits plus the "
+            "watchdog's RSS sampling, not a kernel-enforced tree cap"
+        )
     return {
         "version": __version__,
-        "system": {"kernel": platform.release(), "python": sys.version.split()[0],
-                   "root": is_root, "uid": os.getuid(), "pid1": _pid1(),
-                   "cpus": os.cpu_count(), "mem_total": mem.get("MemTotal"),
-                   "mem_available": mem.get("MemAvailable")},
-        "cgroups": {"mounts": [{"point": m.point, "type": m.fstype,
-                                "options": [o for o in m.options if o not in ("rw", "ro")]}
-                               for m in cgroup_mounts()],
-                    "own": own},
+        "system": {
+            "kernel": platform.release(),
+            "python": sys.version.split()[0],
+            "root": is_root,
+            "uid": os.getuid(),
+            "pid1": _pid1(),
+            "cpus": os.cpu_count(),
+            "mem_total": mem.get("MemTotal"),
+            "mem_available": mem.get("MemAvailable"),
+        },
+        "cgroups": {
+            "mounts": [
+                {
+                    "point": m.point,
+                    "type": m.fstype,
+                    "options": [o for o in m.options if o not in ("rw", "ro")],
+                }
+                for m in cgroup_mounts()
+            ],
+            "own": own,
+        },
         "psi": _psi(),
         "pidfd": pidfd_supported(),
-        "spawn": "vfork (C extension agent_supervise._spawn)" if spawn.fast_path() else
-                 "fork + preexec_fn (the C extension was not built, or "
-                 "AGENT_SUPERVISE_SPAWN=python): ~10x slower to start agents",
+        "spawn": "vfork (C extension agent_supervise._spawn)"
+        if spawn.fast_path()
+        else "fork + preexec_fn (the C extension was not built, or "
+        "AGENT_SUPERVISE_SPAWN=python): ~10x slower to start agents",
         "namespaces": _namespaces(),
         "systemd": _systemd(),
-        "backends": [{"name": p.name, "available": p.available, "detail": p.detail,
-                      **({"advice": list(p.advice)} if p.advice else {})}
-                     for p in probes],
+        "backends": [
+            {
+                "name": p.name,
+                "available": p.available,
+                "detail": p.detail,
+                **({"advice": list(p.advice)} if p.advice else {}),
+            }
+            for p in probes
+        ],
         "auto": chosen,
         "warnings": warnings,
     }
@@ -73,11 +98,15 @@ def collect(*, rlimit: str = "data", cgroup_root: str | None = None) -> dict:
 def render(report: dict) -> str:
     """The human-readable form."""
     s = report["system"]
-    lines = [f"agent-supervise {report['version']}",
-             f"kernel {s['kernel']}, python {s['python']}, "
-             f"{'root' if s['root'] else 'uid ' + str(s['uid'])}, pid 1 is {s['pid1']}, "
-             f"{s['cpus']} cpus, {_gib(s['mem_available'])} of {_gib(s['mem_total'])} "
-             "available", "", "backends (tried for real, in auto's order):"]
+    lines = [
+        f"agent-supervise {report['version']}",
+        f"kernel {s['kernel']}, python {s['python']}, "
+        f"{'root' if s['root'] else 'uid ' + str(s['uid'])}, pid 1 is {s['pid1']}, "
+        f"{s['cpus']} cpus, {_gib(s['mem_available'])} of {_gib(s['mem_total'])} "
+        "available",
+        "",
+        "backends (tried for real, in auto's order):",
+    ]
     for b in report["backends"]:
         mark = "yes" if b["available"] else "no "
         lines.append(f"  {b['name']:8} {mark}  {b['detail']}")
@@ -106,28 +135,35 @@ def render(report: dict) -> str:
 def _systemd() -> dict:
     """Which systemd manager would hand out a delegated scope (limits/systemd.py)."""
     from agent_supervise.limits import systemd
+
     try:
         manager = systemd.find_manager()
     except systemd.NoManager as err:
         return {"manager": None, "detail": f"no delegated scope: {err}"}
-    return {"manager": "user" if manager.user else "system",
-            "detail": f"cgroup2 cages may go in a delegated scope from {manager.describe()} "
-                      f"(systemd-run{' --user' if manager.user else ''} --scope -p "
-                      "Delegate=yes, held while agent-supervise runs)"}
+    return {
+        "manager": "user" if manager.user else "system",
+        "detail": f"cgroup2 cages may go in a delegated scope from {manager.describe()} "
+        f"(systemd-run{' --user' if manager.user else ''} --scope -p "
+        "Delegate=yes, held while agent-supervise runs)",
+    }
 
 
 def _namespaces() -> dict:
     """Whether agents get PID, IPC and mount namespaces of their own, and what that
     means for the promise (limits/isolation.py)."""
     from agent_supervise.limits import isolation
+
     why = isolation.unavailable()
     if why is None:
-        return {"available": True, "detail": (
-            "yes: each agent has PID, IPC and mount namespaces of its own (its tree "
-            "cannot be shed, dies with its run or a SIGKILLed supervisor, cannot signal "
-            "other agents; a private /dev/shm and SysV limits sized to its cap)")}
-    return {"available": False, "detail": f"no ({why}); "
-            + isolation.rlimit_uncounted(False)}
+        return {
+            "available": True,
+            "detail": (
+                "yes: each agent has PID, IPC and mount namespaces of its own (its tree "
+                "cannot be shed, dies with its run or a SIGKILLed supervisor, cannot signal "
+                "other agents; a private /dev/shm and SysV limits sized to its cap)"
+            ),
+        }
+    return {"available": False, "detail": f"no ({why}); " + isolation.rlimit_uncounted(False)}
 
 
 def _gib(n: int | None) -> str:

@@ -60,8 +60,11 @@ class SuperviseError(Exception):
         """The structured fields, for JSON output and logs."""
         names = ("agent", "pid", "backend", "path", "hint")
         found = {name: getattr(self, name) for name in names}
-        return {"error": type(self).__name__, "message": self.message,
-                **{k: v for k, v in found.items() if v is not None}}
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            **{k: v for k, v in found.items() if v is not None},
+        }
 
 
 def _rebuild(cls, message: str, state: dict) -> SuperviseError:
@@ -84,8 +87,9 @@ class BackendUnavailable(BadInput):
     """
 
     def __init__(self, backend: str, reason: str, *, hint: str | None = None) -> None:
-        super().__init__(f"backend {backend} is not available: {reason}",
-                         backend=backend, hint=hint)
+        super().__init__(
+            f"backend {backend} is not available: {reason}", backend=backend, hint=hint
+        )
         self.reason = reason
 
 

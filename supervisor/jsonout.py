@@ -19,8 +19,9 @@ def dumps(obj, levels: int = 2, _indent: int = 0) -> str:
         return _encode(obj)
     pad = "  " * (_indent + 1)
     if isinstance(obj, dict):
-        items = [f"{pad}{_encode(str(k))}: {dumps(v, levels - 1, _indent + 1)}"
-                 for k, v in obj.items()]
+        items = [
+            f"{pad}{_encode(str(k))}: {dumps(v, levels - 1, _indent + 1)}" for k, v in obj.items()
+        ]
         open_, close = "{", "}"
     else:
         items = [pad + dumps(v, levels - 1, _indent + 1) for v in obj]

@@ -29,21 +29,21 @@ class TextEnum(str, enum.Enum):
 class Reason(TextEnum):
     """Why an agent run ended. The value is what JSON and logs show."""
 
-    OK = "ok"                            # exited 0
-    FAILED = "failed"                    # exited non-zero on its own
-    SIGNALED = "signaled"                # killed by a signal nobody here sent
-    OOM_KILLED = "oom_killed"            # the kernel's OOM killer fired in the cage
+    OK = "ok"  # exited 0
+    FAILED = "failed"  # exited non-zero on its own
+    SIGNALED = "signaled"  # killed by a signal nobody here sent
+    OOM_KILLED = "oom_killed"  # the kernel's OOM killer fired in the cage
     MEMORY_EXCEEDED = "memory_exceeded"  # the watchdog saw the tree over its cap
-    PIDS_EXCEEDED = "pids_exceeded"      # a fork was refused at its process cap
-    TIMEOUT = "timeout"                  # ran longer than its timeout
-    INTERRUPTED = "interrupted"          # the supervisor got SIGINT/SIGTERM/SIGHUP
-    NOT_FOUND = "not_found"              # exec: no such file
-    NOT_EXECUTABLE = "not_executable"    # exec: permission denied / bad format
-    SETUP_FAILED = "setup_failed"        # the cage could not be made or entered
-    STOPPED = "stopped"                  # the supervisor stopped it (self-guard)
-    EVICTED = "evicted"                  # stopped to free memory (pressure rule)
-    ESCAPED = "escaped"                  # left its cage, or changed the cage's limits
-    CANCELLED = "cancelled"              # never started: the fleet was stopped first
+    PIDS_EXCEEDED = "pids_exceeded"  # a fork was refused at its process cap
+    TIMEOUT = "timeout"  # ran longer than its timeout
+    INTERRUPTED = "interrupted"  # the supervisor got SIGINT/SIGTERM/SIGHUP
+    NOT_FOUND = "not_found"  # exec: no such file
+    NOT_EXECUTABLE = "not_executable"  # exec: permission denied / bad format
+    SETUP_FAILED = "setup_failed"  # the cage could not be made or entered
+    STOPPED = "stopped"  # the supervisor stopped it (self-guard)
+    EVICTED = "evicted"  # stopped to free memory (pressure rule)
+    ESCAPED = "escaped"  # left its cage, or changed the cage's limits
+    CANCELLED = "cancelled"  # never started: the fleet was stopped first
 
     # -- categories: what the policies and reports ask of a reason (one home) -------
     @property
@@ -73,8 +73,7 @@ class Reason(TextEnum):
 
 _MEMORY_KILLS = frozenset({Reason.OOM_KILLED, Reason.MEMORY_EXCEEDED})
 _MEMORY_ENDINGS = _MEMORY_KILLS | {Reason.EVICTED}
-_ORDINARY_FAILURES = frozenset({Reason.FAILED, Reason.SIGNALED, Reason.TIMEOUT,
-                                Reason.EVICTED})
+_ORDINARY_FAILURES = frozenset({Reason.FAILED, Reason.SIGNALED, Reason.TIMEOUT, Reason.EVICTED})
 
 
 #: Fixed codes; FAILED, SIGNALED and INTERRUPTED depend on the status or signal.
@@ -92,8 +91,9 @@ FIXED_CODES = {
 }
 
 
-def exit_code_for(reason: Reason, status: int | None = None,
-                  signum: int | None = None) -> int | None:
+def exit_code_for(
+    reason: Reason, status: int | None = None, signum: int | None = None
+) -> int | None:
     """The shell-style exit code for a reason.
 
     ``status`` is the agent's own exit status (FAILED); ``signum`` the signal that
@@ -129,11 +129,11 @@ class Outcome:
     peak_bytes: int | None = None
     duration_s: float = 0.0
     pid: int | None = None
-    status: int | None = None          # the agent's own exit status, if it exited
-    signal: int | None = None          # the signal that ended it, if any
+    status: int | None = None  # the agent's own exit status, if it exited
+    signal: int | None = None  # the signal that ended it, if any
     oom_kills: int = 0
-    peak_source: str = "kernel"        # "kernel" (cage counter) or "sampled" (watchdog)
-    detail: str = ""                   # extra facts for the message (leftovers killed…)
+    peak_source: str = "kernel"  # "kernel" (cage counter) or "sampled" (watchdog)
+    detail: str = ""  # extra facts for the message (leftovers killed…)
     agent: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -142,14 +142,29 @@ class Outcome:
         return self.reason is Reason.OK
 
     @classmethod
-    def never_started(cls, reason: Reason, *, cmd, backend: str, limit: int,
-                      detail: str = "", agent: str | None = None,
-                      duration_s: float = 0.0) -> Outcome:
+    def never_started(
+        cls,
+        reason: Reason,
+        *,
+        cmd,
+        backend: str,
+        limit: int,
+        detail: str = "",
+        agent: str | None = None,
+        duration_s: float = 0.0,
+    ) -> Outcome:
         """The outcome of an agent that never ran: no cage, a failed spawn, cancelled
         first. The one constructor of such outcomes (no pid, no peak, no status)."""
-        return cls(reason=reason, exit_code=exit_code_for(reason), cmd=tuple(cmd),
-                   backend=backend, limit_bytes=limit, duration_s=duration_s,
-                   detail=detail, agent=agent)
+        return cls(
+            reason=reason,
+            exit_code=exit_code_for(reason),
+            cmd=tuple(cmd),
+            backend=backend,
+            limit_bytes=limit,
+            duration_s=duration_s,
+            detail=detail,
+            agent=agent,
+        )
 
     def to_json(self) -> dict:
         data = {f: getattr(self, f) for f in self.__dataclass_fields__}  # asdict is slow
@@ -172,16 +187,15 @@ class Outcome:
             Reason.FAILED: f"{cmd} exited with status {self.status}",
             Reason.SIGNALED: f"{cmd} was killed by {signal_name(self.signal)}",
             Reason.OOM_KILLED: f"{cmd} killed by the kernel: memory limit {limit} reached "
-                               f"({facts})",
+            f"({facts})",
             Reason.MEMORY_EXCEEDED: f"{cmd} killed: memory limit {limit} exceeded ({facts})",
-            Reason.PIDS_EXCEEDED: f"{cmd} killed at its process limit (backend "
-                                  f"{self.backend})",
+            Reason.PIDS_EXCEEDED: f"{cmd} killed at its process limit (backend {self.backend})",
             Reason.TIMEOUT: f"{cmd} timed out after {format_duration(self.duration_s)}",
             Reason.INTERRUPTED: f"{cmd} stopped: agent-supervise received "
-                                f"{signal_name(self.signal)}",
+            f"{signal_name(self.signal)}",
             Reason.NOT_FOUND: f"{cmd}: command not found",
             Reason.NOT_EXECUTABLE: f"{cmd}: not executable"
-                                   + (f" ({self.detail})" if self.detail else ""),
+            + (f" ({self.detail})" if self.detail else ""),
             Reason.SETUP_FAILED: f"{cmd} not started",
             Reason.STOPPED: f"{cmd} stopped by agent-supervise",
             Reason.EVICTED: f"{cmd} evicted: the machine ran short of memory",
@@ -191,8 +205,10 @@ class Outcome:
         if self.reason is Reason.FAILED and self.backend.startswith("rlimit"):
             # An rlimit never kills: allocations past it fail inside the program,
             # which then usually exits non-zero. Say so, since it looks like a crash.
-            text += (f" (under an rlimit of {limit} allocations past the limit fail "
-                     f"inside the program; {facts})")
+            text += (
+                f" (under an rlimit of {limit} allocations past the limit fail "
+                f"inside the program; {facts})"
+            )
         if self.detail and self.reason is not Reason.NOT_EXECUTABLE:
             text += f"; {self.detail}"
         return text

@@ -48,7 +48,7 @@ class ProcStat:
     """The fields of /proc/PID/stat the supervisor needs."""
 
     pid: int
-    state: str      # R, S, D, Z, T, ...
+    state: str  # R, S, D, Z, T, ...
     ppid: int
     pgrp: int
     session: int
@@ -67,9 +67,10 @@ class ProcessTable:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             return None
         # The command name is in parentheses and may itself contain spaces and ')'.
-        rest = data[data.rindex(b")") + 2:].split()
-        return ProcStat(pid, rest[0].decode(), int(rest[1]), int(rest[2]), int(rest[3]),
-                        int(rest[19]))
+        rest = data[data.rindex(b")") + 2 :].split()
+        return ProcStat(
+            pid, rest[0].decode(), int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19])
+        )
 
     def children(self, pid: int) -> list[int]:
         """Direct children of ``pid``, over all its threads.

@@ -45,9 +45,11 @@ class RunDir:
         try:
             os.makedirs(self.path)
         except OSError as err:
-            raise BadInput(f"{where} {log_dir}: cannot create the run folder: "
-                           f"{err.strerror}", path=log_dir,
-                           hint="choose a writable folder with --log-dir") from None
+            raise BadInput(
+                f"{where} {log_dir}: cannot create the run folder: {err.strerror}",
+                path=log_dir,
+                hint="choose a writable folder with --log-dir",
+            ) from None
         self.health = FolderHealth(self.path)
         self.discarded: dict[tuple[str, int], str] = {}  # (task, attempt) -> why
 
@@ -66,8 +68,9 @@ class RunDir:
         """One append-only checkpoint file per task, kept across its attempts."""
         return self._stem(task_id) + ".checkpoint"
 
-    def open_logs(self, task_id: str, attempt: int = 1,
-                  err_name: str | None = None) -> tuple[int, int]:
+    def open_logs(
+        self, task_id: str, attempt: int = 1, err_name: str | None = None
+    ) -> tuple[int, int]:
         """The agent's stdout and stderr files (``err_name``: a pool worker's own
         stderr log instead). When they cannot be created, /dev/null, and a note for
         the task's entry (see the module's docstring)."""
@@ -86,9 +89,12 @@ class RunDir:
             self.health.discarded_logs += 1
             self.discarded[(task_id, attempt)] = (
                 f"its output went to /dev/null: {os.path.basename(path)} could not be "
-                f"created ({error.strerror})")
-            return (os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC),
-                    os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+                f"created ({error.strerror})"
+            )
+            return (
+                os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC),
+                os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC),
+            )
 
     def logs_note(self, task_id: str, attempt: int, forget: bool = False) -> str | None:
         """Why this attempt's output went to /dev/null (None: it is in its files)."""
@@ -126,7 +132,7 @@ class RunDir:
             try:
                 view = memoryview(text)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
             os.replace(tmp, path)
@@ -149,8 +155,7 @@ class RunDir:
 class EventLog:
     """events.jsonl: one JSON object per line; ``t`` is seconds since the run began."""
 
-    def __init__(self, path: str, clock=time.monotonic, health: FolderHealth | None = None
-                 ) -> None:
+    def __init__(self, path: str, clock=time.monotonic, health: FolderHealth | None = None) -> None:
         self.path = path
         self.clock = clock
         self.t0 = clock()
@@ -158,9 +163,12 @@ class EventLog:
         self.listeners: list = []
 
     def emit(self, event: str, **fields) -> dict:
-        record = {"t": round(self.clock() - self.t0, 4),
-                  "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                  "event": event, **fields}
+        record = {
+            "t": round(self.clock() - self.t0, 4),
+            "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "event": event,
+            **fields,
+        }
         self._spool.write((json.dumps(record) + "\n").encode())  # one write per line
         for listener in list(self.listeners):
             try:

@@ -27,7 +27,7 @@ from agent_supervise.agents.spec import make_task
 from agent_supervise.errors import BadInput
 from agent_supervise.units import format_size
 
-HEADROOM = 64 << 20   # agent-supervise run's own memory, next to the agent
+HEADROOM = 64 << 20  # agent-supervise run's own memory, next to the agent
 
 
 def _seconds(value: float) -> str:
@@ -36,9 +36,21 @@ def _seconds(value: float) -> str:
 
 def run_command(task, settings, exe: str) -> list[str]:
     """The ``agent-supervise run`` command line of one task."""
-    cmd = [exe, "run", "--json", "--memory", str(task.memory_limit), "--grace",
-           _seconds(task.grace), "--poll", _seconds(settings.poll_interval),
-           "--backend", settings.backend, "--rlimit", settings.rlimit]
+    cmd = [
+        exe,
+        "run",
+        "--json",
+        "--memory",
+        str(task.memory_limit),
+        "--grace",
+        _seconds(task.grace),
+        "--poll",
+        _seconds(settings.poll_interval),
+        "--backend",
+        settings.backend,
+        "--rlimit",
+        settings.rlimit,
+    ]
     if task.timeout:
         cmd += ["--timeout", _seconds(task.timeout)]
     if settings.cgroup_root:
@@ -57,19 +69,26 @@ def tasks_of(fleet) -> list:
     for spec in fleet.tasks:
         agent = fleet.agents[spec.agent]
         if agent.pool is not None:
-            raise BadInput(f"agents.{agent.name}.pool: warm pools cannot be exported to "
-                           "Slurm", hint="drop pool: for the export")
+            raise BadInput(
+                f"agents.{agent.name}.pool: warm pools cannot be exported to Slurm",
+                hint="drop pool: for the export",
+            )
         for _ in range(spec.repeat):
             counters[agent.name] = counters.get(agent.name, 0) + 1
-            tasks.append(make_task(agent, spec, counters[agent.name],
-                                   fleet.supervisor.grace))
+            tasks.append(make_task(agent, spec, counters[agent.name], fleet.supervisor.grace))
     if not tasks:
         raise BadInput(f"{fleet.path}: no tasks to export", hint="add a tasks: list")
     return tasks
 
 
-def sbatch_script(fleet, *, exe: str = "agent-supervise", headroom: int = HEADROOM,
-                  max_concurrent: int | None = None, name: str | None = None) -> str:
+def sbatch_script(
+    fleet,
+    *,
+    exe: str = "agent-supervise",
+    headroom: int = HEADROOM,
+    max_concurrent: int | None = None,
+    name: str | None = None,
+) -> str:
     s = fleet.supervisor
     tasks = tasks_of(fleet)
     throttle = max_concurrent or s.max_concurrent
@@ -95,14 +114,20 @@ def sbatch_script(fleet, *, exe: str = "agent-supervise", headroom: int = HEADRO
     if all(t.timeout for t in tasks):
         longest = max(t.timeout + t.grace for t in tasks)
         lines.append(f"#SBATCH --time={math.ceil(longest / 60) + 1}")
-    lines += ["", "set -u", 'here="${SLURM_SUBMIT_DIR:-$PWD}"',
-              'case "${SLURM_ARRAY_TASK_ID:?run this script with sbatch}" in']
+    lines += [
+        "",
+        "set -u",
+        'here="${SLURM_SUBMIT_DIR:-$PWD}"',
+        'case "${SLURM_ARRAY_TASK_ID:?run this script with sbatch}" in',
+    ]
     for i, task in enumerate(tasks):
         env = {**task.env, "AGENT_ID": task.id, "AGENT_ATTEMPT": "1"}
         bad = [k for k in env if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
         if bad:
-            raise BadInput(f"agents.{task.agent}.env: {bad[0]!r} cannot be exported by a "
-                           "shell", hint="use letters, digits and '_' in variable names")
+            raise BadInput(
+                f"agents.{task.agent}.env: {bad[0]!r} cannot be exported by a shell",
+                hint="use letters, digits and '_' in variable names",
+            )
         exports = " ".join(f"{k}={q(v)}" for k, v in env.items())
         lines += [
             f"  {i})  # {task.id} ({task.where})",
@@ -112,6 +137,10 @@ def sbatch_script(fleet, *, exe: str = "agent-supervise", headroom: int = HEADRO
             f'AGENT_CHECKPOINT_FILE="$here/{name}-{task.id}.checkpoint"',
             f"    exec {shlex.join(run_command(task, s, exe))} ;;",
         ]
-    lines += ['  *) echo "agent-supervise: no task $SLURM_ARRAY_TASK_ID in this array" >&2',
-              "     exit 2 ;;", "esac", ""]
+    lines += [
+        '  *) echo "agent-supervise: no task $SLURM_ARRAY_TASK_ID in this array" >&2',
+        "     exit 2 ;;",
+        "esac",
+        "",
+    ]
     return "\n".join(lines)

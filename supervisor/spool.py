@@ -47,13 +47,13 @@ class FolderHealth:
     def __init__(self, path: str, say=stderr_line) -> None:
         self.path = path
         self.say = say
-        self.error: str | None = None     # the first failure: "No space left on device"
-        self.failing = False              # writes are failing now
+        self.error: str | None = None  # the first failure: "No space left on device"
+        self.failing = False  # writes are failing now
         self.dropped: collections.Counter = collections.Counter()  # file -> records
-        self.discarded_logs = 0           # agents started with output to /dev/null
-        self.news: list[dict] = []        # changes for the fleet to log as events
+        self.discarded_logs = 0  # agents started with output to /dev/null
+        self.news: list[dict] = []  # changes for the fleet to log as events
         self.spools: list[Spool] = []
-        self.others = Budget()            # shared by the files written now and then
+        self.others = Budget()  # shared by the files written now and then
         self._by_path: dict[str, Spool] = {}
         self._lock = threading.Lock()
 
@@ -67,13 +67,15 @@ class FolderHealth:
                 self.error = err.strerror or str(err)
         if first:
             kind = "is full" if err.errno in FULL else "cannot be written"
-            self.say(f"agent-supervise: the run folder {self.path} {kind} ({self.error}, "
-                     f"writing {what}): agents keep running, capped and watched; the "
-                     f"supervisor holds its own writes in memory (up to "
-                     f"{format_size(HOLD_BYTES)} each for events, results and other "
-                     f"files, then drops whole lines and counts them) and retries them; "
-                     f"agents whose log files cannot be "
-                     f"created write to /dev/null (exit code 4 at the end)")
+            self.say(
+                f"agent-supervise: the run folder {self.path} {kind} ({self.error}, "
+                f"writing {what}): agents keep running, capped and watched; the "
+                f"supervisor holds its own writes in memory (up to "
+                f"{format_size(HOLD_BYTES)} each for events, results and other "
+                f"files, then drops whole lines and counts them) and retries them; "
+                f"agents whose log files cannot be "
+                f"created write to /dev/null (exit code 4 at the end)"
+            )
 
     def dropped_one(self, name: str) -> None:
         with self._lock:
@@ -144,8 +146,9 @@ class FolderHealth:
             with self._lock:
                 spool = self._by_path.get(path)
                 if spool is None:  # drops counted together: there may be many such files
-                    spool = self._by_path[path] = Spool(path, self, self.others, _add=False,
-                                                        label="other files")
+                    spool = self._by_path[path] = Spool(
+                        path, self, self.others, _add=False, label="other files"
+                    )
                     self.spools.append(spool)
             spool.hold(rest, begun=len(rest) < len(data))
             return
@@ -155,17 +158,27 @@ class FolderHealth:
         """What summary.json says of it (None: the folder always took every write)."""
         if self.error is None:
             return None
-        return {"error": self.error, "writable_again": not self.failing,
-                "held_bytes": self.held(), "dropped_lines": dict(self.dropped),
-                "logs_to_dev_null": self.discarded_logs}
+        return {
+            "error": self.error,
+            "writable_again": not self.failing,
+            "held_bytes": self.held(),
+            "dropped_lines": dict(self.dropped),
+            "logs_to_dev_null": self.discarded_logs,
+        }
 
 
 class Spool:
     """An append-only file whose records are held in memory while it cannot be
     written. Opened lazily: on a full folder even creating the file may fail."""
 
-    def __init__(self, path: str, health: FolderHealth, budget: Budget | None = None,
-                 _add: bool = True, label: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        health: FolderHealth,
+        budget: Budget | None = None,
+        _add: bool = True,
+        label: str | None = None,
+    ) -> None:
         self.path = path
         self.name = os.path.basename(path)
         self.label = label or self.name  # what its dropped lines are counted under

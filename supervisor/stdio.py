@@ -113,8 +113,12 @@ def install() -> None:
         except OSError:
             pass
         buffer = io.BufferedWriter(PatientRaw(fd))
-        patient = io.TextIOWrapper(buffer, encoding=stream.encoding, errors=stream.errors,
-                                   line_buffering=stream.line_buffering,
-                                   write_through=getattr(stream, "write_through", False))
+        patient = io.TextIOWrapper(
+            buffer,
+            encoding=stream.encoding,
+            errors=stream.errors,
+            line_buffering=stream.line_buffering,
+            write_through=getattr(stream, "write_through", False),
+        )
         _kept.append(stream)
         setattr(sys, name, patient)

@@ -21,4 +21,4 @@ def read_tail(path: str, limit: int) -> tuple[bytes, int]:
 def from_line_start(data: bytes, size: int, limit: int) -> bytes:
     """A tail cut to begin at a line: when the file was longer than ``limit``, the
     first piece may begin in the middle of a line."""
-    return data if size <= limit else data[data.find(b"\n") + 1:]
+    return data if size <= limit else data[data.find(b"\n") + 1 :]

@@ -21,8 +21,16 @@ _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)(iB|B)?", re.IGNORECASE)
 #: above 8 EiB is a typo, not a limit.
 MAX_SIZE = (1 << 63) - 1
 
-_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0,
-                   "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {
+    "us": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|sec|min|s|m|h|d)")
 
 
@@ -39,10 +47,11 @@ def parse_size(text: str | int, *, what: str = "size", allow_zero: bool = False)
     else:
         raw = str(text).strip()
         match = _SIZE_RE.fullmatch(raw)
-        if not match or (match.group(3) and match.group(3).upper() == "B"
-                         and match.group(2)):
-            raise BadInput(f"{what}: {str(text)!r} is not a size",
-                           hint=f"try {_size_example(raw)}; K, M, G, T are powers of 1024")
+        if not match or (match.group(3) and match.group(3).upper() == "B" and match.group(2)):
+            raise BadInput(
+                f"{what}: {str(text)!r} is not a size",
+                hint=f"try {_size_example(raw)}; K, M, G, T are powers of 1024",
+            )
         number, unit, _ = match.groups()
         value = float(number) * _SIZE_UNITS[unit.upper()]
         if value != int(value) and not unit:
@@ -51,8 +60,7 @@ def parse_size(text: str | int, *, what: str = "size", allow_zero: bool = False)
     if value < 0 or (value == 0 and not allow_zero):
         raise BadInput(f"{what}: {text!r} must be above zero", hint="try 50M")
     if value > MAX_SIZE:
-        raise BadInput(f"{what}: {text!r} is too large (the kernel's limit is 8E)",
-                       hint="try 50M")
+        raise BadInput(f"{what}: {text!r} is too large (the kernel's limit is 8E)", hint="try 50M")
     return value
 
 
@@ -64,8 +72,9 @@ def parse_cap(text: str | int, *, what: str = "--memory") -> int:
     value = parse_size(text, what=what)
     if value < MIN_CAP:
         bare = isinstance(text, int) or str(text).strip().isdigit()
-        hint = f"a number without a unit is bytes: did you mean {text}M?" if bare else \
-            "try 1M or more"
+        hint = (
+            f"a number without a unit is bytes: did you mean {text}M?" if bare else "try 1M or more"
+        )
         raise BadInput(f"{what}: {text!r} is below the smallest cap, 1M", hint=hint)
     return value
 
@@ -73,13 +82,14 @@ def parse_cap(text: str | int, *, what: str = "--memory") -> int:
 def _size_example(raw: str) -> str:
     digits = re.match(r"-?\s*(\d+(?:\.\d+)?)", raw)
     if digits and not raw.lstrip().startswith("-"):
-        unit = re.search(r"([kmgtKMGT])", raw[digits.end():])
+        unit = re.search(r"([kmgtKMGT])", raw[digits.end() :])
         return f"{digits.group(1)}{unit.group(1).upper() if unit else 'M'}"
     return "50M"
 
 
-def parse_duration(text: str | int | float, *, what: str = "duration",
-                   allow_zero: bool = False) -> float:
+def parse_duration(
+    text: str | int | float, *, what: str = "duration", allow_zero: bool = False
+) -> float:
     """Return seconds from ``text``; raise :class:`BadInput` naming the value."""
     if isinstance(text, bool):
         raise BadInput(f"{what}: {text!r} is not a duration", hint="try 2s or 100ms")
@@ -92,8 +102,9 @@ def parse_duration(text: str | int | float, *, what: str = "duration",
         else:
             parts = _DURATION_PART.findall(raw)
             if not raw or "".join(n + u for n, u in parts) != raw:
-                raise BadInput(f"{what}: {str(text)!r} is not a duration",
-                               hint="try 100ms, 2s, 10m or 1h")
+                raise BadInput(
+                    f"{what}: {str(text)!r} is not a duration", hint="try 100ms, 2s, 10m or 1h"
+                )
             seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise BadInput(f"{what}: {text!r} must be above zero", hint="try 2s or 100ms")

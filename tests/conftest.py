@@ -86,6 +86,7 @@ def subreaper() -> None:
 
 # -- leak detection ------------------------------------------------------------------
 
+
 def cage_dirs() -> set[str]:
     """Every cage directory (ours, by name) in the memory-capable hierarchies, and
     the pids companions of cgroup1 and rlimit cages (limits/pids.py)."""
@@ -148,8 +149,11 @@ def no_leaks(tmp_path_factory):
     deadline = time.monotonic() + LEAK_PATIENCE_S
     me = psutil.Process()
     while True:
-        live = [p for p in me.children(recursive=True)
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        live = [
+            p
+            for p in me.children(recursive=True)
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
         if not live or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -192,6 +196,7 @@ def cages_since(before: set[str]) -> set[str]:
 def _cage_owner(path: str) -> int | None:
     """The pid of the live supervisor that owns a cage, or None if it is gone."""
     from agent_supervise.limits.base import stale_owner
+
     name = os.path.basename(path)
     if stale_owner(name) is not None:
         return None
@@ -218,11 +223,18 @@ def _remove_cage(path: str) -> None:
 
 # -- running the CLI -----------------------------------------------------------------
 
-def run_cli(*args, timeout: float = 60, input: bytes | None = None,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+
+def run_cli(
+    *args, timeout: float = 60, input: bytes | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``agent-supervise ARGS`` as a real process (``python -m agent_supervise``)."""
-    return subprocess.run([PY, "-m", "agent_supervise", *args], capture_output=True,
-                          timeout=timeout, input=input, env=env)
+    return subprocess.run(
+        [PY, "-m", "agent_supervise", *args],
+        capture_output=True,
+        timeout=timeout,
+        input=input,
+        env=env,
+    )
 
 
 def json_outcome(proc: subprocess.CompletedProcess) -> dict:
@@ -234,8 +246,18 @@ def json_outcome(proc: subprocess.CompletedProcess) -> dict:
 
 def supervise(backend: str, *cmd, memory: str = "50M", extra=(), timeout: float = 60):
     """Run ``cmd`` under the CLI with ``--json``; return (outcome dict, completed)."""
-    proc = run_cli("run", "--json", "--backend", backend, "--memory", memory, *extra,
-                   "--", *cmd, timeout=timeout)
+    proc = run_cli(
+        "run",
+        "--json",
+        "--backend",
+        backend,
+        "--memory",
+        memory,
+        *extra,
+        "--",
+        *cmd,
+        timeout=timeout,
+    )
     out = json_outcome(proc)
     assert proc.returncode == out["exit_code"], (proc.returncode, out)
     return out, proc
@@ -274,6 +296,7 @@ class OtherUser:
 
     def __init__(self, name: str):
         import pwd
+
         entry = pwd.getpwnam(name)
         self.name, self.uid, self.gid = entry.pw_name, entry.pw_uid, entry.pw_gid
         self.home = entry.pw_dir
@@ -308,12 +331,13 @@ class OtherUser:
         at the end of the session."""
         if self._scratch is None:
             bases = [tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"]
-            base = next((b for b in bases if os.path.isdir(b)
-                         and self.can_reach(os.path.join(b, "x"))), None)
+            base = next(
+                (b for b in bases if os.path.isdir(b) and self.can_reach(os.path.join(b, "x"))),
+                None,
+            )
             if base is None:
                 not_here(f"no temporary folder that {self.name} can enter: {bases}")
-            self._scratch = Path(tempfile.mkdtemp(prefix=f"agent-supervise-{self.name}.",
-                                                  dir=base))
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"agent-supervise-{self.name}.", dir=base))
             self._scratch.chmod(0o755)
         folder = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=self._scratch))
         folder.chmod(0o755)
@@ -328,28 +352,49 @@ class OtherUser:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a login of this user (plus ``extra``)."""
-        return {"PATH": SYSTEM_PATH, "HOME": self.home, "USER": self.name,
-                "LOGNAME": self.name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-                **extra}
+        return {
+            "PATH": SYSTEM_PATH,
+            "HOME": self.home,
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **extra,
+        }
 
-    def run(self, cmd, *, env: dict | None = None, cwd: str | Path = "/",
-            timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    def run(
+        self, cmd, *, env: dict | None = None, cwd: str | Path = "/", timeout: float = 60, **kw
+    ) -> subprocess.CompletedProcess:
         """Run ``cmd`` as this user (no supplementary groups), output captured."""
-        return subprocess.run(cmd, user=self.uid, group=self.gid, extra_groups=[],
-                              env=self.env() if env is None else env, cwd=cwd,
-                              capture_output=True, timeout=timeout, **kw)
+        return subprocess.run(
+            cmd,
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            env=self.env() if env is None else env,
+            cwd=cwd,
+            capture_output=True,
+            timeout=timeout,
+            **kw,
+        )
 
     def run_cli(self, *args, timeout: float = 60) -> subprocess.CompletedProcess:
         """``agent-supervise ARGS`` as this user, from its own copy of the package."""
-        return self.run([self.python, "-s", "-m", "agent_supervise", *args],
-                        env=self.env(PYTHONPATH=self.pythonpath), timeout=timeout)
+        return self.run(
+            [self.python, "-s", "-m", "agent_supervise", *args],
+            env=self.env(PYTHONPATH=self.pythonpath),
+            timeout=timeout,
+        )
 
     @functools.cached_property
     def python(self) -> str:
         """An interpreter of this session's Python version that this user can run."""
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        candidates = [sys.executable, getattr(sys, "_base_executable", sys.executable),
-                      os.path.realpath(sys.executable)]
+        candidates = [
+            sys.executable,
+            getattr(sys, "_base_executable", sys.executable),
+            os.path.realpath(sys.executable),
+        ]
         for folder in SYSTEM_PATH.split(":"):
             candidates += [f"{folder}/python{version}", f"{folder}/python3"]
         tried = []
@@ -360,8 +405,10 @@ class OtherUser:
                 tried.append(f"{path}: {self.name} cannot reach it")
                 continue
             try:
-                proc = self.run([path, "-s", "-c", "import sys; print('%d.%d' % "
-                                 "sys.version_info[:2])"], timeout=60)
+                proc = self.run(
+                    [path, "-s", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                    timeout=60,
+                )
             except OSError as err:
                 tried.append(f"{path}: {err.strerror}")
                 continue
@@ -394,12 +441,20 @@ class OtherUser:
             for f in files:
                 path = os.path.join(top, f)
                 os.chmod(path, os.stat(path).st_mode & 0o777 | 0o444)
-        check = self.run([self.python, "-s", "-c", "import agent_supervise.cli, "
-                          "agent_supervise.limits; print(agent_supervise.__file__)"],
-                         env=self.env(PYTHONPATH=str(dest)))
+        check = self.run(
+            [
+                self.python,
+                "-s",
+                "-c",
+                "import agent_supervise.cli, "
+                "agent_supervise.limits; print(agent_supervise.__file__)",
+            ],
+            env=self.env(PYTHONPATH=str(dest)),
+        )
         assert check.returncode == 0 and check.stdout.decode().startswith(str(dest)), (
             f"{self.name} cannot import its copy of agent_supervise in {dest}: "
-            f"{check.stdout.decode()}{check.stderr.decode()}")
+            f"{check.stdout.decode()}{check.stderr.decode()}"
+        )
         return str(dest)
 
 
@@ -417,11 +472,16 @@ def _our_packages() -> list[tuple[str, str]]:
     imports them: pyproject.toml's list (an editable install maps each to its own
     folder of the checkout, so walking the first folder would miss the others)."""
     import importlib
+
     names = _pyproject().get("tool", {}).get("setuptools", {}).get("packages")
     if not names:
         import agent_supervise.cli  # noqa: F401 - what the CLI imports, at least
-        names = [n for n, m in sys.modules.items() if n.split(".")[0] == "agent_supervise"
-                 and hasattr(m, "__path__")]
+
+        names = [
+            n
+            for n, m in sys.modules.items()
+            if n.split(".")[0] == "agent_supervise" and hasattr(m, "__path__")
+        ]
     return [(n, importlib.import_module(n).__path__[0]) for n in sorted(names)]
 
 
@@ -430,6 +490,7 @@ def _dependencies() -> list:
     (extras left out)."""
     import re
     from importlib import metadata
+
     try:
         roots = metadata.requires("agent-supervise") or []
     except metadata.PackageNotFoundError:
@@ -511,5 +572,6 @@ def pytest_sessionfinish(session, exitstatus):
     session itself never writes README.md."""
     if FIGURES and FIGURES_FILE:
         import json as _json
+
         with open(FIGURES_FILE, "w") as f:
             _json.dump(FIGURES, f, indent=1, sort_keys=True)

@@ -92,8 +92,9 @@ class FakeCgroup2FS(CgroupFS):
     KERNEL_ORDER = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids", "rdma", "misc")
     KILL_LATENCY_S = 0.003
 
-    def __init__(self, root: str, ignore_writes: tuple[str, ...] = (),
-                 missing: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, root: str, ignore_writes: tuple[str, ...] = (), missing: tuple[str, ...] = ()
+    ) -> None:
         self.root = root
         self.ignore_writes = ignore_writes
         self.missing = missing
@@ -112,19 +113,27 @@ class FakeCgroup2FS(CgroupFS):
             return f.read()
 
     def _seed(self, path: str, controllers: str) -> None:
-        files = {"cgroup.controllers": controllers + "\n" if controllers else "",
-                 "cgroup.subtree_control": "", "cgroup.procs": ""}
+        files = {
+            "cgroup.controllers": controllers + "\n" if controllers else "",
+            "cgroup.subtree_control": "",
+            "cgroup.procs": "",
+        }
         if path != self.root:
             files.update({"cgroup.events": "populated 0\nfrozen 0\n", "cgroup.kill": ""})
         if "memory" in controllers.split() and path != self.root:
-            files.update({"memory.max": "max\n", "memory.swap.max": "max\n",
-                          "memory.oom.group": "0\n", "memory.current": "0\n",
-                          "memory.peak": "0\n", "memory.stat": "anon 0\nfile 0\n",
-                          "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n"
-                                           "oom_group_kill 0\n"})
+            files.update(
+                {
+                    "memory.max": "max\n",
+                    "memory.swap.max": "max\n",
+                    "memory.oom.group": "0\n",
+                    "memory.current": "0\n",
+                    "memory.peak": "0\n",
+                    "memory.stat": "anon 0\nfile 0\n",
+                    "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+                }
+            )
         if "pids" in controllers.split() and path != self.root:
-            files.update({"pids.max": "max\n", "pids.current": "0\n",
-                          "pids.events": "max 0\n"})
+            files.update({"pids.max": "max\n", "pids.current": "0\n", "pids.events": "max 0\n"})
         for name, text in files.items():
             if name not in self.missing:
                 self._put(os.path.join(path, name), text)
@@ -138,8 +147,11 @@ class FakeCgroup2FS(CgroupFS):
     def _populated(self, cgroup: str) -> bool:
         if self._get(os.path.join(cgroup, "cgroup.procs")).strip():
             return True
-        return any(self._populated(os.path.join(cgroup, e)) for e in os.listdir(cgroup)
-                   if os.path.isdir(os.path.join(cgroup, e)))
+        return any(
+            self._populated(os.path.join(cgroup, e))
+            for e in os.listdir(cgroup)
+            if os.path.isdir(os.path.join(cgroup, e))
+        )
 
     def _update_populated(self, cgroup: str) -> None:
         """``populated`` of this cgroup and of every ancestor but the root."""
@@ -210,8 +222,11 @@ class FakeCgroup2FS(CgroupFS):
                 self._fail(path, text, errno.EINVAL)
             if name not in available:
                 self._fail(path, text, errno.ENOENT)
-            if (word[0] == "+" and where != self.root
-                    and self._get(os.path.join(where, "cgroup.procs")).strip()):
+            if (
+                word[0] == "+"
+                and where != self.root
+                and self._get(os.path.join(where, "cgroup.procs")).strip()
+            ):
                 self._fail(path, text, errno.EBUSY)
             enabled = enabled | {name} if word[0] == "+" else enabled - {name}
         return " ".join(n for n in self.KERNEL_ORDER if n in enabled)

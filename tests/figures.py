@@ -26,9 +26,16 @@ README = TESTS.parent / "README.md"
 STORED = TESTS / "figures.json"
 BEGIN, END = "<!-- BEGIN reliability figures", "<!-- END reliability figures -->"
 #: The test modules that record figures (checked by test_figures.py against the tree).
-SOURCES = ("test_hostile.py", "test_hostile2.py", "test_soak.py", "test_bad_input.py",
-           "test_bad_input_bombs.py", "test_faults.py", "test_isolation.py",
-           "test_terminal.py")
+SOURCES = (
+    "test_hostile.py",
+    "test_hostile2.py",
+    "test_soak.py",
+    "test_bad_input.py",
+    "test_bad_input_bombs.py",
+    "test_faults.py",
+    "test_isolation.py",
+    "test_terminal.py",
+)
 #: conftest's group of the ``figure`` marker's rows.
 ROWS = "rows"
 
@@ -44,20 +51,23 @@ def render(figures: dict) -> str:
     (numbers,) = figures["soak"]["numbers"]
     tasks, lost, growth = (int(x) for x in numbers.split())
     bad = figures["badinput"]["all"]
-    return "\n".join([
-        f"{BEGIN} (`make figures` writes them from tests/figures.json; do not edit) -->",
-        f"| hostile agents (tests/test_hostile.py) | {head} |",
-        "|---|" + "---|" * len(backends),
-        f"| contained: right reason, neighbour unharmed, nothing left | {' | '.join(cells)} |",
-        "",
-        f"- Soak (tests/test_soak.py): **{lost} of {tasks} tasks lost** (queue 4, "
-        f"concurrency 2, 5% memory hogs, 5% crashing); every task ended exactly once; no "
-        f"zombie, cgroup or file descriptor leaked; supervisor RSS "
-        f"{growth / (1 << 20):+.1f} MiB from task {tasks // 10} to task {tasks}.",
-        f"- Bad input (tests/test_bad_input.py): **{sum(bad.values())}/{len(bad)} "
-        "rejected** with exit 2, the file, line, key and a hint, and nothing started.",
-        *rows_block(figures.get(ROWS, {}), backends),
-        END])
+    return "\n".join(
+        [
+            f"{BEGIN} (`make figures` writes them from tests/figures.json; do not edit) -->",
+            f"| hostile agents (tests/test_hostile.py) | {head} |",
+            "|---|" + "---|" * len(backends),
+            f"| contained: right reason, neighbour unharmed, nothing left | {' | '.join(cells)} |",
+            "",
+            f"- Soak (tests/test_soak.py): **{lost} of {tasks} tasks lost** (queue 4, "
+            f"concurrency 2, 5% memory hogs, 5% crashing); every task ended exactly once; no "
+            f"zombie, cgroup or file descriptor leaked; supervisor RSS "
+            f"{growth / (1 << 20):+.1f} MiB from task {tasks // 10} to task {tasks}.",
+            f"- Bad input (tests/test_bad_input.py): **{sum(bad.values())}/{len(bad)} "
+            "rejected** with exit 2, the file, line, key and a hint, and nothing started.",
+            *rows_block(figures.get(ROWS, {}), backends),
+            END,
+        ]
+    )
 
 
 def rows_block(rows: dict, backends: list[str]) -> list[str]:
@@ -70,12 +80,17 @@ def rows_block(rows: dict, backends: list[str]) -> list[str]:
         row, backend = key.split("\0")
         by_row.setdefault(row, {})[backend] = cases
     columns = [*backends, "any"]
-    lines = ["", "| class (round 2) | " + " | ".join(
-        f"{b} (VM)" if b == "cgroup2" else b for b in columns) + " |",
-        "|---|" + "---|" * len(columns)]
+    lines = [
+        "",
+        "| class (round 2) | "
+        + " | ".join(f"{b} (VM)" if b == "cgroup2" else b for b in columns)
+        + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for row in sorted(by_row):
-        cells = [f"{sum(c.values())}/{len(c)}" if (c := by_row[row].get(b)) else "–"
-                 for b in columns]
+        cells = [
+            f"{sum(c.values())}/{len(c)}" if (c := by_row[row].get(b)) else "–" for b in columns
+        ]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
 
@@ -83,16 +98,28 @@ def rows_block(rows: dict, backends: list[str]) -> list[str]:
 def readme_block(text: str) -> str | None:
     if BEGIN not in text or END not in text:
         return None
-    return text[text.index(BEGIN):text.index(END) + len(END)]
+    return text[text.index(BEGIN) : text.index(END) + len(END)]
 
 
 def collected_cases() -> list[str]:
     """The node ids of every test in SOURCES, as pytest collects them now (the backend
     parameters are the same on every machine: a missing backend skips at run time)."""
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         *(str(TESTS / name) for name in SOURCES)],
-        cwd=TESTS.parent, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *(str(TESTS / name) for name in SOURCES),
+        ],
+        cwd=TESTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"pytest --collect-only failed:\n{out.stdout}\n{out.stderr}")
     return sorted(line for line in out.stdout.splitlines() if "::" in line)
@@ -113,8 +140,11 @@ def main(argv: list[str]) -> int:
     measured = json.loads(Path(argv[0]).read_text())
     missing = complete(measured)
     if missing:
-        print(f"figures: {argv[0]} is not a full run's (missing: {', '.join(missing)}); "
-              "run `make figures` (the whole suite, VM stages included)", file=sys.stderr)
+        print(
+            f"figures: {argv[0]} is not a full run's (missing: {', '.join(missing)}); "
+            "run `make figures` (the whole suite, VM stages included)",
+            file=sys.stderr,
+        )
         return 1
     stored = {"cases": collected_cases(), "figures": measured}
     STORED.write_text(json.dumps(stored, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
@@ -124,8 +154,7 @@ def main(argv: list[str]) -> int:
         print(f"figures: no figures block in {README}", file=sys.stderr)
         return 1
     README.write_text(text.replace(old, render(measured)))
-    print(f"figures: {STORED.name} and the README's block written "
-          f"({len(stored['cases'])} cases)")
+    print(f"figures: {STORED.name} and the README's block written ({len(stored['cases'])} cases)")
     return 0
 
 

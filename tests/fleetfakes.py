@@ -80,6 +80,7 @@ class FakeEngine:
 
     def start(self, task, rundir):
         from agent_supervise.outcome import Reason
+
         seconds, reason = self.script.get(task.agent, (1.0, Reason.OK))
         self._pid += 1
         run = FakeRun(task, self._pid, self.clock.now, seconds, reason, self.usage)
@@ -90,15 +91,23 @@ class FakeEngine:
 
     def step(self, max_wait):
         from agent_supervise.outcome import Outcome, Reason, exit_code_for
+
         nxt = min((r.end for r in self.runs.values()), default=float("inf"))
         self.clock.now = min(nxt, self.clock.now + (max_wait or 0.1))
         ended = [r for r in self.runs.values() if r.end <= self.clock.now]
         for r in ended:
             reason = r.stop_cause or r.reason
-            r.outcome = Outcome(reason, exit_code_for(reason, 1, 15), r.task.cmd, "fake",
-                                r.task.memory_limit, peak_bytes=r.usage,
-                                duration_s=self.clock.now - r.start, pid=r.pid,
-                                status=0 if reason is Reason.OK else None)
+            r.outcome = Outcome(
+                reason,
+                exit_code_for(reason, 1, 15),
+                r.task.cmd,
+                "fake",
+                r.task.memory_limit,
+                peak_bytes=r.usage,
+                duration_s=self.clock.now - r.start,
+                pid=r.pid,
+                status=0 if reason is Reason.OK else None,
+            )
             del self.runs[r.task.id]
         return ended
 
@@ -110,6 +119,7 @@ class FakeEngine:
 
     def evict(self, run) -> None:
         from agent_supervise.outcome import Reason
+
         run.stop_cause, run.end = Reason.EVICTED, min(run.end, self.clock.now + 0.5)
 
     def headroom(self) -> int:
@@ -121,6 +131,7 @@ class FakeEngine:
 
     def interrupt_all(self, signum: int) -> None:
         from agent_supervise.outcome import Reason
+
         self.interrupts.append(signum)
         self.stop_all(Reason.INTERRUPTED)
 

@@ -53,11 +53,19 @@ class LocalRayCluster:
     def __init__(self) -> None:
         self.temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths: short
         token = secrets.token_hex(16)
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-                    "RAY_USAGE_STATS_ENABLED": "0", "RAY_BACKEND_LOG_LEVEL": "error"}
-        self.keeper = subprocess.Popen(["unshare", "--net", sys.executable, "-c", KEEPER],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE)
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_BACKEND_LOG_LEVEL": "error",
+        }
+        self.keeper = subprocess.Popen(
+            ["unshare", "--net", sys.executable, "-c", KEEPER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         line = self.keeper.stdout.readline()
         if line.strip() != b"up":
             err = self.keeper.stderr.read().decode(errors="replace")
@@ -73,28 +81,52 @@ class LocalRayCluster:
     def ray_start(self, *args: str, name: str) -> None:
         log = os.path.join(self.temp, f"{name}.log")
         with open(log, "wb") as out:
-            done = subprocess.run([*self.enter, RAY, "start", "--disable-usage-stats",
-                                   "--object-store-memory", str(80 * 10**6), *args],
-                                  stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                  timeout=90)
+            done = subprocess.run(
+                [
+                    *self.enter,
+                    RAY,
+                    "start",
+                    "--disable-usage-stats",
+                    "--object-store-memory",
+                    str(80 * 10**6),
+                    *args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                timeout=90,
+            )
         if done.returncode != 0:
             raise RuntimeError(f"ray start ({name}) failed:\n{Path(log).read_text()[-2000:]}")
 
     def start_head(self, **resources) -> None:
-        self.ray_start("--head", f"--port={PORT}", "--num-cpus=1", "--memory=100000000",
-                       "--include-dashboard=false", f"--temp-dir={self.temp}",
-                       f"--resources={json.dumps(resources)}", name="head")
+        self.ray_start(
+            "--head",
+            f"--port={PORT}",
+            "--num-cpus=1",
+            "--memory=100000000",
+            "--include-dashboard=false",
+            f"--temp-dir={self.temp}",
+            f"--resources={json.dumps(resources)}",
+            name="head",
+        )
 
     def add_worker(self, name: str, memory: int, cpus: int, **resources) -> None:
-        self.ray_start(f"--address={self.address}", f"--num-cpus={cpus}",
-                       f"--memory={memory}", f"--resources={json.dumps(resources)}",
-                       name=name)
+        self.ray_start(
+            f"--address={self.address}",
+            f"--num-cpus={cpus}",
+            f"--memory={memory}",
+            f"--resources={json.dumps(resources)}",
+            name=name,
+        )
 
     def read_nodes(self) -> dict[str, dict]:
         """Node id -> resources, as the cluster reports them."""
-        code = (f"import json, ray; ray.init(address={self.address!r}, "
-                "logging_level='ERROR'); print(json.dumps({n['NodeID']: n['Resources'] "
-                "for n in ray.nodes() if n['Alive']}))")
+        code = (
+            f"import json, ray; ray.init(address={self.address!r}, "
+            "logging_level='ERROR'); print(json.dumps({n['NodeID']: n['Resources'] "
+            "for n in ray.nodes() if n['Alive']}))"
+        )
         out = self.run([*self.enter, sys.executable, "-c", code], timeout=60)
         assert out.returncode == 0, out.stderr[-2000:]
         self.nodes = json.loads(out.stdout.decode().strip().splitlines()[-1])
@@ -106,12 +138,12 @@ class LocalRayCluster:
         return [*self.enter, sys.executable, "-m", "agent_supervise", *args]
 
     def run(self, cmd, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, capture_output=True, env=self.env, timeout=timeout,
-                              **kwargs)
+        return subprocess.run(cmd, capture_output=True, env=self.env, timeout=timeout, **kwargs)
 
     def popen(self, cmd, **kwargs) -> subprocess.Popen:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=self.env, **kwargs)
+        return subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, **kwargs
+        )
 
     def members(self) -> list[int]:
         """Every process in the namespace but the keeper: Ray, agents, guards."""
@@ -185,7 +217,7 @@ def _zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-        return data[data.rindex(b")") + 2:][:1] == b"Z"
+        return data[data.rindex(b")") + 2 :][:1] == b"Z"
     except OSError:
         return True  # gone
 
@@ -201,7 +233,7 @@ def reap_zombie_children() -> list[int]:
                 data = f.read()
         except OSError:
             continue
-        fields = data[data.rindex(b")") + 2:].split()
+        fields = data[data.rindex(b")") + 2 :].split()
         if fields[0] == b"Z" and int(fields[1]) == os.getpid():
             try:
                 os.waitpid(int(entry), os.WNOHANG)

@@ -11,9 +11,12 @@ from conftest import ALLOC, PY
 
 
 def test_run_agent_caps_a_hog(backend):
-    out = run_agent([PY, ALLOC, "--interval", "0.004"],
-                    RunOptions.parse(memory="50M", backend=backend),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = run_agent(
+        [PY, ALLOC, "--interval", "0.004"],
+        RunOptions.parse(memory="50M", backend=backend),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert out.reason in (Reason.OOM_KILLED, Reason.MEMORY_EXCEEDED)
     assert out.exit_code == 137 and out.pid is not None
 
@@ -21,10 +24,13 @@ def test_run_agent_caps_a_hog(backend):
 def test_run_agent_output_and_env(backend, tmp_path):
     target = tmp_path / "out"
     with open(target, "wb") as f:
-        out = run_agent(["sh", "-c", "echo $GREETING; pwd"],
-                        RunOptions.parse(backend=backend, env={"GREETING": "hi",
-                                                               "PATH": "/usr/bin:/bin"},
-                                         cwd=str(tmp_path)), stdout=f)
+        out = run_agent(
+            ["sh", "-c", "echo $GREETING; pwd"],
+            RunOptions.parse(
+                backend=backend, env={"GREETING": "hi", "PATH": "/usr/bin:/bin"}, cwd=str(tmp_path)
+            ),
+            stdout=f,
+        )
     assert out.ok and out.reason is Reason.OK
     assert target.read_text() == f"hi\n{tmp_path}\n"
 

@@ -37,8 +37,13 @@ def spied_env(tmp_path):
 
 def run_own(*args, env=None, input: bytes | None = None, timeout: float = 60):
     """``agent-supervise ARGS`` as a real process; (completed, its pid)."""
-    proc = subprocess.Popen([PY, "-m", "agent_supervise", *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [PY, "-m", "agent_supervise", *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -51,8 +56,9 @@ def run_own(*args, env=None, input: bytes | None = None, timeout: float = 60):
 def cages_of(pids) -> set[str]:
     """The cages whose names say one of ``pids`` made them
     (``agent-supervise.<pid>-<start>.<seq>...``, limits/base.py cage_name)."""
-    return {c for c in cage_dirs()
-            if int(os.path.basename(c).split(".")[1].split("-")[0]) in set(pids)}
+    return {
+        c for c in cage_dirs() if int(os.path.basename(c).split(".")[1].split("-")[0]) in set(pids)
+    }
 
 
 def header(path: Path, key: str) -> str:
@@ -68,9 +74,11 @@ def test_bad_fleet_file_is_refused_and_nothing_runs(path, tmp_path, spied_env):
     record_figure("badinput", "all", path.name, contained=False)
     pids = []
     for command in ("fleet", "validate"):
-        proc, pid = run_own(command, "--log-dir", str(tmp_path / "runs"), str(path),
-                            env=env) if command == "fleet" else run_own(command, str(path),
-                                                                         env=env)
+        proc, pid = (
+            run_own(command, "--log-dir", str(tmp_path / "runs"), str(path), env=env)
+            if command == "fleet"
+            else run_own(command, str(path), env=env)
+        )
         pids.append(pid)
         err = proc.stderr.decode()
         assert proc.returncode == 2, (command, err)
@@ -90,13 +98,14 @@ def test_bad_fleet_file_is_refused_and_nothing_runs(path, tmp_path, spied_env):
 FLAG_CASES = {
     "max-concurrent-zero": (["--max-concurrent", "0"], "0 is not in the range x>=1"),
     "max-concurrent-text": (["--max-concurrent", "two"], "'two' is not a valid integer"),
-    "log-interval-bad": (["--log-interval", "often"], "--log-interval: 'often' is not a "
-                                                      "duration"),
+    "log-interval-bad": (["--log-interval", "often"], "--log-interval: 'often' is not a duration"),
     "backend-unknown": (["--backend", "cgroup3"], "'cgroup3' is not one of"),
     "tasks-missing-file": (["--tasks", "/nonexistent/tasks.jsonl"], "No such file"),
     "log-dir-is-a-file": (["--log-dir", "FILE"], "Directory '{FILE}' is a file"),
-    "unknown-flag": (["--max-concurent", "2"], "No such option '--max-concurent'. Did you "
-                                               "mean '--max-concurrent'?"),
+    "unknown-flag": (
+        ["--max-concurent", "2"],
+        "No such option '--max-concurent'. Did you mean '--max-concurrent'?",
+    ),
 }
 
 
@@ -106,8 +115,10 @@ def test_bad_fleet_flags_are_refused_and_nothing_runs(case, tmp_path, spied_env)
     record_figure("badinput", "all", f"flag {case}", contained=False)
     args, expect = FLAG_CASES[case]
     fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(f"supervisor: {{log_dir: '{tmp_path}/runs'}}\n"
-                     "agents:\n  a: {cmd: [echo, hi]}\ntasks:\n  - {agent: a}\n")
+    fleet.write_text(
+        f"supervisor: {{log_dir: '{tmp_path}/runs'}}\n"
+        "agents:\n  a: {cmd: [echo, hi]}\ntasks:\n  - {agent: a}\n"
+    )
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     args = [str(a_file) if a == "FILE" else a for a in args]

@@ -57,9 +57,14 @@ def measured(*args, feed=None, stdin=None, env=None, preexec=None, timeout=120) 
             read_end, write_end = os.pipe()
             stdin = read_end
         started = time.monotonic()
-        proc = subprocess.Popen([PY, "-m", "agent_supervise", *args], stdin=stdin
-                                if stdin is not None else subprocess.DEVNULL, stdout=out,
-                                stderr=err, env=env, preexec_fn=preexec)
+        proc = subprocess.Popen(
+            [PY, "-m", "agent_supervise", *args],
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=env,
+            preexec_fn=preexec,
+        )
         writer = None
         if feed is not None:
             os.close(read_end)
@@ -82,8 +87,14 @@ def measured(*args, feed=None, stdin=None, env=None, preexec=None, timeout=120) 
             writer.join(10)
         out.seek(0)
         err.seek(0)
-        return Ran(proc.returncode, out.read().decode(), err.read().decode(), elapsed,
-                   usage.ru_maxrss * 1024, proc.pid)
+        return Ran(
+            proc.returncode,
+            out.read().decode(),
+            err.read().decode(),
+            elapsed,
+            usage.ru_maxrss * 1024,
+            proc.pid,
+        )
 
 
 def _write_all(fd: int, chunks) -> None:
@@ -96,8 +107,7 @@ def _write_all(fd: int, chunks) -> None:
 
 
 def own_cages(pid: int) -> set[str]:
-    return {c for c in cage_dirs() if os.path.basename(c).split(".")[1].split("-")[0]
-            == str(pid)}
+    return {c for c in cage_dirs() if os.path.basename(c).split(".")[1].split("-")[0] == str(pid)}
 
 
 def refused(ran: Ran, *needles: str) -> str:
@@ -121,9 +131,11 @@ def marker(tmp_path) -> Path:
 def fleet_file(tmp_path: Path, marker: Path, extra: str = "", tasks: str = "") -> Path:
     """A fleet whose agent ``a`` touches ``marker`` (plus a suffix from {v})."""
     path = tmp_path / "fleet.yaml"
-    path.write_text(f"supervisor: {{log_dir: '{tmp_path / 'runs'}', min_free_memory: 0}}\n"
-                    f"agents:\n  a: {{cmd: [touch, '{marker}{{v}}'], memory_limit: 20M}}\n"
-                    f"{extra}tasks:\n{tasks or '  - {agent: a, vars: {v: -file}}'}\n")
+    path.write_text(
+        f"supervisor: {{log_dir: '{tmp_path / 'runs'}', min_free_memory: 0}}\n"
+        f"agents:\n  a: {{cmd: [touch, '{marker}{{v}}'], memory_limit: 20M}}\n"
+        f"{extra}tasks:\n{tasks or '  - {agent: a, vars: {v: -file}}'}\n"
+    )
     return path
 
 
@@ -154,6 +166,7 @@ def test_libyaml_is_used_and_its_depth_limit_reads_as_ours():
     import yaml
 
     from agent_supervise.agents import yamlbound
+
     assert yaml.__with_libyaml__ and yamlbound.Loader is yaml.CSafeLoader
     with pytest.raises(FleetFileError, match="nested more than 64 levels deep"):
         load_fleet(str(BAD / "bomb_deep_flow.yaml"))
@@ -161,8 +174,12 @@ def test_libyaml_is_used_and_its_depth_limit_reads_as_ours():
 
 def test_a_legitimate_file_near_the_limits_still_loads(tmp_path):
     """The limits leave room: 10,000 tasks, anchors and merges, 60 levels deep."""
-    body = ["defaults: &d {memory_limit: 20M, env: &e {A: '1'}}",
-            "agents:", "  a: {<<: *d, cmd: [echo, '{v}'], env: *e}", "tasks:"]
+    body = [
+        "defaults: &d {memory_limit: 20M, env: &e {A: '1'}}",
+        "agents:",
+        "  a: {<<: *d, cmd: [echo, '{v}'], env: *e}",
+        "tasks:",
+    ]
     body += [f"  - {{agent: a, vars: {{v: t{i}}}}}" for i in range(10_000)]
     deep = "[" * 30 + "]" * 30
     body.insert(0, f"# {deep}")  # (a comment: depth only counts in values)
@@ -175,12 +192,12 @@ def test_a_legitimate_file_near_the_limits_still_loads(tmp_path):
 
 # -- 12. sizes that explode later ----------------------------------------------------
 
+
 @pytest.mark.figure("12. sizes that explode later")
 def test_fleet_file_repeat_is_bounded(tmp_path, marker):
     path = fleet_file(tmp_path, marker, tasks="  - {agent: a, vars: {v: x}, repeat: 100000000}")
     ran = measured("fleet", str(path))
-    first = refused(ran, f"{path}:5:", "tasks[0].repeat: 100000000 is above the maximum "
-                    "of 10,000")
+    first = refused(ran, f"{path}:5:", "tasks[0].repeat: 100000000 is above the maximum of 10,000")
     assert "split it" in first
     assert not marker.exists() and not (tmp_path / "runs").exists()
 
@@ -230,8 +247,7 @@ def test_api_submit_refuses_a_huge_repeat(tmp_path, marker):
 
     spec = load_fleet(str(fleet_file(tmp_path, marker, tasks="  []")))
     sup = Supervisor(spec)
-    with pytest.raises(BadInput, match="repeat: 100000000 is not a whole number from 1 "
-                                       "to 10,000"):
+    with pytest.raises(BadInput, match="repeat: 100000000 is not a whole number from 1 to 10,000"):
         sup.submit(TaskSpec("a", vars={"v": "x"}, repeat=10**8), block=False)
     assert len(sup.queue) == 0
     sup.engine.close()
@@ -241,14 +257,16 @@ def test_api_submit_refuses_a_huge_repeat(tmp_path, marker):
 
 # -- 13. bytes the kernel refuses -----------------------------------------------------
 
+
 @pytest.mark.figure("13. bytes the kernel refuses")
-def test_stdin_lines_the_kernel_would_refuse_are_rejected_and_the_fleet_goes_on(
-        tmp_path, marker):
+def test_stdin_lines_the_kernel_would_refuse_are_rejected_and_the_fleet_goes_on(tmp_path, marker):
     path = fleet_file(tmp_path, marker, tasks="  []")
-    lines = [{"agent": "a", "vars": {"v": "x\u0000y"}},           # a NUL
-             {"agent": "a", "vars": {"v": "\ud800"}},             # not encodable
-             {"agent": "a", "vars": {"v": "z" * 131_072}},        # > MAX_ARG_STRLEN
-             {"agent": "a", "vars": {"v": "-good"}}]
+    lines = [
+        {"agent": "a", "vars": {"v": "x\u0000y"}},  # a NUL
+        {"agent": "a", "vars": {"v": "\ud800"}},  # not encodable
+        {"agent": "a", "vars": {"v": "z" * 131_072}},  # > MAX_ARG_STRLEN
+        {"agent": "a", "vars": {"v": "-good"}},
+    ]
     feed = "".join(json.dumps(line) + "\n" for line in lines).encode()
     ran = measured("fleet", "--json", str(path), "--tasks", "-", feed=[feed])
     assert ran.code == 1, ran.err[-2000:]
@@ -257,9 +275,11 @@ def test_stdin_lines_the_kernel_would_refuse_are_rejected_and_the_fleet_goes_on(
     errors = {r["where"]: r["error"] for r in summary["rejected"]}
     assert "vars.v: 'x\\x00y' contains a NUL byte" in errors["stdin:1"]
     assert "vars.v: '\\ud800' is not encodable text" in errors["stdin:2"]
-    assert f"agents.a.cmd[1], filled in with this task's vars, is " \
-           f"{len(str(marker)) + 131_072:,} bytes; the kernel takes at most 131,071" \
-           in errors["stdin:3"]
+    assert (
+        f"agents.a.cmd[1], filled in with this task's vars, is "
+        f"{len(str(marker)) + 131_072:,} bytes; the kernel takes at most 131,071"
+        in errors["stdin:3"]
+    )
     assert "MAX_ARG_STRLEN" in errors["stdin:3"] and len(errors) == 3
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("ran")] == ["ran-good"]
 
@@ -269,14 +289,19 @@ def test_argument_at_the_kernel_limit_runs_and_one_byte_more_is_bad_input(tmp_pa
     """The check is the kernel's own bound (131,071 bytes and the NUL), not a guess."""
     path = tmp_path / "fleet.yaml"
     for size, code in ((B.MAX_ARG_STRLEN - 1, 0), (B.MAX_ARG_STRLEN, 2)):
-        path.write_text(f"supervisor: {{log_dir: '{tmp_path / 'runs'}'}}\n"
-                        f"agents:\n  a: {{cmd: [sh, -c, 'touch \"$1\"', sh, '{marker}{size}',"
-                        f" '{{v}}']}}\ntasks:\n  - {{agent: a, vars: {{v: {'w' * size}}}}}\n")
+        path.write_text(
+            f"supervisor: {{log_dir: '{tmp_path / 'runs'}'}}\n"
+            f"agents:\n  a: {{cmd: [sh, -c, 'touch \"$1\"', sh, '{marker}{size}',"
+            f" '{{v}}']}}\ntasks:\n  - {{agent: a, vars: {{v: {'w' * size}}}}}\n"
+        )
         ran = measured("fleet", "--json", str(path))
         assert ran.code == code, ran.err[-1000:]
         if code == 2:
-            refused(ran, f"{path}:5:5: tasks[0]: agents.a.cmd[5], filled in with this "
-                         "task's vars, is 131,072 bytes")
+            refused(
+                ran,
+                f"{path}:5:5: tasks[0]: agents.a.cmd[5], filled in with this "
+                "task's vars, is 131,072 bytes",
+            )
     assert Path(f"{marker}131071").exists() and not Path(f"{marker}131072").exists()
 
 
@@ -286,34 +311,46 @@ def test_argv_and_environment_past_arg_max_are_bad_input(tmp_path, marker):
     so three 100 KB arguments (built by aliases) are refused before anything runs."""
     word = "q" * 100_000
     path = tmp_path / "fleet.yaml"
-    path.write_text(f"supervisor: {{log_dir: '{tmp_path / 'runs'}'}}\n"
-                    f"w: &w {word}\nagents:\n  a: {{cmd: [touch, '{marker}', *w, *w, *w]}}\n"
-                    "tasks:\n  - {agent: a}\n")
+    path.write_text(
+        f"supervisor: {{log_dir: '{tmp_path / 'runs'}'}}\n"
+        f"w: &w {word}\nagents:\n  a: {{cmd: [touch, '{marker}', *w, *w, *w]}}\n"
+        "tasks:\n  - {agent: a}\n"
+    )
 
     def small_stack():
-        resource.setrlimit(resource.RLIMIT_STACK, (MiB, resource.getrlimit(
-            resource.RLIMIT_STACK)[1]))
+        resource.setrlimit(
+            resource.RLIMIT_STACK, (MiB, resource.getrlimit(resource.RLIMIT_STACK)[1])
+        )
 
     ran = measured("fleet", str(path), preexec=small_stack)
-    refused(ran, f"{path}:6:5: tasks[0]: agents.a: filled in with this task's vars, the "
-                 "command and its environment take", "ARG_MAX", "ulimit -s")
+    refused(
+        ran,
+        f"{path}:6:5: tasks[0]: agents.a: filled in with this task's vars, the "
+        "command and its environment take",
+        "ARG_MAX",
+        "ulimit -s",
+    )
     assert not marker.exists() and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.figure("15. small: --memory 1, run -- ''")
 def test_run_refuses_an_empty_command(marker):
     ran = measured("run", "--", "")
-    assert refused(ran) == ("agent-supervise: the command is empty text (name a program "
-                            "after '--': agent-supervise run -- python3 agent.py)")
+    assert refused(ran) == (
+        "agent-supervise: the command is empty text (name a program "
+        "after '--': agent-supervise run -- python3 agent.py)"
+    )
 
 
 # -- 14. files that are not files ----------------------------------------------------
+
 
 @pytest.mark.figure("14. files that are not files")
 @pytest.mark.parametrize("what", ["dev-zero", "fifo", "too-big", "not-utf8", "missing"])
 def test_fleet_files_that_are_not_files(what, tmp_path, marker):
     path = {"dev-zero": Path("/dev/zero"), "fifo": tmp_path / "fleet.fifo"}.get(
-        what, tmp_path / "fleet.yaml")
+        what, tmp_path / "fleet.yaml"
+    )
     if what == "fifo":
         os.mkfifo(path)  # nobody writes: a plain open() would wait forever
     elif what == "too-big":
@@ -324,10 +361,13 @@ def test_fleet_files_that_are_not_files(what, tmp_path, marker):
         fleet_file(tmp_path, marker)
         with open(path, "ab") as f:
             f.write(b"# caf\xe9\n")
-    expect = {"dev-zero": "not a regular file (a character device)",
-              "fifo": "not a regular file (a FIFO or pipe)",
-              "too-big": "larger than 1 MiB, the limit for a fleet file",
-              "not-utf8": f"{path}:6: not UTF-8 text", "missing": "No such file"}[what]
+    expect = {
+        "dev-zero": "not a regular file (a character device)",
+        "fifo": "not a regular file (a FIFO or pipe)",
+        "too-big": "larger than 1 MiB, the limit for a fleet file",
+        "not-utf8": f"{path}:6: not UTF-8 text",
+        "missing": "No such file",
+    }[what]
     for command in ("validate", "fleet", "export"):
         args = ("export", "slurm") if command == "export" else (command,)
         first = refused(measured(*args, str(path)), expect)
@@ -339,27 +379,32 @@ def test_fleet_files_that_are_not_files(what, tmp_path, marker):
 @pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
 def test_tasks_from_an_endless_device_is_bad_input(device, tmp_path, marker):
     path = fleet_file(tmp_path, marker)
-    refused(measured("fleet", str(path), "--tasks", device),
-            f"--tasks {device}: is a character device, not a file or a pipe of JSON lines")
+    refused(
+        measured("fleet", str(path), "--tasks", device),
+        f"--tasks {device}: is a character device, not a file or a pipe of JSON lines",
+    )
     with open(device, "rb") as stdin:  # the same device as stdin
-        refused(measured("fleet", str(path), "--tasks", "-", stdin=stdin),
-                "--tasks -: is a character device")
+        refused(
+            measured("fleet", str(path), "--tasks", "-", stdin=stdin),
+            "--tasks -: is a character device",
+        )
     assert not marker.exists() and not (tmp_path / "runs").exists()
 
 
 def test_tasks_from_dev_null_is_an_empty_feed(tmp_path, marker):
-    ran = measured("fleet", "--json", str(fleet_file(tmp_path, marker)), "--tasks",
-                   "/dev/null")
+    ran = measured("fleet", "--json", str(fleet_file(tmp_path, marker)), "--tasks", "/dev/null")
     assert ran.code == 0, ran.err[-1000:]
     assert Path(f"{marker}-file").exists()
 
 
 # -- 15. the smallest cap -------------------------------------------------------------
 
+
 @pytest.mark.figure("15. small: --memory 1, run -- ''")
-@pytest.mark.parametrize("memory, hint", [("1", "did you mean 1M?"),
-                                          ("4096", "did you mean 4096M?"),
-                                          ("512K", "try 1M or more")])
+@pytest.mark.parametrize(
+    "memory, hint",
+    [("1", "did you mean 1M?"), ("4096", "did you mean 4096M?"), ("512K", "try 1M or more")],
+)
 def test_run_memory_below_the_smallest_cap(memory, hint, marker):
     ran = measured("run", "--memory", memory, "--", "touch", str(marker))
     first = refused(ran, f"--memory: '{memory}' is below the smallest cap, 1M", hint)

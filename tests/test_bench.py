@@ -29,8 +29,12 @@ def tables(markdown: str) -> dict[str, list[list[str]]]:
 
 def test_quick_bench_writes_well_formed_tables(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("# Benchmarks") and "| kernel |" in text

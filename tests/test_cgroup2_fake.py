@@ -30,8 +30,10 @@ def make(tmp_path, own="/", **fs_args):
     root = str(tmp_path / "cg")
     fs = FakeCgroup2FS(root, **fs_args)
     mountinfo = tmp_path / "mountinfo"
-    mountinfo.write_text(f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
-                         "31 25 0:27 / /proc rw - proc proc rw\n")
+    mountinfo.write_text(
+        f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+        "31 25 0:27 / /proc rw - proc proc rw\n"
+    )
     cgfile = tmp_path / "cgroup"
     cgfile.write_text(f"0::{own}\n")
     path = root
@@ -72,8 +74,9 @@ def test_writes_limits_and_reads_them_back(tmp_path):
 
 def test_readback_mismatch_fails_loudly(tmp_path):
     fs, root, backend = make(tmp_path, ignore_writes=("memory.oom.group",))
-    with pytest.raises(Unavailable, match="memory.oom.group: wrote '1' but the kernel "
-                                          "reads back '0'"):
+    with pytest.raises(
+        Unavailable, match="memory.oom.group: wrote '1' but the kernel reads back '0'"
+    ):
         backend.probe()
     fs.ignore_writes = ()
     backend.probe()
@@ -143,8 +146,10 @@ def test_usage_peak_and_refaults(tmp_path):
     try:
         fs._put(f"{cage.path}/memory.current", f"{10 * MiB}\n")
         fs._put(f"{cage.path}/memory.peak", f"{20 * MiB}\n")
-        fs._put(f"{cage.path}/memory.stat",
-                "anon 1\nworkingset_refault_anon 3\nworkingset_refault_file 7\n")
+        fs._put(
+            f"{cage.path}/memory.stat",
+            "anon 1\nworkingset_refault_anon 3\nworkingset_refault_file 7\n",
+        )
         assert cage.usage() == 10 * MiB  # through the kept-open fd
         assert cage.peak() == 20 * MiB
         assert cage.refaults() == 10 * 4096
@@ -174,20 +179,25 @@ def test_kill_uses_cgroup_kill_and_release_waits_for_populated_0(tmp_path):
     assert not os.path.exists(other.path)
     assert [r for r in fs.rmdirs if r[0] == other.path] == [(other.path, False)]
     assert [w for w in fs.writes if w[0].startswith(other.path)][-1:] == [
-        (f"{other.path}/cgroup.kill", "1")]
+        (f"{other.path}/cgroup.kill", "1")
+    ]
     assert sum(1 for path, _ in fs.writes if path == f"{other.path}/cgroup.kill") == 1
     cage.release()
 
 
 def test_release_of_a_cage_that_stays_busy_names_the_pids(tmp_path, monkeypatch):
     import agent_supervise.limits.cgroupcage as cc
+
     monkeypatch.setattr(cc, "RMDIR_PATIENCE_S", 0.1)
     fs, _root, backend = make(tmp_path)
     cage = backend.create("x", 50 * MiB)
     fs.add_process(cage.path, 999999)
     cage.kill = lambda: 0  # a process that will not die
-    with pytest.raises(CageError, match=r"rmdir\(.*\) failed: Device or resource busy; "
-                                        r"processes still inside: \[999999\]"):
+    with pytest.raises(
+        CageError,
+        match=r"rmdir\(.*\) failed: Device or resource busy; "
+        r"processes still inside: \[999999\]",
+    ):
         cage.release()
     fs.write(f"{cage.path}/cgroup.kill", "1")
     time.sleep(2 * fs.KILL_LATENCY_S)

@@ -62,8 +62,12 @@ def spawn(cage, *cmd: str) -> subprocess.Popen:
     """Start ``cmd`` inside the cage the way the supervisor does: the child enters
     it before exec (the cage's own child steps: write "0" to cgroup.procs)."""
     steps = [step for _, step in cage.child_steps()]
-    return subprocess.Popen(cmd, preexec_fn=lambda: [s() for s in steps],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        cmd,
+        preexec_fn=lambda: [s() for s in steps],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
@@ -100,11 +104,13 @@ def test_limits_are_written_and_read_back():
         assert read(f"{cage.path}/memory.oom.group") == "1"
         assert cage.notes == []
         # The read-back check is what catches a kernel that changed a value:
-        with pytest.raises(CageError, match=r"wrote '12345' but the kernel reads back "
-                                            r"'12288'"):
+        with pytest.raises(
+            CageError,
+            match=r"wrote '12345' but the kernel reads back "
+            r"'12288'",
+        ):
             cage.write_checked("memory.swap.max", "12345")
-        with pytest.raises(CageError, match="wrote '50M' but the kernel reads back "
-                                            f"'{CAP}'"):
+        with pytest.raises(CageError, match=f"wrote '50M' but the kernel reads back '{CAP}'"):
             cage.write_checked("memory.max", "50M")
     finally:
         cage.release()
@@ -170,10 +176,11 @@ def test_sub_cgroups_made_by_the_agent_are_reached_and_removed():
     """An agent running as root moves itself into a cgroup it made inside its cage:
     the cage's cgroup.procs is empty, but SIGTERM must still reach it, and the cage
     (EBUSY while it has children) must still be removed."""
-    script = ("cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); mkdir $cg/inner; "
-              "echo $$ > $cg/inner/cgroup.procs; sleep 60")
-    out, _ = supervise("cgroup2", "sh", "-c", script,
-                       extra=("--timeout", "500ms", "--grace", "5s"))
+    script = (
+        "cg=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); mkdir $cg/inner; "
+        "echo $$ > $cg/inner/cgroup.procs; sleep 60"
+    )
+    out, _ = supervise("cgroup2", "sh", "-c", script, extra=("--timeout", "500ms", "--grace", "5s"))
     assert out["reason"] == "timeout" and out["exit_code"] == 124, out
     assert out["signal"] == "SIGTERM", out  # reached it: no wait for the grace's SIGKILL
     assert out["duration_s"] < 4, out
@@ -193,9 +200,22 @@ def test_own_cgroup_with_processes_puts_leaves_beside_it():
             wait_for(lambda: read(f"{busy}/cgroup.procs"), what="sleeper")
             with pytest.raises(Unavailable, match="it holds processes"):
                 Cgroup2Backend(root=busy).probe()
-            proc = subprocess.run([PY, "-m", "agent_supervise", "run", "--backend", "cgroup2",
-                                   "--", "cat", "/proc/self/cgroup"], capture_output=True,
-                                  timeout=60, preexec_fn=lambda: os.write(procs, b"0"))
+            proc = subprocess.run(
+                [
+                    PY,
+                    "-m",
+                    "agent_supervise",
+                    "run",
+                    "--backend",
+                    "cgroup2",
+                    "--",
+                    "cat",
+                    "/proc/self/cgroup",
+                ],
+                capture_output=True,
+                timeout=60,
+                preexec_fn=lambda: os.write(procs, b"0"),
+            )
         finally:
             os.close(procs)
         assert proc.returncode == 0, proc.stderr
@@ -206,4 +226,3 @@ def test_own_cgroup_with_processes_puts_leaves_beside_it():
             sleeper.wait(timeout=10)
         wait_for(lambda: read(f"{busy}/cgroup.procs") == "", what="empty test cgroup")
         os.rmdir(busy)
-

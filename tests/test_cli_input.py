@@ -30,18 +30,21 @@ def test_started_nothing(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--backend", "cgroup3"], ["'cgroup3' is not one of", "auto"]),
-    (["--rlimit", "rss"], ["'rss' is not one of"]),
-    (["--memory", "-5M"], ["--memory", "try 50M"]),
-    (["--memory", "0"], ["must be above zero"]),
-    (["--memory", str(10**30)], ["too large"]),
-    (["--timeout", "ten"], ["--timeout", "'ten' is not a duration", "try 100ms"]),
-    (["--grace", "2 parsecs"], ["--grace"]),
-    (["--poll", "0"], ["--poll", "above zero"]),
-    (["--cgroup-root", "/nonexistent/x"], ["--cgroup-root /nonexistent/x: no such directory"]),
-    (["--cgroup-root", "/tmp"], ["not inside a cgroup2 or cgroup v1 memory hierarchy"]),
-])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--backend", "cgroup3"], ["'cgroup3' is not one of", "auto"]),
+        (["--rlimit", "rss"], ["'rss' is not one of"]),
+        (["--memory", "-5M"], ["--memory", "try 50M"]),
+        (["--memory", "0"], ["must be above zero"]),
+        (["--memory", str(10**30)], ["too large"]),
+        (["--timeout", "ten"], ["--timeout", "'ten' is not a duration", "try 100ms"]),
+        (["--grace", "2 parsecs"], ["--grace"]),
+        (["--poll", "0"], ["--poll", "above zero"]),
+        (["--cgroup-root", "/nonexistent/x"], ["--cgroup-root /nonexistent/x: no such directory"]),
+        (["--cgroup-root", "/tmp"], ["not inside a cgroup2 or cgroup v1 memory hierarchy"]),
+    ],
+)
 def test_bad_option_values(tmp_path, args, needles):
     marker = tmp_path / "ran"
     proc = run_cli("run", *args, "--", "touch", str(marker))
@@ -67,6 +70,7 @@ def test_missing_command():
 
 def test_unavailable_backend_is_an_error_not_a_downgrade():
     from agent_supervise.limits import probe_all
+
     missing = [p for p in probe_all() if not p.available]
     if not missing:
         pytest.skip("every backend is available on this machine")
@@ -75,11 +79,14 @@ def test_unavailable_backend_is_an_error_not_a_downgrade():
     one_line_error(proc, f"backend {probe.name} is not available", "doctor")
 
 
-@pytest.mark.parametrize("cmd, code, needle", [
-    (["no-such-command-xyz"], 127, "'no-such-command-xyz': command not found"),
-    (["/etc/passwd"], 126, "'/etc/passwd': not executable (Permission denied)"),
-    (["/tmp"], 126, "'/tmp': not executable (Permission denied)"),
-])
+@pytest.mark.parametrize(
+    "cmd, code, needle",
+    [
+        (["no-such-command-xyz"], 127, "'no-such-command-xyz': command not found"),
+        (["/etc/passwd"], 126, "'/etc/passwd': not executable (Permission denied)"),
+        (["/tmp"], 126, "'/tmp': not executable (Permission denied)"),
+    ],
+)
 def test_exec_failures_use_shell_codes(cmd, code, needle):
     proc = run_cli("run", "--", *cmd)
     assert proc.returncode == code
@@ -97,6 +104,7 @@ def test_cgroup_root_not_writable(other_user):
     (It runs its own copy of the package: it may not read the checkout's.)"""
     require_backend("cgroup1")
     from agent_supervise.limits import select_backend
+
     parent = select_backend("cgroup1").probe()
     before = cage_dirs()
     proc = other_user.run_cli("run", "--cgroup-root", parent, "--", "true", timeout=30)
@@ -107,6 +115,7 @@ def test_cgroup_root_not_writable(other_user):
 def test_cgroup_root_of_the_other_kind_is_refused():
     require_backend("cgroup1")
     from agent_supervise.limits import select_backend
+
     parent = select_backend("cgroup1").probe()
     proc = run_cli("run", "--backend", "rlimit", "--cgroup-root", parent, "--", "true")
     one_line_error(proc, "is a cgroup1 directory but --backend rlimit was asked for")
@@ -115,6 +124,7 @@ def test_cgroup_root_of_the_other_kind_is_refused():
 def test_explicit_cgroup_root_is_used(tmp_path):
     require_backend("cgroup1")
     from agent_supervise.limits import select_backend
+
     parent = select_backend("cgroup1").probe()
     sub = os.path.join(parent, f"explicit-root-test-{os.getpid()}")  # other sessions
     os.mkdir(sub)
@@ -146,8 +156,9 @@ def test_doctor_reports_every_required_backend_available():
     what ``doctor --json`` says works, and ``auto`` is the first of them in order."""
     required = required_backends()
     if not required:
-        pytest.skip("no backend is required here (CI=true or "
-                    "AGENT_SUPERVISE_REQUIRE_BACKENDS names them)")
+        pytest.skip(
+            "no backend is required here (CI=true or AGENT_SUPERVISE_REQUIRE_BACKENDS names them)"
+        )
     proc = run_cli("doctor", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
@@ -160,6 +171,14 @@ def test_doctor_reports_every_required_backend_available():
 def test_help_and_version():
     assert run_cli("--version").stdout.decode().startswith("agent-supervise, version ")
     helptext = run_cli("run", "--help").stdout.decode()
-    for option in ("--memory", "--backend", "--rlimit", "--timeout", "--grace", "--poll",
-                   "--json", "--cgroup-root"):
+    for option in (
+        "--memory",
+        "--backend",
+        "--rlimit",
+        "--timeout",
+        "--grace",
+        "--poll",
+        "--json",
+        "--cgroup-root",
+    ):
         assert option in helptext

@@ -23,8 +23,11 @@ def _keys(prefix, table):
 
 
 def test_every_fleet_key_is_documented():
-    for section, table in (("supervisor", F.SUPERVISOR), ("agents.NAME", F.AGENT),
-                           ("tasks[]", F.TASK)):
+    for section, table in (
+        ("supervisor", F.SUPERVISOR),
+        ("agents.NAME", F.AGENT),
+        ("tasks[]", F.TASK),
+    ):
         for key in _keys(section, table):
             assert f"{key}`" in README, key
 
@@ -42,6 +45,7 @@ def test_the_two_commands_come_first():
 
 def test_every_event_kind_is_documented():
     import re
+
     source = ""
     for path in (Path(__file__).resolve().parent.parent / "supervisor").rglob("*.py"):
         source += path.read_text()

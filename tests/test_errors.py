@@ -13,8 +13,11 @@ from agent_supervise.outcome import Reason
 
 pytestmark = pytest.mark.unit
 
-PUBLIC = [obj for _, obj in inspect.getmembers(errors, inspect.isclass)
-          if issubclass(obj, Exception) and obj.__module__ == errors.__name__]
+PUBLIC = [
+    obj
+    for _, obj in inspect.getmembers(errors, inspect.isclass)
+    if issubclass(obj, Exception) and obj.__module__ == errors.__name__
+]
 
 EXAMPLES = [
     errors.SuperviseError("boom", agent="a", pid=7, backend="cgroup1", path="/x", hint="h"),
@@ -51,8 +54,13 @@ def test_old_import_paths_still_work():
     from agent_supervise.agents.loader import FleetFileError
     from agent_supervise.fleet.breaker import CircuitOpen
     from agent_supervise.fleet.taskqueue import QueueClosed, QueueFull
+
     assert (FleetFileError, CircuitOpen, QueueFull, QueueClosed) == (
-        errors.FleetFileError, errors.CircuitOpen, errors.QueueFull, errors.QueueClosed)
+        errors.FleetFileError,
+        errors.CircuitOpen,
+        errors.QueueFull,
+        errors.QueueClosed,
+    )
 
 
 def test_reason_categories_are_what_the_policies_use():
@@ -60,7 +68,11 @@ def test_reason_categories_are_what_the_policies_use():
     assert memory == {Reason.OOM_KILLED, Reason.MEMORY_EXCEEDED}
     assert {r for r in Reason if r.memory_ending} == memory | {Reason.EVICTED}
     assert {r for r in Reason if r.ordinary_failure} == {
-        Reason.FAILED, Reason.SIGNALED, Reason.TIMEOUT, Reason.EVICTED}
+        Reason.FAILED,
+        Reason.SIGNALED,
+        Reason.TIMEOUT,
+        Reason.EVICTED,
+    }
     final = {r for r in Reason if r.final}
     assert Reason.OK in final and Reason.NOT_FOUND in final and Reason.CANCELLED in final
     assert not final & (memory | {Reason.FAILED, Reason.EVICTED})

@@ -34,13 +34,16 @@ F_SETPIPE_SZ = 1031
 
 # -- a run folder that fills up ------------------------------------------------------
 
+
 @contextlib.contextmanager
 def small_fs(path: Path, size: str = "2m", inodes: int = 1000):
     """A real, small filesystem (tmpfs: ``size`` bytes, ``inodes`` files)."""
     require_tool(os.geteuid() == 0, "root (to mount a 2 MiB tmpfs for a full run folder)")
     path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes}",
-                    "tmpfs", str(path)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},nr_inodes={inodes}", "tmpfs", str(path)],
+        check=True,
+    )
     try:
         yield path
     finally:
@@ -95,15 +98,19 @@ def fleet_file(tmp_path: Path, fs: Path, backend: str, tasks: str) -> Path:
         f"agents:\n  chatty:\n    cmd: [{json.dumps(PY)}, {json.dumps(CHATTY)}, '{{lines}}']\n"
         # 50 MiB/s: the rlimit watchdog stops it before RLIMIT_DATA fails an allocation
         f"  hog:\n    cmd: {json.dumps([PY, ALLOC, '--interval', '0.02'])}\n"
-        f"tasks:\n{tasks}")
+        f"tasks:\n{tasks}"
+    )
     return path
 
 
 def start_fleet(tmp_path: Path, fleet: Path, *extra: str):
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen([PY, "-m", "agent_supervise", "fleet", "--json",
-                                 "--no-dashboard", *extra, str(fleet)], stdout=o, stderr=e)
+        proc = subprocess.Popen(
+            [PY, "-m", "agent_supervise", "fleet", "--json", "--no-dashboard", *extra, str(fleet)],
+            stdout=o,
+            stderr=e,
+        )
     return proc, out, err
 
 
@@ -112,13 +119,14 @@ def test_a_run_folder_that_fills_up_mid_run(tmp_path, backend):
     """Filled after the first agents start, freed once the hog (started while full) has
     been stopped at its cap: every task ends and is accounted for in summary.json,
     the hog was still caged, the 'full' line came once, exit 4."""
-    tasks = ("  - {agent: chatty, repeat: 2, vars: {lines: '20'}}\n  - {agent: hog}\n"
-             "  - {agent: chatty, repeat: 4, vars: {lines: '10'}}\n")
+    tasks = (
+        "  - {agent: chatty, repeat: 2, vars: {lines: '20'}}\n  - {agent: hog}\n"
+        "  - {agent: chatty, repeat: 4, vars: {lines: '10'}}\n"
+    )
     with small_fs(tmp_path / "small") as fs:
         proc, out, err = start_fleet(tmp_path, fleet_file(tmp_path, fs, backend, tasks))
         try:
-            wait_for(lambda: sum(e["event"] == "started" for e in events_of(fs)) >= 2,
-                     proc=proc)
+            wait_for(lambda: sum(e["event"] == "started" for e in events_of(fs)) >= 2, proc=proc)
             fillers = fill(fs)
             # The hog starts while the folder is full; it must still be stopped at its
             # cap. Its ending cannot reach events.jsonl now; stderr shows it.
@@ -184,7 +192,7 @@ def test_held_writes_are_bounded_and_never_torn(tmp_path):
         spool.write(b"last\n")
         spool.close()
         data = (fs / "events.jsonl").read_bytes().splitlines(keepends=True)
-    kept = lines[:len(lines) - dropped]
+    kept = lines[: len(lines) - dropped]
     assert data == [b"first\n", *kept, b"last\n"]
     assert len(said) == 1
 
@@ -202,13 +210,11 @@ def test_a_run_folder_still_full_at_the_end(tmp_path, backend):
         left = sorted(p.name for p in run.iterdir())
     stderr = err.read_text()
     assert stderr.count("is full (No space left on device") == 1, stderr
-    _head, _, body = stderr.partition("summary.json could not be written, so it follows on "
-                                     "stderr")
+    _head, _, body = stderr.partition("summary.json could not be written, so it follows on stderr")
     assert body, stderr
-    summary = json.loads(body[body.index("\n{"):])
+    summary = json.loads(body[body.index("\n{") :])
     assert summary == json.loads(out.read_text())  # the same as fleet --json printed
-    assert {t["task"] for t in summary["tasks"]} == {"chatty-1", "chatty-2", "chatty-3",
-                                                     "hog-1"}
+    assert {t["task"] for t in summary["tasks"]} == {"chatty-1", "chatty-2", "chatty-3", "hog-1"}
     assert next(t for t in summary["tasks"] if t["task"] == "hog-1")["reason"] in MEMORY
     assert summary["run_folder"]["writable_again"] is False
     assert left == [], left  # not even a half-written summary.json.tmp stays behind
@@ -216,8 +222,10 @@ def test_a_run_folder_still_full_at_the_end(tmp_path, backend):
 
 # -- a stderr the agent left non-blocking ------------------------------------------------
 
-FLOOD = ("import os, sys\nos.set_blocking(2, False)\ntry:\n    while True:\n"
-         "        os.write(2, b'y' * 4096)\nexcept BlockingIOError:\n    pass\nsys.exit(3)\n")
+FLOOD = (
+    "import os, sys\nos.set_blocking(2, False)\ntry:\n    while True:\n"
+    "        os.write(2, b'y' * 4096)\nexcept BlockingIOError:\n    pass\nsys.exit(3)\n"
+)
 
 
 def slow_read(stream, delay: float = 1.5) -> bytes:
@@ -230,11 +238,26 @@ def slow_read(stream, delay: float = 1.5) -> bytes:
 def test_run_outcome_arrives_on_a_stderr_the_agent_made_non_blocking(backend):
     # Plain `run` adds no line to a command's own failure: there, the agent is
     # stopped at its timeout (while the pipe is still full) to make it speak.
-    for extra, script, code in ((["--json"], FLOOD, 3),
-                                (["--timeout", "1s"], FLOOD.replace(
-                                    "sys.exit(3)", "import time; time.sleep(60)"), 124)):
-        proc = subprocess.Popen([PY, "-m", "agent_supervise", "run", *extra, "--backend",
-                                 backend, "--", PY, "-c", script], stderr=subprocess.PIPE)
+    for extra, script, code in (
+        (["--json"], FLOOD, 3),
+        (["--timeout", "1s"], FLOOD.replace("sys.exit(3)", "import time; time.sleep(60)"), 124),
+    ):
+        proc = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "agent_supervise",
+                "run",
+                *extra,
+                "--backend",
+                backend,
+                "--",
+                PY,
+                "-c",
+                script,
+            ],
+            stderr=subprocess.PIPE,
+        )
         err = slow_read(proc.stderr)
         assert proc.wait(timeout=30) == code
         tail = err.lstrip(b"y").decode()  # the agent's flood, then our line, whole
@@ -276,6 +299,7 @@ def test_a_reader_that_stopped_costs_one_bounded_wait():
             while len(got) < len(big):
                 got.extend(os.read(r, 1000))
                 time.sleep(0.01)
+
         reader = threading.Thread(target=slow_reader)
         reader.start()
         assert stdio.write_all(w, big, stall=2) == len(big)  # waited as it was read
@@ -304,18 +328,24 @@ def test_fleet_output_arrives_on_non_blocking_pipes(tmp_path):
     """stdout and stderr are non-blocking one-page pipes read late: the event lines,
     the --json summary and the dashboard's final table all arrive whole."""
     fleet = tmp_path / "fleet.yaml"
-    fleet.write_text(f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
-                     "  max_concurrent: 4\nagents:\n  t: {cmd: ['true'], memory_limit: 20M}\n"
-                     "tasks:\n  - {agent: t, repeat: 20}\n")
+    fleet.write_text(
+        f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
+        "  max_concurrent: 4\nagents:\n  t: {cmd: ['true'], memory_limit: 20M}\n"
+        "tasks:\n  - {agent: t, repeat: 20}\n"
+    )
     for mode in (["--json", "--no-dashboard"], ["--dashboard"]):
         pipes = [tiny_nonblocking_pipe(), tiny_nonblocking_pipe()]
-        proc = subprocess.Popen([PY, "-m", "agent_supervise", "fleet", *mode, str(fleet)],
-                                stdout=pipes[0][1], stderr=pipes[1][1])
+        proc = subprocess.Popen(
+            [PY, "-m", "agent_supervise", "fleet", *mode, str(fleet)],
+            stdout=pipes[0][1],
+            stderr=pipes[1][1],
+        )
         for _, w in pipes:
             os.close(w)
         got: list[bytes] = [b"", b""]
-        readers = [threading.Thread(target=read_into, args=(got, i, r)) for i, (r, _) in
-                   enumerate(pipes)]
+        readers = [
+            threading.Thread(target=read_into, args=(got, i, r)) for i, (r, _) in enumerate(pipes)
+        ]
         for t in readers:
             t.start()
         for t in readers:
@@ -331,6 +361,7 @@ def test_fleet_output_arrives_on_non_blocking_pipes(tmp_path):
 
 # -- a pool worker that breaks the protocol -----------------------------------------------
 
+
 @pytest.mark.figure("10. a pool worker answers with an overlong line")
 def test_pool_worker_protocol_errors(tmp_path):
     """An overlong answer, and one nested past any parser's depth: each fails its own
@@ -343,9 +374,13 @@ def test_pool_worker_protocol_errors(tmp_path):
         f"    grace: 500ms\n    pool: {{size: 1}}\n"
         f"tasks:\n  - {{agent: w}}\n  - {{agent: w, vars: {{overlong: '{2 * MAX_LINE}'}}}}\n"
         f"  - {{agent: w}}\n  - {{agent: w, vars: {{nested: '100000'}}}}\n"
-        f"  - {{agent: w}}\n  - {{agent: w, vars: {{pad: '{'p' * 100_000}'}}}}\n")
-    proc = subprocess.run([PY, "-m", "agent_supervise", "fleet", "--json", str(path)],
-                          capture_output=True, timeout=120)
+        f"  - {{agent: w}}\n  - {{agent: w, vars: {{pad: '{'p' * 100_000}'}}}}\n"
+    )
+    proc = subprocess.run(
+        [PY, "-m", "agent_supervise", "fleet", "--json", str(path)],
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     tasks = {t["task"]: t for t in summary["tasks"]}

@@ -88,13 +88,16 @@ def test_bad_file_and_the_schema(path):
 
 def test_cli_validate_reports_every_problem_and_exits_2(tmp_path):
     bad = tmp_path / "f.yaml"
-    bad.write_text("supervisor:\n  max_concurent: 2\n"
-                   "agents:\n  a: {cmd: x y, memory_limit: 5 MB}\n")
+    bad.write_text(
+        "supervisor:\n  max_concurent: 2\nagents:\n  a: {cmd: x y, memory_limit: 5 MB}\n"
+    )
     proc = run_cli("validate", str(bad))
     lines = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2
-    assert lines[0] == f"{bad}:2:3: supervisor.max_concurent: unknown key " \
-                       "(did you mean max_concurrent?)"
+    assert (
+        lines[0] == f"{bad}:2:3: supervisor.max_concurent: unknown key "
+        "(did you mean max_concurrent?)"
+    )
     assert lines[1].startswith(f"{bad}:4:12: agents.a.cmd: cmd must be a list")
     assert lines[2].startswith(f"{bad}:4:31: agents.a.memory_limit: '5 MB' is not a size")
     assert lines[-1] == "agent-supervise: 3 problem(s); nothing was started"
@@ -103,18 +106,22 @@ def test_cli_validate_reports_every_problem_and_exits_2(tmp_path):
 def test_cli_fleet_with_a_bad_file_starts_nothing(tmp_path):
     marker = tmp_path / "ran"
     bad = tmp_path / "f.yaml"
-    bad.write_text(f"agents:\n  a: {{cmd: [touch, '{marker}']}}\n  b: {{cmd: x}}\n"
-                   "tasks:\n  - {agent: a}\n")
+    bad.write_text(
+        f"agents:\n  a: {{cmd: [touch, '{marker}']}}\n  b: {{cmd: x}}\ntasks:\n  - {{agent: a}}\n"
+    )
     before = cage_dirs()
     proc = run_cli("fleet", str(bad))
     assert proc.returncode == 2 and not marker.exists() and cage_dirs() == before
     assert b"agents.b.cmd" in proc.stderr
 
 
-@pytest.mark.parametrize("problem, expect", [
-    ("file", "cannot create the run folder"),
-    ("unwritable", "cannot create the run folder"),
-])
+@pytest.mark.parametrize(
+    "problem, expect",
+    [
+        ("file", "cannot create the run folder"),
+        ("unwritable", "cannot create the run folder"),
+    ],
+)
 def test_unusable_log_dir_is_bad_input(tmp_path, problem, expect):
     marker = tmp_path / "ran"
     target = tmp_path / "logs"
@@ -123,8 +130,10 @@ def test_unusable_log_dir_is_bad_input(tmp_path, problem, expect):
     else:
         target = Path("/proc/agent-supervise-logs")  # nobody can create folders there
     fleet = tmp_path / "f.yaml"
-    fleet.write_text(f"supervisor: {{log_dir: '{target}'}}\n"
-                     f"agents:\n  a: {{cmd: [touch, '{marker}']}}\ntasks:\n  - {{agent: a}}\n")
+    fleet.write_text(
+        f"supervisor: {{log_dir: '{target}'}}\n"
+        f"agents:\n  a: {{cmd: [touch, '{marker}']}}\ntasks:\n  - {{agent: a}}\n"
+    )
     proc = run_cli("fleet", str(fleet))
     assert proc.returncode == 2, proc.stderr
     assert expect in proc.stderr.decode() and "supervisor.log_dir" in proc.stderr.decode()
@@ -142,10 +151,15 @@ def test_defaults_merge_placeholders_and_paths(tmp_path):
         "agents:\n  r:\n    cmd: [echo, '{topic}', '{{literal}}']\n    env: {B: '3'}\n"
         "    cwd: work/{topic}\n"
         "tasks:\n  - {agent: r, vars: {topic: cg}, timeout: 5s}\n",
-        "f.yaml", str(tmp_path))
+        "f.yaml",
+        str(tmp_path),
+    )
     agent = spec.agents["r"]
-    assert (agent.memory_limit, agent.timeout, dict(agent.env)) == (80 << 20, 60.0,
-                                                                    {"A": "1", "B": "3"})
+    assert (agent.memory_limit, agent.timeout, dict(agent.env)) == (
+        80 << 20,
+        60.0,
+        {"A": "1", "B": "3"},
+    )
     task = make_task(agent, spec.tasks[0], 1, 2.0)
     assert task.cmd == ("echo", "cg", "{literal}") and task.timeout == 5.0
     assert task.cwd == os.path.join(str(tmp_path), "work/cg") and task.id == "r-1"
@@ -154,15 +168,25 @@ def test_defaults_merge_placeholders_and_paths(tmp_path):
 
 
 def test_yaml_anchors_and_merge_keys_work():
-    spec = parse_fleet("agents:\n  a: &a {cmd: [echo], memory_limit: 70M}\n"
-                       "  b: {<<: *a, cmd: [echo, b]}\ntasks:\n  - {agent: b}\n")
+    spec = parse_fleet(
+        "agents:\n  a: &a {cmd: [echo], memory_limit: 70M}\n"
+        "  b: {<<: *a, cmd: [echo, b]}\ntasks:\n  - {agent: b}\n"
+    )
     assert spec.agents["b"].memory_limit == 70 << 20 and spec.agents["b"].cmd == ("echo", "b")
 
 
-@pytest.mark.parametrize("table, cls", [
-    (F.SUPERVISOR, SupervisorSettings), (F.AGENT, AgentSpec), (F.TASK, TaskSpec),
-    (F.BREAKER, BreakerSettings), (F.DEGRADATION, DegradationSettings), (F.POOL, PoolSettings),
-], ids=lambda x: getattr(x, "__name__", "table"))
+@pytest.mark.parametrize(
+    "table, cls",
+    [
+        (F.SUPERVISOR, SupervisorSettings),
+        (F.AGENT, AgentSpec),
+        (F.TASK, TaskSpec),
+        (F.BREAKER, BreakerSettings),
+        (F.DEGRADATION, DegradationSettings),
+        (F.POOL, PoolSettings),
+    ],
+    ids=lambda x: getattr(x, "__name__", "table"),
+)
 def test_dataclass_defaults_are_the_documented_ones(table, cls):
     """The field table (README, schema) and the dataclasses (API) must not drift."""
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}

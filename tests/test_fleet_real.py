@@ -28,8 +28,9 @@ MiB = 1 << 20
 
 def write_fleet(tmp_path: Path, body: str, supervisor: str = "") -> Path:
     path = tmp_path / "fleet.yaml"
-    path.write_text(f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
-                    f"{supervisor}{body}")
+    path.write_text(
+        f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n{supervisor}{body}"
+    )
     return path
 
 
@@ -39,9 +40,11 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def test_200_tasks_queue_4_concurrency_2(tmp_path):
-    fleet = write_fleet(tmp_path, "agents:\n  t: {cmd: ['true'], memory_limit: 20M}\n"
-                        "tasks:\n  - {agent: t, repeat: 200}\n",
-                        "  max_concurrent: 2\n  queue_size: 4\n")
+    fleet = write_fleet(
+        tmp_path,
+        "agents:\n  t: {cmd: ['true'], memory_limit: 20M}\ntasks:\n  - {agent: t, repeat: 200}\n",
+        "  max_concurrent: 2\n  queue_size: 4\n",
+    )
     proc = run_cli("fleet", "--json", str(fleet), timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
@@ -66,11 +69,17 @@ def test_200_tasks_queue_4_concurrency_2(tmp_path):
 def test_stdin_tasks_feel_pipe_backpressure(tmp_path):
     """With slow agents, the supervisor stops reading stdin; the pipe fills; the
     producer's writes would block (here: EAGAIN on a non-blocking pipe)."""
-    fleet = write_fleet(tmp_path, "agents:\n  s: {cmd: [sleep, '{secs}'], memory_limit: 20M}\n",
-                        "  max_concurrent: 2\n  queue_size: 4\n")
-    proc = subprocess.Popen([PY, "-m", "agent_supervise", "fleet", "--json", "--tasks", "-",
-                             str(fleet)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    fleet = write_fleet(
+        tmp_path,
+        "agents:\n  s: {cmd: [sleep, '{secs}'], memory_limit: 20M}\n",
+        "  max_concurrent: 2\n  queue_size: 4\n",
+    )
+    proc = subprocess.Popen(
+        [PY, "-m", "agent_supervise", "fleet", "--json", "--tasks", "-", str(fleet)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     fd = proc.stdin.fileno()
     fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: a one-page pipe
     os.set_blocking(fd, False)
@@ -104,9 +113,12 @@ def test_admission_holds_back_for_real_and_run_timeout_ends_it(tmp_path):
     mem = MemorySource()
     min_free = mem.total() - 20 * MiB - 16 * MiB  # above MemAvailable, yet could fit
     assert mem.available() < min_free + 20 * MiB
-    fleet = write_fleet(tmp_path, f"agents:\n  t: {{cmd: [touch, '{tmp_path}/ran'], "
-                        "memory_limit: 20M}\ntasks:\n  - {agent: t, repeat: 3}\n",
-                        f"  min_free_memory: {min_free}\n  run_timeout: 1s\n")
+    fleet = write_fleet(
+        tmp_path,
+        f"agents:\n  t: {{cmd: [touch, '{tmp_path}/ran'], "
+        "memory_limit: 20M}\ntasks:\n  - {agent: t, repeat: 3}\n",
+        f"  min_free_memory: {min_free}\n  run_timeout: 1s\n",
+    )
     fleet.write_text(fleet.read_text().replace("  min_free_memory: 256M\n", "", 1))
     proc = run_cli("fleet", "--json", str(fleet))
     assert proc.returncode == 1
@@ -117,8 +129,11 @@ def test_admission_holds_back_for_real_and_run_timeout_ends_it(tmp_path):
 
 
 def test_self_guard_exits_3(tmp_path):
-    fleet = write_fleet(tmp_path, "agents:\n  s: {cmd: [sleep, '30']}\n"
-                        "tasks:\n  - {agent: s, repeat: 3}\n", "  memory_limit: 1M\n")
+    fleet = write_fleet(
+        tmp_path,
+        "agents:\n  s: {cmd: [sleep, '30']}\ntasks:\n  - {agent: s, repeat: 3}\n",
+        "  memory_limit: 1M\n",
+    )
     started = time.monotonic()
     proc = run_cli("fleet", "--json", str(fleet))
     assert proc.returncode == 3
@@ -129,8 +144,11 @@ def test_self_guard_exits_3(tmp_path):
 
 
 def _spawn_fleet(tmp_path, fleet):
-    return subprocess.Popen([PY, "-m", "agent_supervise", "fleet", "--json", str(fleet)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [PY, "-m", "agent_supervise", "fleet", "--json", str(fleet)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _wait_started(tmp_path, count, timeout=20):
@@ -144,8 +162,9 @@ def _wait_started(tmp_path, count, timeout=20):
 
 
 def test_sigint_stops_agents_and_cancels_the_rest(tmp_path):
-    fleet = write_fleet(tmp_path, "agents:\n  s: {cmd: [sleep, '30']}\n"
-                        "tasks:\n  - {agent: s, repeat: 5}\n")
+    fleet = write_fleet(
+        tmp_path, "agents:\n  s: {cmd: [sleep, '30']}\ntasks:\n  - {agent: s, repeat: 5}\n"
+    )
     proc = _spawn_fleet(tmp_path, fleet)
     _wait_started(tmp_path, 2)
     proc.send_signal(signal.SIGINT)
@@ -157,8 +176,9 @@ def test_sigint_stops_agents_and_cancels_the_rest(tmp_path):
 
 
 def test_sigkill_of_the_supervisor_leaves_no_agent(tmp_path):
-    fleet = write_fleet(tmp_path, "agents:\n  s: {cmd: [sleep, '30']}\n"
-                        "tasks:\n  - {agent: s, repeat: 4}\n")
+    fleet = write_fleet(
+        tmp_path, "agents:\n  s: {cmd: [sleep, '30']}\ntasks:\n  - {agent: s, repeat: 4}\n"
+    )
     proc = _spawn_fleet(tmp_path, fleet)
     pids = [e["pid"] for e in _wait_started(tmp_path, 2)]
     proc.kill()
@@ -178,8 +198,9 @@ def test_sigkill_of_the_supervisor_leaves_no_agent(tmp_path):
 
 
 def test_a_gigabyte_of_output_leaves_the_supervisor_flat(tmp_path):
-    fleet = write_fleet(tmp_path, "agents:\n  loud: {cmd: [head, -c, 1G, /dev/zero]}\n"
-                        "tasks:\n  - {agent: loud}\n")
+    fleet = write_fleet(
+        tmp_path, "agents:\n  loud: {cmd: [head, -c, 1G, /dev/zero]}\ntasks:\n  - {agent: loud}\n"
+    )
     proc = _spawn_fleet(tmp_path, fleet)
     me = psutil.Process(proc.pid)
     _wait_started(tmp_path, 1)
@@ -200,10 +221,13 @@ def test_a_gigabyte_of_output_leaves_the_supervisor_flat(tmp_path):
 
 
 def test_logs_per_agent_and_hog_is_capped(tmp_path):
-    fleet = write_fleet(tmp_path, "agents:\n"
-                        "  talk: {cmd: [sh, -c, 'echo out; echo err >&2; echo $AGENT_ID']}\n"
-                        f"  hog: {{cmd: ['{PY}', '{ALLOC}', --interval, '0.004']}}\n"
-                        "tasks:\n  - {agent: talk}\n  - {agent: hog}\n")
+    fleet = write_fleet(
+        tmp_path,
+        "agents:\n"
+        "  talk: {cmd: [sh, -c, 'echo out; echo err >&2; echo $AGENT_ID']}\n"
+        f"  hog: {{cmd: ['{PY}', '{ALLOC}', --interval, '0.004']}}\n"
+        "tasks:\n  - {agent: talk}\n  - {agent: hog}\n",
+    )
     proc = run_cli("fleet", "--json", str(fleet))
     assert proc.returncode == 1
     summary = json.loads(proc.stdout)
@@ -217,8 +241,10 @@ def test_logs_per_agent_and_hog_is_capped(tmp_path):
 
 
 def test_python_api_submit_close_wait(tmp_path):
-    spec = parse_fleet(f"supervisor: {{log_dir: '{tmp_path}', min_free_memory: 256M, "
-                       "queue_size: 2}\nagents:\n  e: {cmd: [sh, -c, 'sleep 0.2; echo {word}']}\n")
+    spec = parse_fleet(
+        f"supervisor: {{log_dir: '{tmp_path}', min_free_memory: 256M, "
+        "queue_size: 2}\nagents:\n  e: {cmd: [sh, -c, 'sleep 0.2; echo {word}']}\n"
+    )
     sup = Supervisor(spec)
     sup.start()
     try:
@@ -244,8 +270,7 @@ def test_headroom_kept_between_steps_matches_a_fresh_sum(tmp_path):
     from agent_supervise.rundir import RunDir
 
     def fresh(engine):
-        return sum(max(0, r.spec.limit - r.watchdog.last_usage)
-                   for r in engine.runs.values())
+        return sum(max(0, r.spec.limit - r.watchdog.last_usage) for r in engine.runs.values())
 
     engine = LocalEngine(SupervisorSettings(backend="rlimit"))
     rundir = RunDir(str(tmp_path / "runs"))
@@ -253,12 +278,18 @@ def test_headroom_kept_between_steps_matches_a_fresh_sum(tmp_path):
         caps = [40 * MiB, 60 * MiB, 80 * MiB]
         assert engine.headroom() == 0
         for i, cap in enumerate(caps):
-            task = Task(id=f"s-{i}", agent="s", n=i, memory_limit=cap, timeout=None,
-                        grace=1.0, cwd=str(tmp_path),
-                        cmd=(PY, "-c", "b = bytearray(8 << 20); import time; "
-                             "time.sleep(60)"))
+            task = Task(
+                id=f"s-{i}",
+                agent="s",
+                n=i,
+                memory_limit=cap,
+                timeout=None,
+                grace=1.0,
+                cwd=str(tmp_path),
+                cmd=(PY, "-c", "b = bytearray(8 << 20); import time; time.sleep(60)"),
+            )
             engine.start(task, rundir)
-            assert engine.headroom() == fresh(engine) == sum(caps[:i + 1])
+            assert engine.headroom() == fresh(engine) == sum(caps[: i + 1])
         deadline = time.monotonic() + 10
         while fresh(engine) == sum(caps):  # until the watchdogs have sampled
             assert time.monotonic() < deadline, "no sample within 10 s"

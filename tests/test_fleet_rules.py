@@ -49,8 +49,15 @@ def make(spec, tmp_path, script=None, **memory):
     clock = FakeClock()
     engine = FakeEngine(clock, script)
     mem = FakeMemory(clock, **memory)
-    sup = Supervisor(spec, engine=engine, memory=mem, clock=clock, log_dir=str(tmp_path),
-                     psi=None, rng=random.Random(7))
+    sup = Supervisor(
+        spec,
+        engine=engine,
+        memory=mem,
+        clock=clock,
+        log_dir=str(tmp_path),
+        psi=None,
+        rng=random.Random(7),
+    )
     return sup, engine, clock, mem
 
 
@@ -135,8 +142,9 @@ def test_admission_waits_for_memory_and_says_why(tmp_path):
     spec = fleet("  - {agent: work, vars: {n: '1'}, repeat: 3}")
     # 1.15 GiB available: the first 100M task fits above the 1G reserve, a second
     # would eat into it until the script frees memory at t=+5s.
-    sup, _engine, clock, mem = make(spec, tmp_path, script={"work": (10.0, Reason.OK)},
-                                   available=int(1.15 * GiB))
+    sup, _engine, clock, mem = make(
+        spec, tmp_path, script={"work": (10.0, Reason.OK)}, available=int(1.15 * GiB)
+    )
     mem.script.append((clock.now + 5, 8 * GiB))
     sup.close()
     result = sup.run()

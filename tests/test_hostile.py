@@ -40,26 +40,50 @@ MEMORY = {"oom_killed", "memory_exceeded"}
 CASES = {
     "python-allocation-loop": ([PY, ALLOC, "--interval", "0.004"], "", MEMORY, MEMORY),
     "tail-dev-zero": (["tail", "/dev/zero"], "", MEMORY, MEMORY | {"failed"}),
-    "node-buffer-growth": (["node", NODE_ALLOC], "memory_limit: 150M", MEMORY,
-                           MEMORY | {"signaled"}),
+    "node-buffer-growth": (
+        ["node", NODE_ALLOC],
+        "memory_limit: 150M",
+        MEMORY,
+        MEMORY | {"signaled"},
+    ),
     "mmap-touched-page-by-page": ([PY, HOSTILE, "mmap"], "", MEMORY, MEMORY | {"failed"}),
     "fork-10-allocating-children": ([PY, HOSTILE, "fork10"], "", MEMORY, MEMORY),
     "double-forked-setsid-escapee": ([PY, ESCAPE, "200", "30"], "", MEMORY, MEMORY),
-    "ignores-sigterm": ([PY, ALLOC, "--ignore-term", "--interval", "0.004"], "", MEMORY,
-                        MEMORY),
-    "restarts-its-killed-worker": (["stress-ng", "--vm", "1", "--vm-bytes", "200M",
-                                    "--vm-keep", "--vm-hang", "0", "--timeout", "10s"],
-                                   "timeout: 8s", MEMORY, MEMORY | {"timeout", "failed"}),
+    "ignores-sigterm": ([PY, ALLOC, "--ignore-term", "--interval", "0.004"], "", MEMORY, MEMORY),
+    "restarts-its-killed-worker": (
+        [
+            "stress-ng",
+            "--vm",
+            "1",
+            "--vm-bytes",
+            "200M",
+            "--vm-keep",
+            "--vm-hang",
+            "0",
+            "--timeout",
+            "10s",
+        ],
+        "timeout: 8s",
+        MEMORY,
+        MEMORY | {"timeout", "failed"},
+    ),
     "writes-1GB-to-stdout": (["head", "-c", "1G", "/dev/zero"], "", {"ok"}, {"ok"}),
-    "closes-stdout-and-stays": ([PY, HOSTILE, "closed"], "timeout: 1s", {"timeout"},
-                                {"timeout"}),
+    "closes-stdout-and-stays": ([PY, HOSTILE, "closed"], "timeout: 1s", {"timeout"}, {"timeout"}),
     # 500 forked interpreters outgrow 50M on a cgroup (each dirties some pages); on
     # rlimit each is small and they sleep until the timeout. Either way: all gone.
-    "spawns-500-sleepers": ([PY, HOSTILE, "bomb", "500"], "timeout: 3s\n    grace: 1s",
-                            {"timeout"} | MEMORY, {"timeout"} | MEMORY),
+    "spawns-500-sleepers": (
+        [PY, HOSTILE, "bomb", "500"],
+        "timeout: 3s\n    grace: 1s",
+        {"timeout"} | MEMORY,
+        {"timeout"} | MEMORY,
+    ),
     # Under rlimit there is no cage to leave: it is an allocation loop like mmap's.
-    "moves-itself-out-of-its-cgroup": ([PY, HOSTILE, "escape"], "", {"escaped"},
-                                       MEMORY | {"failed"}),
+    "moves-itself-out-of-its-cgroup": (
+        [PY, HOSTILE, "escape"],
+        "",
+        {"escaped"},
+        MEMORY | {"failed"},
+    ),
 }
 
 
@@ -71,7 +95,8 @@ def fleet(tmp_path: Path, backend: str, cmd: list[str], extra: str) -> Path:
         f"  backend: {backend}\n  grace: 1s\n"
         f"agents:\n  hostile:\n    cmd: {json.dumps(cmd)}\n{extra}"
         f"  good:\n    cmd: [{json.dumps(PY)}, -c, 'import time; time.sleep(0.3); print(42)']\n"
-        "tasks:\n  - {agent: hostile}\n  - {agent: good}\n")
+        "tasks:\n  - {agent: hostile}\n  - {agent: good}\n"
+    )
     return path
 
 
@@ -83,8 +108,9 @@ def test_hostile_agent_is_contained(backend, case, tmp_path):
             pytest.fail("stress-ng is missing under CI=true (.ci/run installs it)")
         pytest.skip("stress-ng is not installed")
     record_figure("hostile", backend, case, contained=False)
-    proc = run_cli("fleet", "--json", "--no-dashboard", str(fleet(tmp_path, backend, cmd,
-                                                                   extra)), timeout=120)
+    proc = run_cli(
+        "fleet", "--json", "--no-dashboard", str(fleet(tmp_path, backend, cmd, extra)), timeout=120
+    )
     assert proc.returncode in (0, 1), proc.stderr[-2000:]  # the supervisor finished
     summary = json.loads(proc.stdout)
     tasks = {t["agent"]: t for t in summary["tasks"]}
@@ -111,8 +137,9 @@ def test_privilege_drop_makes_the_escape_fail(backend, tmp_path, other_user):
     shared = other_user.folder("priv")
     script = shared / "hostile.py"
     shutil.copy(HOSTILE, script)
-    path = fleet(tmp_path, backend, [other_user.python, str(script), "escape"],
-                 f"user: {other_user.name}")
+    path = fleet(
+        tmp_path, backend, [other_user.python, str(script), "escape"], f"user: {other_user.name}"
+    )
     path = Path(shutil.copy(path, shared / "fleet.yaml"))
     proc = run_cli("fleet", "--json", "--no-dashboard", str(path), timeout=120)
     summary = json.loads(proc.stdout)
@@ -128,8 +155,15 @@ def test_privilege_drop_makes_the_escape_fail(backend, tmp_path, other_user):
 
 
 def test_run_as_another_user(tmp_path, other_user):
-    out = run_cli("run", "--user", other_user.name, "--", "sh", "-c",
-                  "id -un; echo $HOME; cat /proc/self/status | grep -E '^(Uid|Gid)'")
+    out = run_cli(
+        "run",
+        "--user",
+        other_user.name,
+        "--",
+        "sh",
+        "-c",
+        "id -un; echo $HOME; cat /proc/self/status | grep -E '^(Uid|Gid)'",
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.decode().splitlines()
     assert lines[0] == other_user.name and lines[1] == other_user.home
@@ -153,12 +187,17 @@ def test_sigkilled_supervisor_leaves_nothing_after_the_next_start(backend, tmp_p
     carries the agent's marker) until the next start of agent-supervise, which kills
     it and says so; either way the next start removes the dead supervisor's cages."""
     path = tmp_path / "fleet.yaml"
-    path.write_text(f"supervisor: {{log_dir: '{tmp_path}/runs', min_free_memory: 256M, "
-                    f"backend: {backend}}}\n"
-                    "agents:\n  s: {cmd: [sh, -c, 'setsid sleep 60 & sleep 60 & wait']}\n"
-                    "tasks:\n  - {agent: s, repeat: 2}\n")
-    proc = subprocess.Popen([PY, "-m", "agent_supervise", "fleet", "--no-dashboard",
-                             str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path.write_text(
+        f"supervisor: {{log_dir: '{tmp_path}/runs', min_free_memory: 256M, "
+        f"backend: {backend}}}\n"
+        "agents:\n  s: {cmd: [sh, -c, 'setsid sleep 60 & sleep 60 & wait']}\n"
+        "tasks:\n  - {agent: s, repeat: 2}\n"
+    )
+    proc = subprocess.Popen(
+        [PY, "-m", "agent_supervise", "fleet", "--no-dashboard", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     while len(_sleepers(tmp_path)) < 4:  # two agents, two sleepers each
         assert time.monotonic() < deadline, "agents did not start"
@@ -173,8 +212,9 @@ def test_sigkilled_supervisor_leaves_nothing_after_the_next_start(backend, tmp_p
     if isolation.enabled():
         deadline = time.monotonic() + 2
         while _sleepers(tmp_path):
-            assert time.monotonic() < deadline, \
+            assert time.monotonic() < deadline, (
                 f"outlived their namespace's init: {_sleepers(tmp_path)}"
+            )
             time.sleep(0.05)
     else:
         assert _sleepers(tmp_path), "nothing was left to clean: the test proves nothing"
@@ -192,6 +232,7 @@ def test_sigkilled_supervisor_leaves_nothing_after_the_next_start(backend, tmp_p
 
 def _events(tmp_path):
     from agent_supervise.rundir import read_events
+
     (run,) = (tmp_path / "runs").iterdir()
     return read_events(str(run / "events.jsonl"))
 
@@ -204,9 +245,12 @@ def _sleepers(tmp_path) -> list[int]:
             env = p.info["environ"] or {}
         except psutil.Error:
             continue
-        if p.info["name"] == "sleep" and p.info["status"] != psutil.STATUS_ZOMBIE and \
-                "AGENT_SUPERVISE_CAGE" in env and env.get("AGENT_RUN_DIR", "").startswith(
-                    str(tmp_path)):
+        if (
+            p.info["name"] == "sleep"
+            and p.info["status"] != psutil.STATUS_ZOMBIE
+            and "AGENT_SUPERVISE_CAGE" in env
+            and env.get("AGENT_RUN_DIR", "").startswith(str(tmp_path))
+        ):
             found.append(p.pid)
     return found
 

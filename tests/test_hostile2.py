@@ -34,19 +34,26 @@ ESCAPE2 = str(CHILDREN / "escape2.py")
 #: kind, 50 interpreters, is left to the host: TWINS in tests/vm/run_guest.py).
 IN_VM = bool(os.environ.get("AGENT_SUPERVISE_IN_VM"))
 BUSY = {
-    "sh-subshells": ["sh", "-c", f"for i in $(seq {10 if IN_VM else 600}); do (true &) ; "
-                     "/bin/true; done"],
-    "python-subprocesses": [PY, "-c", "import subprocess\nfor i in range(150): "
-                            "subprocess.run(['true'])"],
+    "sh-subshells": [
+        "sh",
+        "-c",
+        f"for i in $(seq {10 if IN_VM else 600}); do (true &) ; /bin/true; done",
+    ],
+    "python-subprocesses": [
+        PY,
+        "-c",
+        "import subprocess\nfor i in range(150): subprocess.run(['true'])",
+    ],
 }
 
 
-def fleet_file(tmp_path: Path, backend: str, agents: str, tasks: str,
-               concurrent: int = 4) -> Path:
+def fleet_file(tmp_path: Path, backend: str, agents: str, tasks: str, concurrent: int = 4) -> Path:
     path = tmp_path / "fleet.yaml"
-    path.write_text(f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
-                    f"  backend: {backend}\n  grace: 1s\n  max_concurrent: {concurrent}\n"
-                    f"agents:\n{agents}tasks:\n{tasks}")
+    path.write_text(
+        f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
+        f"  backend: {backend}\n  grace: 1s\n  max_concurrent: {concurrent}\n"
+        f"agents:\n{agents}tasks:\n{tasks}"
+    )
     return path
 
 
@@ -59,12 +66,17 @@ def run_fleet(path: Path, timeout: float = 300) -> list[dict]:
 
 # -- class 1: benign agents are never escapees --------------------------------------
 
+
 @pytest.mark.figure("1. benign agents called escaped (exiting children)")
 @pytest.mark.parametrize("kind", BUSY)
 def test_fifty_busy_agents_all_end_ok(backend, kind, tmp_path):
     """50 runs of an agent that keeps many short-lived children: zero escapes."""
-    path = fleet_file(tmp_path, backend, f"  busy:\n    cmd: {json.dumps(BUSY[kind])}\n",
-                      "  - {agent: busy, repeat: 50}\n")
+    path = fleet_file(
+        tmp_path,
+        backend,
+        f"  busy:\n    cmd: {json.dumps(BUSY[kind])}\n",
+        "  - {agent: busy, repeat: 50}\n",
+    )
     tasks = run_fleet(path, timeout=600)
     assert len(tasks) == 50
     bad = [(t["reason"], t["detail"]) for t in tasks if t["reason"] != "ok"]
@@ -83,8 +95,7 @@ def test_exiting_children_seen_outside_are_not_escapes(backend, tmp_path):
     loops = 30 if IN_VM else 3000
     cmd = ["sh", "-c", f"for i in $(seq {loops}); do (true &) ; /bin/true; done"]
     with Spawner() as spawner:
-        child = spawner.spawn(cmd, cage, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+        child = spawner.spawn(cmd, cage, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cage.attach(child.pid)
     run = types.SimpleNamespace(pid=child.pid, orphans=set(), cage=cage)
     watch, state = EscapeWatch(), EscapeState()
@@ -129,8 +140,7 @@ def _naive_outside(run, watch) -> int:
 
 # -- class 1: real escapes are still caught -----------------------------------------
 
-ESCAPES = {"pids": ("cgroup1", "rlimit"), "thread": ("cgroup1",),
-           "decoy": KERNEL, "swing": KERNEL}
+ESCAPES = {"pids": ("cgroup1", "rlimit"), "thread": ("cgroup1",), "decoy": KERNEL, "swing": KERNEL}
 
 
 @pytest.mark.figure("1. benign agents called escaped (exiting children)")
@@ -168,13 +178,28 @@ def _remove_decoys() -> None:
 #: mode -> backends, and what the detail says (one of)
 TAMPERING = {
     "limit": (KERNEL, ("changed from 52428800 to 1073741824 by the agent",)),
-    "memsw": (KERNEL, ("memory.memsw.limit_in_bytes changed from 52428800 to 1073741824",
-                       "memory.swap.max changed from 0 to max")),
-    "oom": (KERNEL, ("memory.oom_control oom_kill_disable changed from 0 to 1",
-                     "memory.oom.group changed from 1 to 0")),
+    "memsw": (
+        KERNEL,
+        (
+            "memory.memsw.limit_in_bytes changed from 52428800 to 1073741824",
+            "memory.swap.max changed from 0 to max",
+        ),
+    ),
+    "oom": (
+        KERNEL,
+        (
+            "memory.oom_control oom_kill_disable changed from 0 to 1",
+            "memory.oom.group changed from 1 to 0",
+        ),
+    ),
     "pids": ((*KERNEL, "rlimit"), ("pids.max changed from 4096 to max by the agent",)),
-    "raise-restore": (KERNEL, ("changed from 52428800 to 1073741824",
-                               "above the 50.0 MiB cap: the agent raised its limit")),
+    "raise-restore": (
+        KERNEL,
+        (
+            "changed from 52428800 to 1073741824",
+            "above the 50.0 MiB cap: the agent raised its limit",
+        ),
+    ),
 }
 
 
@@ -208,8 +233,11 @@ def test_a_sub_cgroup_with_a_higher_limit_stays_under_the_cap(backend):
 # -- class 7: fork bombs and the process cap ------------------------------------------
 
 BOMBS = {
-    "python-fork-loop": [PY, "-c", "import os\nwhile True:\n    try:\n        os.fork()\n"
-                         "    except OSError:\n        pass"],
+    "python-fork-loop": [
+        PY,
+        "-c",
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+    ],
     # Its "Cannot fork" messages go to /dev/null: dash writes "sh: 1: " and the rest
     # in two calls, so a shell killed between them leaves half a line before the
     # --json outcome on the shared stderr.
@@ -221,8 +249,7 @@ BOMBS = {
 @pytest.mark.parametrize("bomb", BOMBS)
 def test_fork_bomb_ends_pids_exceeded(backend, bomb):
     started = time.monotonic()
-    out, _ = supervise(backend, *BOMBS[bomb], extra=("--pids-limit", "64", "--timeout",
-                                                      "60s"))
+    out, _ = supervise(backend, *BOMBS[bomb], extra=("--pids-limit", "64", "--timeout", "60s"))
     allowed = {"pids_exceeded"}
     if backend == "rlimit" and bomb.startswith("python"):
         # Summed RSS counts each forked interpreter's shared pages again: 64 of them
@@ -238,9 +265,13 @@ def test_fork_bomb_ends_pids_exceeded(backend, bomb):
 @pytest.mark.figure("7. fork bombs (--pids-limit)")
 def test_threads_count_toward_the_cap(backend):
     # Small stacks: under RLIMIT_DATA each thread's 8 MiB stack would count first.
-    cmd = [PY, "-c", "import threading, time\nthreading.stack_size(256 << 10)\n"
-           "ts = [threading.Thread(target=time.sleep, args=(5,)) for _ in range(80)]\n"
-           "[t.start() for t in ts]\n[t.join() for t in ts]"]
+    cmd = [
+        PY,
+        "-c",
+        "import threading, time\nthreading.stack_size(256 << 10)\n"
+        "ts = [threading.Thread(target=time.sleep, args=(5,)) for _ in range(80)]\n"
+        "[t.start() for t in ts]\n[t.join() for t in ts]",
+    ]
     out, _ = supervise(backend, *cmd, memory="200M", extra=("--pids-limit", "40"))
     assert out["reason"] == "pids_exceeded", out
 
@@ -250,20 +281,27 @@ def test_pids_limit_zero_turns_the_cap_off(backend):
     cmd = ["sh", "-c", f"for i in $(seq {n}); do sleep 1 & done; wait"]
     off, _ = supervise(backend, *cmd, memory="200M", extra=("--pids-limit", "0"))
     assert off["reason"] == "ok", off
-    capped, _ = supervise(backend, *cmd, memory="200M", extra=("--pids-limit",
-                                                                 str(n // 2)))
+    capped, _ = supervise(backend, *cmd, memory="200M", extra=("--pids-limit", str(n // 2)))
     assert capped["reason"] == "pids_exceeded", capped
 
 
 def test_pids_limit_from_fleet_defaults_and_agents(backend, tmp_path):
     sleeps = json.dumps(["sh", "-c", "for i in $(seq 25); do sleep 1 & done; wait"])
-    agents = (f"  inherits:\n    cmd: {sleeps}\n"
-              f"  unlimited:\n    cmd: {sleeps}\n    pids_limit: 0\n"
-              f"  roomy:\n    cmd: {sleeps}\n    pids_limit: 100\n")
-    path = fleet_file(tmp_path, backend, agents, "  - {agent: inherits}\n"
-                      "  - {agent: unlimited}\n  - {agent: roomy}\n", concurrent=3)
-    text = path.read_text().replace("agents:\n", "defaults:\n  pids_limit: 16\n"
-                                    "  memory_limit: 200M\nagents:\n")
+    agents = (
+        f"  inherits:\n    cmd: {sleeps}\n"
+        f"  unlimited:\n    cmd: {sleeps}\n    pids_limit: 0\n"
+        f"  roomy:\n    cmd: {sleeps}\n    pids_limit: 100\n"
+    )
+    path = fleet_file(
+        tmp_path,
+        backend,
+        agents,
+        "  - {agent: inherits}\n  - {agent: unlimited}\n  - {agent: roomy}\n",
+        concurrent=3,
+    )
+    text = path.read_text().replace(
+        "agents:\n", "defaults:\n  pids_limit: 16\n  memory_limit: 200M\nagents:\n"
+    )
     path.write_text(text)
     tasks = {t["agent"]: t for t in run_fleet(path)}
     assert tasks["inherits"]["reason"] == "pids_exceeded", tasks["inherits"]
@@ -280,8 +318,9 @@ def test_bad_pids_limit_on_run_is_refused(value):
 
 @pytest.mark.parametrize("value", ["-1", "'many'", "2.5"])
 def test_bad_pids_limit_in_a_fleet_is_refused(value, tmp_path):
-    path = fleet_file(tmp_path, "rlimit", f"  a:\n    cmd: [true]\n    pids_limit: {value}\n",
-                      "  - {agent: a}\n")
+    path = fleet_file(
+        tmp_path, "rlimit", f"  a:\n    cmd: [true]\n    pids_limit: {value}\n", "  - {agent: a}\n"
+    )
     proc = run_cli("fleet", str(path))
     assert proc.returncode == 2, proc.stderr
     assert b"agents.a.pids_limit" in proc.stderr
@@ -307,7 +346,12 @@ def test_rlimit_nproc_only_for_a_dropped_user_without_a_pids_cgroup(tmp_path):
 
 
 def test_pids_exceeded_is_in_the_json_outcome(backend):
-    out, proc = supervise(backend, "sh", "-c", "for i in $(seq 30); do sleep 2 & done; wait",
-                          extra=("--pids-limit", "10"))
+    out, proc = supervise(
+        backend,
+        "sh",
+        "-c",
+        "for i in $(seq 30); do sleep 2 & done; wait",
+        extra=("--pids-limit", "10"),
+    )
     assert json_outcome(proc)["reason"] == "pids_exceeded"
     assert out["exit_code"] == 137 and proc.returncode == 137

@@ -40,7 +40,8 @@ def _tagged(tag: str) -> list[psutil.Process]:
     for p in psutil.process_iter(["cmdline", "status"]):
         try:
             if p.info["status"] != psutil.STATUS_ZOMBIE and any(
-                    tag in arg for arg in p.info["cmdline"] or ()):
+                tag in arg for arg in p.info["cmdline"] or ()
+            ):
                 found.append(p)
         except psutil.Error:
             continue
@@ -84,11 +85,15 @@ time.sleep(5)
 """
 MEMFD_HOLDER = WRITER.format(open='os.memfd_create("hold")')
 DELETED_SHM_HOLDER = WRITER.format(
-    open='os.open("/dev/shm/held", os.O_RDWR | os.O_CREAT); os.unlink("/dev/shm/held")')
+    open='os.open("/dev/shm/held", os.O_RDWR | os.O_CREAT); os.unlink("/dev/shm/held")'
+)
 
 HIDDEN = {
-    "dev-shm-file": ["sh", "-c", "dd if=/dev/zero of=/dev/shm/big bs=1M count=240 "
-                     "2>/dev/null; sleep 5"],  # ENOSPC at the cap, then holds it
+    "dev-shm-file": [
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/shm/big bs=1M count=240 2>/dev/null; sleep 5",
+    ],  # ENOSPC at the cap, then holds it
     "sysv-detached": [PY, "-c", SYSV_HOLDER],
     "memfd": [PY, "-c", MEMFD_HOLDER],
     "deleted-shm-file": [PY, "-c", DELETED_SHM_HOLDER],
@@ -146,6 +151,7 @@ def test_shared_memory_does_not_outlive_the_agent(backend):
 
 # -- class 5: shedding the tree ---------------------------------------------------
 
+
 def _shedder(tag: str) -> list[str]:
     """A child that double-forks, starts a session of its own, scrubs its environment
     and holds 30 MiB; the agent's main process exits at once."""
@@ -165,10 +171,21 @@ def test_a_shed_child_ends_with_its_agent(backend):
 def test_a_shed_child_ends_with_a_sigkilled_supervisor(backend):
     tag = f"as-test-{uuid.uuid4().hex}"
     hold = f"import time; x = bytearray(30 << 20); time.sleep(120)  # {tag}"
-    proc = subprocess.Popen([PY, "-m", "agent_supervise", "run", "--backend", backend,
-                             "--", "sh", "-c",
-                             f"(setsid env -i {PY} -c '{hold}' &) ; sleep 120"],
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "agent_supervise",
+            "run",
+            "--backend",
+            backend,
+            "--",
+            "sh",
+            "-c",
+            f"(setsid env -i {PY} -c '{hold}' &) ; sleep 120",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while not _tagged(tag):
         assert time.monotonic() < deadline, "the child did not start"
@@ -178,11 +195,16 @@ def test_a_shed_child_ends_with_a_sigkilled_supervisor(backend):
     _wait_gone(tag, 2.0, "outlived its SIGKILLed supervisor")
     reap_orphans()
     # The dead supervisor's cage directory (kernel backends) goes at the next start.
-    subprocess.run([PY, "-m", "agent_supervise", "run", "--backend", backend, "--",
-                    "true"], capture_output=True, timeout=30, check=True)
+    subprocess.run(
+        [PY, "-m", "agent_supervise", "run", "--backend", backend, "--", "true"],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
 
 
 # -- class 6: agents signalling their neighbours ----------------------------------
+
 
 @pytest.mark.figure("6. signalling neighbours (kill -9 -1, the supervisor's pid)")
 @pytest.mark.parametrize("user", ["root", "nobody"])
@@ -191,11 +213,29 @@ def test_an_agent_cannot_signal_its_neighbours(backend, user):
     a neighbour run as the same user, and both supervisors, live on."""
     extra = () if user == "root" else ("--user", user)
     neighbour = subprocess.Popen(
-        [PY, "-m", "agent_supervise", "run", "--json", "--backend", backend, *extra, "--",
-         "sleep", "3"], stderr=subprocess.PIPE)
+        [
+            PY,
+            "-m",
+            "agent_supervise",
+            "run",
+            "--json",
+            "--backend",
+            backend,
+            *extra,
+            "--",
+            "sleep",
+            "3",
+        ],
+        stderr=subprocess.PIPE,
+    )
     time.sleep(0.5)
-    out, _ = supervise(backend, "sh", "-c", f"kill -9 -1; kill -9 {neighbour.pid} "
-                       f"{os.getpid()}; sleep 0.2", extra=extra)
+    out, _ = supervise(
+        backend,
+        "sh",
+        "-c",
+        f"kill -9 -1; kill -9 {neighbour.pid} {os.getpid()}; sleep 0.2",
+        extra=extra,
+    )
     assert out["reason"] == "ok", out
     _, err = neighbour.communicate(timeout=20)
     assert neighbour.returncode == 0, err

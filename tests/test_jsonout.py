@@ -12,9 +12,16 @@ pytestmark = pytest.mark.unit  # fakes only: `make unit`
 
 
 def test_round_trips_and_keeps_a_task_per_line():
-    data = {"run_id": "r", "counts": {"ok": 2, "failed": 1}, "rejected": [], "none": None,
-            "tasks": [{"task": "a-1", "cmd": ["sh", "-c", "x"], "detail": "é \"q\""},
-                      {"task": "a-2", "cmd": [], "nested": {"k": [1, {"d": 2}]}}]}
+    data = {
+        "run_id": "r",
+        "counts": {"ok": 2, "failed": 1},
+        "rejected": [],
+        "none": None,
+        "tasks": [
+            {"task": "a-1", "cmd": ["sh", "-c", "x"], "detail": 'é "q"'},
+            {"task": "a-2", "cmd": [], "nested": {"k": [1, {"d": 2}]}},
+        ],
+    }
     text = dumps(data)
     assert json.loads(text) == data
     lines = text.splitlines()

@@ -43,8 +43,9 @@ def test_imports_go_one_way(folder):
     for path in sorted((ROOT / folder).rglob("*.py")):
         for line, module in _runtime_imports(path):
             for part in FORBIDDEN[folder]:
-                if module == f"agent_supervise.{part}" or \
-                        module.startswith(f"agent_supervise.{part}."):
+                if module == f"agent_supervise.{part}" or module.startswith(
+                    f"agent_supervise.{part}."
+                ):
                     bad.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert not bad, "\n".join(bad)
 

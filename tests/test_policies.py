@@ -45,7 +45,7 @@ def test_breaker_opens_on_low_memory_and_probes_after_cooldown():
     b.observe(1, 400 * MiB)
     assert b.state == "open" and "below breaker.min_available" in b.reason
     assert b.may_start().startswith("circuit breaker open")
-    b.observe(20, 400 * MiB)   # still low: the cooldown restarts from recovery
+    b.observe(20, 400 * MiB)  # still low: the cooldown restarts from recovery
     b.observe(45, 2 * GiB)
     assert b.state == "open"
     b.observe(50, 2 * GiB)
@@ -86,6 +86,7 @@ def test_breaker_counts_memory_kills_in_a_row_only():
 
 # -- degradation ---------------------------------------------------------------------------
 
+
 def modes(history, psi=None, **kw):
     d = Degradation(DegradationSettings(**kw))
     return [d.observe(a, p) for a, p in zip(history, psi or [None] * len(history), strict=True)]
@@ -120,6 +121,7 @@ def test_psi_pressure_steps_down_without_memory_shortage():
 
 # -- retries ----------------------------------------------------------------------------
 
+
 def task(cap=50 * MiB, attempt=1):
     return Task("a-1", "a", 1, ("x",), cap, None, 2.0, "/", attempt=attempt)
 
@@ -133,18 +135,21 @@ def test_backoff_is_exponential_jittered_and_capped():
         assert max(delays) - min(delays) > full / 4  # really jittered
 
 
-@pytest.mark.parametrize("reason, agent_kw, expect", [
-    ("failed", {"retries": 1}, "retry"),
-    ("failed", {"retries": 0}, None),
-    ("timeout", {"retries": 2}, "retry"),
-    ("not_found", {"retries": 5}, None),
-    ("interrupted", {"retries": 5}, None),
-    ("oom_killed", {"retries": 5}, None),                       # on_memory_kill: fail
-    ("oom_killed", {"on_memory_kill": "retry"}, "same cap"),
-    ("memory_exceeded", {"on_memory_kill": "grow", "max_memory_limit": 200 * MiB}, "grow"),
-    ("evicted", {"retries": 1}, "now"),
-    ("evicted", {"retries": 0}, None),
-])
+@pytest.mark.parametrize(
+    "reason, agent_kw, expect",
+    [
+        ("failed", {"retries": 1}, "retry"),
+        ("failed", {"retries": 0}, None),
+        ("timeout", {"retries": 2}, "retry"),
+        ("not_found", {"retries": 5}, None),
+        ("interrupted", {"retries": 5}, None),
+        ("oom_killed", {"retries": 5}, None),  # on_memory_kill: fail
+        ("oom_killed", {"on_memory_kill": "retry"}, "same cap"),
+        ("memory_exceeded", {"on_memory_kill": "grow", "max_memory_limit": 200 * MiB}, "grow"),
+        ("evicted", {"retries": 1}, "now"),
+        ("evicted", {"retries": 0}, None),
+    ],
+)
 def test_retry_matrix(reason, agent_kw, expect):
     agent = AgentSpec("a", ("x",), **agent_kw)
     retry = plan_retry(task(), agent, Reason(reason), Budget(), random.Random(0))
@@ -161,10 +166,11 @@ def test_retry_matrix(reason, agent_kw, expect):
 
 
 def test_memory_retries_have_their_own_budget_and_growth_stops_at_the_top():
-    agent = AgentSpec("a", ("x",), retries=1, on_memory_kill="grow", memory_retries=5,
-                      max_memory_limit=300 * MiB)
+    agent = AgentSpec(
+        "a", ("x",), retries=1, on_memory_kill="grow", memory_retries=5, max_memory_limit=300 * MiB
+    )
     budget, t, caps = Budget(), task(), []
-    while (retry := plan_retry(t, agent, Reason.OOM_KILLED, budget, random.Random(0))):
+    while retry := plan_retry(t, agent, Reason.OOM_KILLED, budget, random.Random(0)):
         t = retry.task
         caps.append(t.memory_limit // MiB)
     assert caps == [100, 200, 300] and budget.failures == 0
@@ -173,18 +179,29 @@ def test_memory_retries_have_their_own_budget_and_growth_stops_at_the_top():
 
 # -- the fleet with policies ---------------------------------------------------------------
 
+
 def fleet(agent_extra="", supervisor_extra="", tasks="  - {agent: a, repeat: 3}\n"):
-    return parse_fleet(f"supervisor:\n  min_free_memory: 1G\n{supervisor_extra}"
-                       f"agents:\n  a:\n    cmd: [x]\n    memory_limit: 100M\n{agent_extra}"
-                       f"tasks:\n{tasks}", "f.yaml")
+    return parse_fleet(
+        f"supervisor:\n  min_free_memory: 1G\n{supervisor_extra}"
+        f"agents:\n  a:\n    cmd: [x]\n    memory_limit: 100M\n{agent_extra}"
+        f"tasks:\n{tasks}",
+        "f.yaml",
+    )
 
 
 def run(spec, tmp_path, script, memory=None, setup=None):
     clock = FakeClock()
     engine = FakeEngine(clock, script)
     mem = FakeMemory(clock, **(memory or {}))
-    sup = Supervisor(spec, engine=engine, memory=mem, clock=clock, log_dir=str(tmp_path),
-                     psi=None, rng=random.Random(3))
+    sup = Supervisor(
+        spec,
+        engine=engine,
+        memory=mem,
+        clock=clock,
+        log_dir=str(tmp_path),
+        psi=None,
+        rng=random.Random(3),
+    )
     if setup:
         setup(sup, engine, clock, mem)
     sup.close()
@@ -208,8 +225,7 @@ def test_failed_task_is_retried_with_backoff_and_succeeds(tmp_path):
 
 
 def test_grow_retries_at_a_larger_cap(tmp_path):
-    spec = fleet("    on_memory_kill: grow\n    max_memory_limit: 400M\n",
-                 tasks="  - {agent: a}\n")
+    spec = fleet("    on_memory_kill: grow\n    max_memory_limit: 400M\n", tasks="  - {agent: a}\n")
     caps = []
 
     class Script(dict):
@@ -231,8 +247,10 @@ def test_grow_retries_at_a_larger_cap(tmp_path):
 
 
 def test_breaker_blocks_starts_and_nonblocking_submits(tmp_path):
-    spec = fleet(tasks="  - {agent: a, repeat: 6}\n",
-                 supervisor_extra="  breaker: {consecutive_memory_kills: 2, cooldown: 10s}\n")
+    spec = fleet(
+        tasks="  - {agent: a, repeat: 6}\n",
+        supervisor_extra="  breaker: {consecutive_memory_kills: 2, cooldown: 10s}\n",
+    )
     result, _engine, events, sup = run(spec, tmp_path, {"a": (1.0, Reason.OOM_KILLED)})
     states = [e["state"] for e in events if e["event"] == "breaker"]
     assert states[:2] == ["open", "half_open"] and "open" in states[2:]
@@ -254,8 +272,9 @@ def test_pressure_rule_evicts_the_youngest_once_and_requeues(tmp_path):
     def setup(sup, engine, clock, mem):
         mem.script = [(0, 8 * GiB), (clock.now + 0.5, 300 * MiB), (clock.now + 0.9, 8 * GiB)]
 
-    result, engine, events, _ = run(spec, tmp_path, {"a": (5.0, Reason.OK)},
-                                    memory={"available": 8 * GiB}, setup=setup)
+    result, engine, events, _ = run(
+        spec, tmp_path, {"a": (5.0, Reason.OK)}, memory={"available": 8 * GiB}, setup=setup
+    )
     evictions = [e for e in events if e["event"] == "evicting"]
     assert [e["task"] for e in evictions] == ["a-2"]  # the youngest, and only one
     assert engine.started.count("a-2") == 2
@@ -270,8 +289,7 @@ def test_pressure_rule_measures_again_and_evicts_another_if_still_short(tmp_path
 
     result, _engine, events, _ = run(spec, tmp_path, {"a": (5.0, Reason.OK)}, setup=setup)
     evictions = [(e["t"], e["task"]) for e in events if e["event"] == "evicting"]
-    exits = {e["task"]: e["t"] for e in reversed(events) if e["event"] in ("retried",
-                                                                           "exited")}
+    exits = {e["task"]: e["t"] for e in reversed(events) if e["event"] in ("retried", "exited")}
     assert [task for _, task in evictions] == ["a-2", "a-1"]  # youngest first
     assert evictions[1][0] >= exits["a-2"]  # the second only after the first was gone
     assert result.counts == {"ok": 2}

@@ -19,8 +19,9 @@ HOG = f"['{PY}', '{ALLOC}', --interval, '0.004']"
 
 def fleet_file(tmp_path, text: str) -> Path:
     path = tmp_path / "fleet.yaml"
-    path.write_text(f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
-                    + text)
+    path.write_text(
+        f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n" + text
+    )
     return path
 
 
@@ -30,14 +31,19 @@ def events_of(tmp_path) -> list[dict]:
 
 
 def test_breaker_opens_on_real_kills_and_closes_after_a_probe(tmp_path):
-    path = fleet_file(tmp_path, "  max_concurrent: 1\n"
-                      "  breaker: {consecutive_memory_kills: 2, cooldown: 500ms}\n"
-                      f"agents:\n  hog: {{cmd: {HOG}}}\n  ok: {{cmd: ['true']}}\n"
-                      "tasks:\n  - {agent: hog, repeat: 2}\n  - {agent: ok, repeat: 2}\n")
+    path = fleet_file(
+        tmp_path,
+        "  max_concurrent: 1\n"
+        "  breaker: {consecutive_memory_kills: 2, cooldown: 500ms}\n"
+        f"agents:\n  hog: {{cmd: {HOG}}}\n  ok: {{cmd: ['true']}}\n"
+        "tasks:\n  - {agent: hog, repeat: 2}\n  - {agent: ok, repeat: 2}\n",
+    )
     proc = run_cli("fleet", "--json", str(path))
     summary = json.loads(proc.stdout)
-    assert summary["counts"] == {"ok": 2, **{r: n for r, n in summary["counts"].items()
-                                             if r != "ok"}}
+    assert summary["counts"] == {
+        "ok": 2,
+        **{r: n for r, n in summary["counts"].items() if r != "ok"},
+    }
     assert sum(n for r, n in summary["counts"].items() if r != "ok") == 2
     events = events_of(tmp_path)
     states = [(e["t"], e["state"]) for e in events if e["event"] == "breaker"]
@@ -50,11 +56,14 @@ def test_breaker_opens_on_real_kills_and_closes_after_a_probe(tmp_path):
 
 
 def test_grow_succeeds_at_a_larger_cap(tmp_path):
-    path = fleet_file(tmp_path, "agents:\n  grower:\n"
-                      f"    cmd: ['{PY}', '{ALLOC}', --max, '70', --hold, '0']\n"
-                      "    memory_limit: 50M\n    on_memory_kill: grow\n"
-                      "    max_memory_limit: 200M\n    backoff: 100ms\n"
-                      "tasks:\n  - {agent: grower}\n")
+    path = fleet_file(
+        tmp_path,
+        "agents:\n  grower:\n"
+        f"    cmd: ['{PY}', '{ALLOC}', --max, '70', --hold, '0']\n"
+        "    memory_limit: 50M\n    on_memory_kill: grow\n"
+        "    max_memory_limit: 200M\n    backoff: 100ms\n"
+        "tasks:\n  - {agent: grower}\n",
+    )
     proc = run_cli("fleet", "--json", str(path))
     assert proc.returncode == 0, proc.stderr
     (task,) = json.loads(proc.stdout)["tasks"]
@@ -66,9 +75,12 @@ def test_grow_succeeds_at_a_larger_cap(tmp_path):
 
 def test_resume_from_a_checkpoint_after_a_real_memory_kill(tmp_path):
     example = ROOT / "configs" / "examples" / "resumable.py"
-    path = fleet_file(tmp_path, f"agents:\n  r:\n    cmd: ['{PY}', '{example}']\n"
-                      "    on_memory_kill: retry\n    memory_retries: 1\n    backoff: 100ms\n"
-                      "tasks:\n  - {agent: r}\n")
+    path = fleet_file(
+        tmp_path,
+        f"agents:\n  r:\n    cmd: ['{PY}', '{example}']\n"
+        "    on_memory_kill: retry\n    memory_retries: 1\n    backoff: 100ms\n"
+        "tasks:\n  - {agent: r}\n",
+    )
     proc = run_cli("fleet", "--json", str(path))
     assert proc.returncode == 0, proc.stderr
     (task,) = json.loads(proc.stdout)["tasks"]
@@ -80,8 +92,9 @@ def test_resume_from_a_checkpoint_after_a_real_memory_kill(tmp_path):
     assert first == "resumable: step 1 done\nresumable: step 2 done\n"
     events = events_of(tmp_path)
     assert [e["checkpoint"] for e in events if e["event"] == "checkpoint"][-1] == "step 5"
-    assert [e["reason"] for e in events if e["event"] == "retried"] == ["oom_killed"] or \
-        [e["reason"] for e in events if e["event"] == "retried"] == ["memory_exceeded"]
+    assert [e["reason"] for e in events if e["event"] == "retried"] == ["oom_killed"] or [
+        e["reason"] for e in events if e["event"] == "retried"
+    ] == ["memory_exceeded"]
 
 
 class ShortOfMemory(MemorySource):
@@ -103,10 +116,12 @@ class ShortOfMemory(MemorySource):
 
 
 def test_evicted_task_is_requeued_and_finishes_on_retry(tmp_path):
-    spec = parse_fleet(f"supervisor: {{log_dir: '{tmp_path}', min_free_memory: 256M, "
-                       "breaker: {min_available: 1M}}\n"
-                       "agents:\n  s: {cmd: [sleep, '1'], retries: 1, backoff: 100ms}\n"
-                       "tasks:\n  - {agent: s, repeat: 2}\n")
+    spec = parse_fleet(
+        f"supervisor: {{log_dir: '{tmp_path}', min_free_memory: 256M, "
+        "breaker: {min_available: 1M}}\n"
+        "agents:\n  s: {cmd: [sleep, '1'], retries: 1, backoff: 100ms}\n"
+        "tasks:\n  - {agent: s, repeat: 2}\n"
+    )
     memory = ShortOfMemory()
     sup = Supervisor(spec, memory=memory, psi=None)
     sup.events.listeners.append(memory)

@@ -16,9 +16,11 @@ MiB = 1 << 20
 
 def pooled(tmp_path, tasks: str, pool: str = "{size: 2}", extra: str = "") -> dict:
     path = tmp_path / "fleet.yaml"
-    path.write_text(f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
-                    f"agents:\n  w:\n    cmd: ['{PY}', '{WORKER}']\n    memory_limit: 80M\n"
-                    f"    pool: {pool}\n{extra}tasks:\n{tasks}")
+    path.write_text(
+        f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n  min_free_memory: 256M\n"
+        f"agents:\n  w:\n    cmd: ['{PY}', '{WORKER}']\n    memory_limit: 80M\n"
+        f"    pool: {pool}\n{extra}tasks:\n{tasks}"
+    )
     proc = run_cli("fleet", "--json", str(path))
     summary = json.loads(proc.stdout)
     (run,) = (tmp_path / "runs").iterdir()
@@ -41,8 +43,11 @@ def test_workers_are_reused(tmp_path):
 
 
 def test_a_worker_that_grows_is_recycled(tmp_path):
-    s = pooled(tmp_path, "  - {agent: w, repeat: 6, vars: {grow: '20'}}\n",
-               pool="{size: 1, recycle_above: 45M}")
+    s = pooled(
+        tmp_path,
+        "  - {agent: w, repeat: 6, vars: {grow: '20'}}\n",
+        pool="{size: 1, recycle_above: 45M}",
+    )
     assert s["counts"] == {"ok": 6}
     recycled = [e for e in s["events"] if e["event"] == "recycled"]
     assert recycled and "above recycle_above 45 MiB" in recycled[0]["why"]
@@ -57,8 +62,11 @@ def test_max_tasks_recycles(tmp_path):
 
 
 def test_a_worker_killed_mid_task_requeues_it(tmp_path):
-    s = pooled(tmp_path, "  - {agent: w, vars: {hog_on_first: '1'}}\n"
-               "  - {agent: w, repeat: 2}\n", pool="{size: 1}")
+    s = pooled(
+        tmp_path,
+        "  - {agent: w, vars: {hog_on_first: '1'}}\n  - {agent: w, repeat: 2}\n",
+        pool="{size: 1}",
+    )
     assert s["counts"] == {"ok": 3}, s["tasks"]
     hog = next(t for t in s["tasks"] if t["task"] == "w-1")
     assert hog["attempts"] == 2
@@ -68,8 +76,11 @@ def test_a_worker_killed_mid_task_requeues_it(tmp_path):
 
 
 def test_failed_answers_and_protocol_errors(tmp_path):
-    s = pooled(tmp_path, "  - {agent: w, vars: {fail: '1'}}\n"
-               "  - {agent: w, vars: {garbage: '1'}}\n  - {agent: w}\n", pool="{size: 1}")
+    s = pooled(
+        tmp_path,
+        "  - {agent: w, vars: {fail: '1'}}\n  - {agent: w, vars: {garbage: '1'}}\n  - {agent: w}\n",
+        pool="{size: 1}",
+    )
     by_task = {t["task"]: t for t in s["tasks"]}
     assert by_task["w-1"]["reason"] == "failed" and by_task["w-1"]["detail"] == "asked to fail"
     assert by_task["w-2"]["reason"] == "failed"
@@ -80,8 +91,12 @@ def test_failed_answers_and_protocol_errors(tmp_path):
 
 
 def test_pooled_task_timeout(tmp_path):
-    s = pooled(tmp_path, "  - {agent: w, vars: {sleep: '30'}, timeout: 500ms}\n"
-               "  - {agent: w}\n", pool="{size: 1}", extra="    grace: 500ms\n")
+    s = pooled(
+        tmp_path,
+        "  - {agent: w, vars: {sleep: '30'}, timeout: 500ms}\n  - {agent: w}\n",
+        pool="{size: 1}",
+        extra="    grace: 500ms\n",
+    )
     by_task = {t["task"]: t for t in s["tasks"]}
     assert by_task["w-1"]["reason"] == "timeout" and by_task["w-1"]["exit_code"] == 124
     assert by_task["w-2"]["reason"] == "ok"

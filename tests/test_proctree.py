@@ -38,9 +38,16 @@ def test_tree_rss_and_stat():
 
 
 def test_stat_parses_names_with_spaces_and_parens():
-    proc = subprocess.Popen(["python3", "-c", "import ctypes, sys, time; ctypes.CDLL(None)"
-                             ".prctl(15, b'a) b (c', 0, 0, 0); print(1, flush=True); "
-                             "time.sleep(30)"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            "python3",
+            "-c",
+            "import ctypes, sys, time; ctypes.CDLL(None)"
+            ".prctl(15, b'a) b (c', 0, 0, 0); print(1, flush=True); "
+            "time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         assert proc.stdout.readline() == b"1\n"
         with open(f"/proc/{proc.pid}/stat") as f:

@@ -24,16 +24,34 @@ from agent_supervise.rundir import read_events
 from conftest import ALLOC, LEAK_PATIENCE_S, PY, cage_dirs, require_tool
 
 MB = 10**6
-BUDGET = 250 * MB        # each worker's Ray memory budget (ray start --memory)
-OVERHEAD = "50M"         # supervisor.ray.memory_overhead: each agent requests cap + 50M
-PER_NODE = 2             # 2 x (50M + 50M) fits in 250 MB; 3 do not
+BUDGET = 250 * MB  # each worker's Ray memory budget (ray start --memory)
+OVERHEAD = "50M"  # supervisor.ray.memory_overhead: each agent requests cap + 50M
+PER_NODE = 2  # 2 x (50M + 50M) fits in 250 MB; 3 do not
 TIMINGS: dict = {}
 
 #: What every summary entry has, local or remote (supervisor/fleet/summary.py).
-ENTRY_KEYS = {"task", "agent", "reason", "exit_code", "peak_bytes", "limit_bytes",
-              "peak_source", "duration_s", "backend", "pid", "status", "signal",
-              "oom_kills", "detail", "where", "cmd", "stdout", "stderr", "attempts",
-              "checkpoint"}
+ENTRY_KEYS = {
+    "task",
+    "agent",
+    "reason",
+    "exit_code",
+    "peak_bytes",
+    "limit_bytes",
+    "peak_source",
+    "duration_s",
+    "backend",
+    "pid",
+    "status",
+    "signal",
+    "oom_kills",
+    "detail",
+    "where",
+    "cmd",
+    "stdout",
+    "stderr",
+    "attempts",
+    "checkpoint",
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +95,22 @@ def no_leaks(cluster):
             pass
     reap_zombie_children()  # adopted guards and exited Ray workers are ours to reap
     members = set(cluster.members())
-    cages = [p for p in cage_dirs() - cages_before if _owner(p) in members
-             or not os.path.exists(f"/proc/{_owner(p)}")]
-    scratch = [n for n in os.listdir("/tmp") if n.startswith("agent-supervise-ray.")
-               and (_owner(n) in members or not os.path.exists(f"/proc/{_owner(n)}"))]
-    problems = [f"leaked processes: {leaked}"] * bool(leaked) + \
-        [f"leaked cages: {cages}"] * bool(cages) + [f"leaked scratch: {scratch}"] * bool(scratch)
+    cages = [
+        p
+        for p in cage_dirs() - cages_before
+        if _owner(p) in members or not os.path.exists(f"/proc/{_owner(p)}")
+    ]
+    scratch = [
+        n
+        for n in os.listdir("/tmp")
+        if n.startswith("agent-supervise-ray.")
+        and (_owner(n) in members or not os.path.exists(f"/proc/{_owner(n)}"))
+    ]
+    problems = (
+        [f"leaked processes: {leaked}"] * bool(leaked)
+        + [f"leaked cages: {cages}"] * bool(cages)
+        + [f"leaked scratch: {scratch}"] * bool(scratch)
+    )
     assert not problems, "; ".join(problems)
 
 
@@ -95,14 +123,26 @@ def fleet_file(tmp_path: Path, agents: str, tasks: str, extra: str = "") -> Path
     path.write_text(
         f"supervisor:\n  max_concurrent: 4\n  queue_size: 2\n  log_dir: {tmp_path / 'runs'}\n"
         f"  ray: {{resources: {{agent_node: 1}}, memory_overhead: {OVERHEAD}, cpus: 1}}\n"
-        f"{extra}agents:\n{agents}tasks:\n{tasks}")
+        f"{extra}agents:\n{agents}tasks:\n{tasks}"
+    )
     return path
 
 
 def drive(cluster, fleet: Path, *args: str, timeout: float = 120):
-    proc = cluster.run(cluster.command("fleet", "--engine", "ray", "--address",
-                                       cluster.address, "--json", "--no-dashboard",
-                                       *args, str(fleet)), timeout=timeout)
+    proc = cluster.run(
+        cluster.command(
+            "fleet",
+            "--engine",
+            "ray",
+            "--address",
+            cluster.address,
+            "--json",
+            "--no-dashboard",
+            *args,
+            str(fleet),
+        ),
+        timeout=timeout,
+    )
     return proc, (json.loads(proc.stdout) if proc.stdout.strip() else None)
 
 
@@ -123,8 +163,10 @@ def wait_placed(tmp_path: Path, count: int, timeout: float = 30) -> list[dict]:
     raise AssertionError(f"fewer than {count} agents reached a node in {timeout}s")
 
 
-NAP = ("  nap:\n    cmd: [sh, -c, 'echo $AGENT_ID; echo \"step 1\" >> $AGENT_CHECKPOINT_FILE;"
-       " sleep 1.5; echo done >&2']\n    memory_limit: 50M\n")
+NAP = (
+    '  nap:\n    cmd: [sh, -c, \'echo $AGENT_ID; echo "step 1" >> $AGENT_CHECKPOINT_FILE;'
+    " sleep 1.5; echo done >&2']\n    memory_limit: 50M\n"
+)
 HOG = f"  hog:\n    cmd: ['{PY}', '{ALLOC}', --interval, '0.004']\n    memory_limit: 50M\n"
 
 
@@ -149,8 +191,15 @@ def test_fleet_spreads_over_both_nodes_and_the_hog_dies_on_its_node(cluster, tmp
 
     events = events_of(tmp_path)
     kinds = {e["event"] for e in events}
-    assert {"run_started", "queued", "started", "placed", "checkpoint", "exited",
-            "run_ended"} <= kinds
+    assert {
+        "run_started",
+        "queued",
+        "started",
+        "placed",
+        "checkpoint",
+        "exited",
+        "run_ended",
+    } <= kinds
     placed = {e["task"]: e["node"] for e in events if e["event"] == "placed"}
     workers = {n for n, res in cluster.nodes.items() if "agent_node" in res}
     assert len(workers) == 2 and set(placed.values()) == workers, placed  # both got work
@@ -174,11 +223,23 @@ def test_fleet_spreads_over_both_nodes_and_the_hog_dies_on_its_node(cluster, tmp
 
 
 def test_sigint_to_the_driver_interrupts_the_remote_agents(cluster, tmp_path):
-    fleet = fleet_file(tmp_path, "  nap:\n    cmd: [sleep, '30']\n    memory_limit: 20M\n",
-                       "  - {agent: nap, repeat: 6}\n")
-    driver = cluster.popen(cluster.command("fleet", "--engine", "ray", "--address",
-                                           cluster.address, "--json", "--no-dashboard",
-                                           str(fleet)))
+    fleet = fleet_file(
+        tmp_path,
+        "  nap:\n    cmd: [sleep, '30']\n    memory_limit: 20M\n",
+        "  - {agent: nap, repeat: 6}\n",
+    )
+    driver = cluster.popen(
+        cluster.command(
+            "fleet",
+            "--engine",
+            "ray",
+            "--address",
+            cluster.address,
+            "--json",
+            "--no-dashboard",
+            str(fleet),
+        )
+    )
     try:
         wait_placed(tmp_path, 4)
         t0 = time.monotonic()
@@ -197,8 +258,9 @@ def test_sigint_to_the_driver_interrupts_the_remote_agents(cluster, tmp_path):
     # blocked in agents), so they ended well before the 2 s grace and its SIGKILL.
     events = events_of(tmp_path)
     (stop,) = [e["t"] for e in events if e["event"] == "stopping"]
-    ends = [e["t"] - stop for e in events if e["event"] == "exited"
-            and e["reason"] == "interrupted"]
+    ends = [
+        e["t"] - stop for e in events if e["event"] == "exited" and e["reason"] == "interrupted"
+    ]
     assert len(ends) == 4 and max(ends) < 1.5, ends
     TIMINGS["sigint_to_agents_ended_s"] = round(max(ends), 2)
 
@@ -210,10 +272,16 @@ def test_a_killed_driver_leaves_nothing_on_the_nodes(cluster, tmp_path):
     tree = tmp_path / "tree.sh"
     tree.write_text("#!/bin/sh\necho $AGENT_ID\nsetsid sleep 31 &\nsleep 32\n")
     tree.chmod(0o755)
-    fleet = fleet_file(tmp_path, f"  tree:\n    cmd: ['{tree}']\n    memory_limit: 20M\n",
-                       "  - {agent: tree, repeat: 4}\n")
-    driver = cluster.popen(cluster.command("fleet", "--engine", "ray", "--address",
-                                           cluster.address, "--no-dashboard", str(fleet)))
+    fleet = fleet_file(
+        tmp_path,
+        f"  tree:\n    cmd: ['{tree}']\n    memory_limit: 20M\n",
+        "  - {agent: tree, repeat: 4}\n",
+    )
+    driver = cluster.popen(
+        cluster.command(
+            "fleet", "--engine", "ray", "--address", cluster.address, "--no-dashboard", str(fleet)
+        )
+    )
     try:
         wait_placed(tmp_path, 4)
         deadline = time.monotonic() + 10
@@ -233,8 +301,9 @@ def test_a_killed_driver_leaves_nothing_on_the_nodes(cluster, tmp_path):
 def ours(proc) -> list[str]:
     """stderr without Ray's own log lines ("[2026-... W ...] network_util.cc: ...": in a
     namespace without a default route Ray warns that it fell back to 127.0.0.1)."""
-    return [line for line in proc.stderr.decode().strip().splitlines()
-            if not line.startswith("[20")]
+    return [
+        line for line in proc.stderr.decode().strip().splitlines() if not line.startswith("[20")
+    ]
 
 
 def test_bad_input_is_refused_before_anything_runs(cluster, tmp_path):
@@ -242,36 +311,35 @@ def test_bad_input_is_refused_before_anything_runs(cluster, tmp_path):
     cases = {
         "rya": (["--engine", "rya"], "Invalid value for '--engine'"),
         "address": (["--engine", "ray", "--address", "not an address"], "not a Ray address"),
-        "unreachable": (["--engine", "ray", "--address", "127.0.0.1:1"],
-                        "cannot reach a Ray head"),
+        "unreachable": (["--engine", "ray", "--address", "127.0.0.1:1"], "cannot reach a Ray head"),
         "no-engine": (["--address", cluster.address], "--address is for --engine ray"),
     }
     for name, (args, message) in cases.items():
         proc = cluster.run(cluster.command("fleet", *args, str(fleet)), timeout=60)
         lines = ours(proc)
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, lines)
-    huge = fleet_file(tmp_path, "  t:\n    cmd: ['true']\n    memory_limit: 10G\n",
-                      "  - {agent: t}\n")
+    huge = fleet_file(
+        tmp_path, "  t:\n    cmd: ['true']\n    memory_limit: 10G\n", "  - {agent: t}\n"
+    )
     proc, _ = drive(cluster, huge)
     lines = ours(proc)
     assert proc.returncode == 2 and len(lines) == 1, lines
     assert "cap 10.0 GiB plus memory_overhead 50.0 MiB fits on no Ray node" in lines[0]
-    rlimit = fleet_file(tmp_path, "  t:\n    cmd: ['true']\n", "  - {agent: t}\n",
-                        "  backend: rlimit\n")
+    rlimit = fleet_file(
+        tmp_path, "  t:\n    cmd: ['true']\n", "  - {agent: t}\n", "  backend: rlimit\n"
+    )
     proc, _ = drive(cluster, rlimit)
     assert proc.returncode == 2 and b"allow_rlimit: true" in proc.stderr
     assert not (tmp_path / "runs").exists()  # no run folder: nothing was started
 
 
-def test_a_node_without_the_asked_cage_refuses_and_rlimit_runs_only_when_allowed(
-        cluster, tmp_path):
+def test_a_node_without_the_asked_cage_refuses_and_rlimit_runs_only_when_allowed(cluster, tmp_path):
     """A node that cannot make the cage refuses the task (setup_failed, 125, with the
     node's reason); an rlimit-only cage runs only with allow_rlimit."""
     missing = [p for p in probe_all() if not p.available and p.name != "rlimit"]
     agents = "  t:\n    cmd: [sh, -c, 'echo hi']\n"
     if missing:
-        fleet = fleet_file(tmp_path, agents, "  - {agent: t}\n",
-                           f"  backend: {missing[0].name}\n")
+        fleet = fleet_file(tmp_path, agents, "  - {agent: t}\n", f"  backend: {missing[0].name}\n")
         proc, summary = drive(cluster, fleet)
         (entry,) = summary["tasks"]
         assert proc.returncode == 1 and entry["reason"] == "setup_failed"

@@ -19,8 +19,17 @@ from conftest import ALLOC, PY, reap_orphans
 
 
 def job(tmp_path, *cmd, **kw) -> Job:
-    return Job(key="run/t-1/1", task_id="t-1", cmd=cmd, memory=50 << 20, timeout=None,
-               grace=1.0, poll=0.1, cwd=str(tmp_path), **kw)
+    return Job(
+        key="run/t-1/1",
+        task_id="t-1",
+        cmd=cmd,
+        memory=50 << 20,
+        timeout=None,
+        grace=1.0,
+        poll=0.1,
+        cwd=str(tmp_path),
+        **kw,
+    )
 
 
 def scratch_left() -> list[str]:
@@ -46,8 +55,12 @@ def test_a_node_that_can_only_rlimit_refuses_unless_allowed(monkeypatch, tmp_pat
 
 def test_the_task_reports_start_samples_checkpoints_and_the_cage_kill(tmp_path):
     """On this machine's own backend (auto): the same reasons as a local run."""
-    step = ["sh", "-c", "echo 'step 1' >> $AGENT_CHECKPOINT_FILE; echo out; echo err >&2; "
-            f"sleep 1.2; exec {PY} {ALLOC} --interval 0.004"]
+    step = [
+        "sh",
+        "-c",
+        "echo 'step 1' >> $AGENT_CHECKPOINT_FILE; echo out; echo err >&2; "
+        f"sleep 1.2; exec {PY} {ALLOC} --interval 0.004",
+    ]
     seed = b"step 0\n"
     records = list(run_on_node(job(tmp_path, *step, checkpoint_seed=seed, log_tail=2)))
     kinds = [r["kind"] for r in records]
@@ -72,8 +85,11 @@ def test_the_guard_kills_what_a_dead_worker_left_and_removes_it(backend, tmp_pat
     scratch.mkdir()
     (scratch / "agent.out").write_text("x")
     fd = spawn_guard(cage, str(scratch))
-    proc = Spawner().spawn(["sh", "-c", "setsid sleep 60 & exec sleep 61"], cage,
-                           env={**os.environ, CAGE_ENV: cage.name})
+    proc = Spawner().spawn(
+        ["sh", "-c", "setsid sleep 60 & exec sleep 61"],
+        cage,
+        env={**os.environ, CAGE_ENV: cage.name},
+    )
     cage.attach(proc.pid)
     deadline = time.monotonic() + 10
     while len(_marked(cage.name)) < 2:
@@ -82,8 +98,11 @@ def test_the_guard_kills_what_a_dead_worker_left_and_removes_it(backend, tmp_pat
     os.close(fd)  # the worker is gone: end of file, no "done"
     _wait_killed(proc.pid)
     deadline = time.monotonic() + 10
-    while _marked(cage.name) or scratch.exists() or (
-            getattr(cage, "path", None) and os.path.exists(cage.path)):
+    while (
+        _marked(cage.name)
+        or scratch.exists()
+        or (getattr(cage, "path", None) and os.path.exists(cage.path))
+    ):
         assert time.monotonic() < deadline, (_marked(cage.name), scratch.exists())
         time.sleep(0.02)
     cage.release()

@@ -106,8 +106,9 @@ def test_node_thrashing_at_a_tight_cap(backend):
 
 def test_hog_as_grandchild_kills_the_whole_agent(backend):
     """v1 OOM kills only python; the supervisor must kill the shell too."""
-    out, proc = supervise(backend, "sh", "-c",
-                          f"{PY} {ALLOC} --interval 0.004; echo shell-survived")
+    out, proc = supervise(
+        backend, "sh", "-c", f"{PY} {ALLOC} --interval 0.004; echo shell-survived"
+    )
     assert_memory_kill(backend, out)
     assert b"shell-survived" not in proc.stdout
 
@@ -121,8 +122,9 @@ def test_double_forked_setsid_escapee(backend):
 
 
 def test_hog_ignoring_sigterm(backend):
-    out, _ = supervise(backend, PY, ALLOC, "--ignore-term", "--interval", "0.004",
-                       extra=("--grace", "5s"))
+    out, _ = supervise(
+        backend, PY, ALLOC, "--ignore-term", "--interval", "0.004", extra=("--grace", "5s")
+    )
     assert_memory_kill(backend, out)
     # A hog that ignores SIGTERM and keeps growing is killed without the 5 s grace.
     assert out["duration_s"] < 4
@@ -136,8 +138,16 @@ IGNORING_TERM = ["sh", "-c", 'trap "" TERM; exec "$0" "$@"']
 
 
 def test_timeout_kills_sigterm_ignoring_agent(backend):
-    out, _ = supervise(backend, *IGNORING_TERM, PY, ALLOC, "--ignore-term", "--max", "5",
-                       extra=("--timeout", "1s", "--grace", "500ms"))
+    out, _ = supervise(
+        backend,
+        *IGNORING_TERM,
+        PY,
+        ALLOC,
+        "--ignore-term",
+        "--max",
+        "5",
+        extra=("--timeout", "1s", "--grace", "500ms"),
+    )
     assert out["reason"] == "timeout" and out["exit_code"] == 124
     assert 1.4 <= out["duration_s"] < 5
     assert out["signal"] == "SIGKILL"
@@ -151,8 +161,9 @@ def test_twenty_sleepers_stopped_by_timeout(backend):
 
 
 def test_leftover_background_processes_are_stopped(backend):
-    out, proc = supervise(backend, "sh", "-c",
-                          "for i in $(seq 20); do sleep 60 & done; echo started")
+    out, proc = supervise(
+        backend, "sh", "-c", "for i in $(seq 20); do sleep 60 & done; echo started"
+    )
     assert out["reason"] == "ok" and out["exit_code"] == 0
     assert proc.stdout == b"started\n"
     assert out["duration_s"] < 5
@@ -176,8 +187,22 @@ def test_supervisor_signal_is_forwarded(backend, tmp_path, signum, code):
     """A signal to agent-supervise reaches the agent's tree; the run says interrupted."""
     marker, ready = tmp_path / "got", tmp_path / "ready"
     script = f"trap 'echo $$ > {marker}; exit 0' TERM INT; touch {ready}; sleep 60 & wait"
-    proc = subprocess.Popen([PY, "-m", "agent_supervise", "run", "--json", "--backend",
-                             backend, "--", "sh", "-c", script], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "agent_supervise",
+            "run",
+            "--json",
+            "--backend",
+            backend,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        stderr=subprocess.PIPE,
+    )
     wait_for(ready)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=20)
@@ -188,11 +213,25 @@ def test_supervisor_signal_is_forwarded(backend, tmp_path, signum, code):
 
 def test_second_sigint_kills_at_once(backend, tmp_path):
     ready = tmp_path / "ready"
-    proc = subprocess.Popen([PY, "-m", "agent_supervise", "run", "--grace", "30s",
-                             "--backend", backend, "--", PY, "-c",
-                             "import signal, time; signal.signal(signal.SIGINT, "
-                             f"signal.SIG_IGN); open('{ready}', 'w').close(); "
-                             "time.sleep(60)"], stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "agent_supervise",
+            "run",
+            "--grace",
+            "30s",
+            "--backend",
+            backend,
+            "--",
+            PY,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGINT, "
+            f"signal.SIG_IGN); open('{ready}', 'w').close(); "
+            "time.sleep(60)",
+        ],
+        stderr=subprocess.PIPE,
+    )
     wait_for(ready)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
@@ -212,8 +251,9 @@ def wait_for(path, timeout: float = 20) -> None:
 
 
 def test_pipeline_passthrough(backend):
-    proc = run_cli("run", "--backend", backend, "--", "sh", "-c", "tr a-z A-Z; echo err >&2",
-                   input=b"hello\n")
+    proc = run_cli(
+        "run", "--backend", backend, "--", "sh", "-c", "tr a-z A-Z; echo err >&2", input=b"hello\n"
+    )
     assert proc.returncode == 0
     assert proc.stdout == b"HELLO\n"
     assert proc.stderr == b"err\n"
@@ -230,12 +270,22 @@ def test_exit_code_without_json_and_message(backend):
 def test_supervisor_sigkill_takes_the_agent_along(backend, tmp_path):
     """PR_SET_PDEATHSIG: the agent root dies with a SIGKILLed supervisor."""
     pidfile = tmp_path / "pid"
-    proc = subprocess.Popen([PY, "-m", "agent_supervise", "run", "--backend", backend,
-                             "--", "sh", "-c",
-                             # /proc is the supervisor's: the pid as it sees it, also
-                             # when the agent has a PID namespace of its own.
-                             f"read pid rest < /proc/self/stat; echo $pid > {pidfile}; "
-                             "exec sleep 60"])
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "agent_supervise",
+            "run",
+            "--backend",
+            backend,
+            "--",
+            "sh",
+            "-c",
+            # /proc is the supervisor's: the pid as it sees it, also
+            # when the agent has a PID namespace of its own.
+            f"read pid rest < /proc/self/stat; echo $pid > {pidfile}; exec sleep 60",
+        ]
+    )
     deadline = time.monotonic() + 10
     while not (pidfile.exists() and pidfile.read_text().strip()):
         assert time.monotonic() < deadline
@@ -268,8 +318,10 @@ def _alive(pid: int) -> bool:
 
 def test_nothing_runs_uncapped(backend):
     """The agent is inside its cage from its first instruction."""
-    probe = "import sys; print(open('/proc/self/cgroup').read()); import resource; " \
-            "print(resource.getrlimit(resource.RLIMIT_DATA))"
+    probe = (
+        "import sys; print(open('/proc/self/cgroup').read()); import resource; "
+        "print(resource.getrlimit(resource.RLIMIT_DATA))"
+    )
     proc = run_cli("run", "--backend", backend, "--", PY, "-c", probe)
     assert proc.returncode == 0
     text = proc.stdout.decode()
@@ -286,7 +338,6 @@ def test_oom_is_handled_on_the_kernel_notice_not_a_sample(backend):
     if backend not in KERNEL:
         pytest.skip("rlimit has no kernel OOM notification: it is sampled")
     started = time.monotonic()
-    out, _ = supervise(backend, "sh", "-c", f"{PY} {ALLOC}; sleep 20",
-                       extra=("--poll", "30s"))
+    out, _ = supervise(backend, "sh", "-c", f"{PY} {ALLOC}; sleep 20", extra=("--poll", "30s"))
     assert out["reason"] == "oom_killed"
     assert time.monotonic() - started < 5

@@ -23,8 +23,17 @@ MiB = 1 << 20
 
 
 def task(tmp_path, cmd, **extra) -> Task:
-    return Task(id=f"{extra.pop('agent', 's')}-1", agent="s", n=1, cmd=tuple(cmd),
-                memory_limit=40 * MiB, timeout=None, grace=1.0, cwd=str(tmp_path), **extra)
+    return Task(
+        id=f"{extra.pop('agent', 's')}-1",
+        agent="s",
+        n=1,
+        cmd=tuple(cmd),
+        memory_limit=40 * MiB,
+        timeout=None,
+        grace=1.0,
+        cwd=str(tmp_path),
+        **extra,
+    )
 
 
 def drain(engine: LocalEngine, timeout: float = 20) -> list:
@@ -58,8 +67,10 @@ def test_a_pooled_run_is_a_run_view(tmp_path):
     engine = LocalEngine(SupervisorSettings(backend="rlimit"))
     rundir = RunDir(str(tmp_path / "runs"))
     try:
-        run = engine.start(task(tmp_path, [PY, str(CHILDREN / "pool_worker.py")],
-                                pool=PoolSettings(size=1)), rundir)
+        run = engine.start(
+            task(tmp_path, [PY, str(CHILDREN / "pool_worker.py")], pool=PoolSettings(size=1)),
+            rundir,
+        )
         assert isinstance(run, PooledRun) and isinstance(run, RunView)
         assert run.state == "on s-w1" and run.node is None and run.pid
         assert run.backend == "rlimit-data" and run.cage_name
@@ -72,17 +83,25 @@ def test_a_pooled_run_is_a_run_view(tmp_path):
 
 
 def test_the_ray_run_is_a_run_view_and_the_ray_engine_has_every_member(tmp_path):
-    run = RemoteRun(task(tmp_path, ["true"]), gen=None, key="r/s-1/1", request=MiB,
-                    rundir=None, now=1.0)
+    run = RemoteRun(
+        task(tmp_path, ["true"]), gen=None, key="r/s-1/1", request=MiB, rundir=None, now=1.0
+    )
     assert isinstance(run, RunView)
     assert (run.state, run.pid, run.node, run.backend) == ("pending", None, None, "ray")
     run.placed({"pid": 7, "node": "n1", "where": "node n1", "cage": "c", "backend": "rlimit"})
     run.sampled({"usage": 5, "peak": 9})
-    assert (run.state, run.pid, run.node, run.cage_name, run.usage, run.peak) == \
-        ("running", 7, "n1", "c", 5, 9)
+    assert (run.state, run.pid, run.node, run.cage_name, run.usage, run.peak) == (
+        "running",
+        7,
+        "n1",
+        "c",
+        5,
+        9,
+    )
     # Without a cluster: every method and class attribute the protocol names.
-    members = {name for name in vars(Engine) if not name.startswith("_")} | \
-        set(Engine.__annotations__)
+    members = {name for name in vars(Engine) if not name.startswith("_")} | set(
+        Engine.__annotations__
+    )
     missing = {name for name in members - {"runs"} if not hasattr(RayEngine, name)}
     assert not missing
     assert "self.runs" in Path(ROOT / "supervisor/ray/engine.py").read_text()
@@ -91,18 +110,34 @@ def test_the_ray_run_is_a_run_view_and_the_ray_engine_has_every_member(tmp_path)
 def test_the_fleet_rules_fakes_keep_to_the_protocols():
     engine = FakeEngine(FakeClock())
     assert isinstance(engine, Engine)
-    run = engine.start(Task(id="s-1", agent="s", n=1, cmd=("true",), memory_limit=MiB,
-                            timeout=None, grace=1.0, cwd="/"), None)
+    run = engine.start(
+        Task(
+            id="s-1",
+            agent="s",
+            n=1,
+            cmd=("true",),
+            memory_limit=MiB,
+            timeout=None,
+            grace=1.0,
+            cwd="/",
+        ),
+        None,
+    )
     assert isinstance(run, RunView)
 
 
 #: getattr uses that are not probes of the project's engines, runs, cages or
 #: backends: the stdlib's and yaml's own objects, and a lazy module attribute.
 ALLOWED = {
-    "supervisor/fleet/engine.py": ['getattr(os.environ, "_data"',  # CPython's bytes view
-                             'getattr(self.credentials(task), "uid"'],  # no user: None
-    "supervisor/stdio.py": ["getattr(sys, name)", 'getattr(stream, "buffer"',
-                            'getattr(stream, "write_through"'],
+    "supervisor/fleet/engine.py": [
+        'getattr(os.environ, "_data"',  # CPython's bytes view
+        'getattr(self.credentials(task), "uid"',
+    ],  # no user: None
+    "supervisor/stdio.py": [
+        "getattr(sys, name)",
+        'getattr(stream, "buffer"',
+        'getattr(stream, "write_through"',
+    ],
     "supervisor/errors.py": ["getattr(self, name)"],  # an error's structured fields
     "supervisor/cli.py": ['getattr(err, "problems"'],  # a SuperviseError's own fields
     "supervisor/outcome.py": ["getattr(self, f)"],  # its dataclass fields, fast
@@ -121,7 +156,8 @@ def test_no_getattr_probes_are_left():
             name = str(path.relative_to(ROOT))
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if re.search(r"\b(getattr|hasattr)\(", line) and not any(
-                        allowed in line for allowed in ALLOWED.get(name, [])):
+                    allowed in line for allowed in ALLOWED.get(name, [])
+                ):
                     found.append(f"{name}:{n}: {line.strip()}")
     # hasattr(os, ...): whether this Python has a system call, not a probe of ours.
     assert [f for f in found if "hasattr(os," not in f] == []

@@ -28,12 +28,13 @@ def fleet_file(tmp_path: Path, max_concurrent: int = 2) -> Path:
         f"supervisor:\n  max_concurrent: {max_concurrent}\n  grace: 1s\n"
         "agents:\n"
         "  nap:\n"
-        "    cmd: [sh, -c, 'date +%s.%N > $AGENT_ID.start; echo \"$GREETING {who}\"; "
+        '    cmd: [sh, -c, \'date +%s.%N > $AGENT_ID.start; echo "$GREETING {who}"; '
         "sleep 1; date +%s.%N > $AGENT_ID.end']\n"
         "    env: {GREETING: hello}\n    memory_limit: 30M\n    timeout: 1m\n"
         f"  hog:\n    cmd: ['{PY}', '{ALLOC}', --interval, '0.004']\n"
         "    memory_limit: 50M\n    timeout: 2m\n"
-        "tasks:\n  - {agent: nap, repeat: 4, vars: {who: world}}\n  - {agent: hog}\n")
+        "tasks:\n  - {agent: nap, repeat: 4, vars: {who: world}}\n  - {agent: hog}\n"
+    )
     return path
 
 
@@ -56,9 +57,9 @@ def test_the_script_is_one_array_with_the_caps_throttle_and_commands(tmp_path):
     fleet = fleet_file(tmp_path, max_concurrent=3)
     script = export(fleet)
     sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", script, re.MULTILINE))
-    assert sbatch["array"] == "0-4%3"                         # 5 tasks, 3 at once
-    assert sbatch["mem"] == f"{50 + 64}M"                     # largest cap + headroom
-    assert sbatch["time"] == "4"                              # 2m + 1s grace, + 1 min
+    assert sbatch["array"] == "0-4%3"  # 5 tasks, 3 at once
+    assert sbatch["mem"] == f"{50 + 64}M"  # largest cap + headroom
+    assert sbatch["time"] == "4"  # 2m + 1s grace, + 1 min
     assert sbatch["job-name"] == "fleet"
     runs = branches(script)
     assert sorted(runs) == [0, 1, 2, 3, 4]
@@ -68,7 +69,7 @@ def test_the_script_is_one_array_with_the_caps_throttle_and_commands(tmp_path):
         assert cmd[cmd.index("--memory") + 1] == str(30 << 20)
         assert cmd[cmd.index("--timeout") + 1] == "60s"
         assert cmd[cmd.index("--grace") + 1] == "1s"
-        assert cmd[cmd.index("--") + 1:][:2] == ["sh", "-c"]
+        assert cmd[cmd.index("--") + 1 :][:2] == ["sh", "-c"]
         assert "hello {who}" not in script and "$GREETING world" in cmd[-1]
     assert runs[4][runs[4].index("--memory") + 1] == str(50 << 20)
     assert "# nap-4 (" in script and "# hog-1 (" in script
@@ -80,19 +81,32 @@ def test_one_array_task_runs_locally_through_the_script(tmp_path):
     script = tmp_path / "fleet.sbatch"
     script.write_text(export(fleet_file(tmp_path)))
     env = {**os.environ, "SLURM_SUBMIT_DIR": str(tmp_path)}
-    ok = subprocess.run(["bash", str(script)], env={**env, "SLURM_ARRAY_TASK_ID": "1"},
-                        capture_output=True, timeout=60, cwd=tmp_path)
+    ok = subprocess.run(
+        ["bash", str(script)],
+        env={**env, "SLURM_ARRAY_TASK_ID": "1"},
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == b"hello world\n"
     assert json.loads(ok.stderr.splitlines()[-1])["reason"] == "ok"
     assert (tmp_path / "nap-2.end").exists()  # AGENT_ID and cwd came through
-    hog = subprocess.run(["bash", str(script)], env={**env, "SLURM_ARRAY_TASK_ID": "4"},
-                         capture_output=True, timeout=60)
+    hog = subprocess.run(
+        ["bash", str(script)],
+        env={**env, "SLURM_ARRAY_TASK_ID": "4"},
+        capture_output=True,
+        timeout=60,
+    )
     outcome = json.loads(hog.stderr.splitlines()[-1])
     assert hog.returncode == 137 and outcome["reason"] in ("oom_killed", "memory_exceeded")
     assert outcome["limit_bytes"] == 50 << 20
-    missing = subprocess.run(["bash", str(script)], env={**env, "SLURM_ARRAY_TASK_ID": "9"},
-                             capture_output=True, timeout=60)
+    missing = subprocess.run(
+        ["bash", str(script)],
+        env={**env, "SLURM_ARRAY_TASK_ID": "9"},
+        capture_output=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and b"no task 9" in missing.stderr
 
 
@@ -128,28 +142,54 @@ class OneNodeSlurm:
         key.chmod(0o600)
         self.socket = root / "munge.socket"
         self.conf = root / "slurm.conf"
-        self.conf.write_text("\n".join([
-            "ClusterName=astest", f"SlurmctldHost={self.host}(127.0.0.1)",
-            "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge",
-            "CryptoType=crypto/munge", f"AuthInfo=socket={self.socket}",
-            f"StateSaveLocation={root}/state", f"SlurmdSpoolDir={root}/spool",
-            f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
-            f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory",
-            "SlurmdParameters=config_overrides", "MpiDefault=none", "ReturnToService=2",
-            # 8 CPUs declared: the array's throttle, not the CPU count, must limit it
-            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs=8 RealMemory=4000 State=UNKNOWN",
-            "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=astest",
+                    f"SlurmctldHost={self.host}(127.0.0.1)",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "AuthType=auth/munge",
+                    "CryptoType=crypto/munge",
+                    f"AuthInfo=socket={self.socket}",
+                    f"StateSaveLocation={root}/state",
+                    f"SlurmdSpoolDir={root}/spool",
+                    f"SlurmctldPidFile={root}/slurmctld.pid",
+                    f"SlurmdPidFile={root}/slurmd.pid",
+                    f"SlurmctldLogFile={root}/slurmctld.log",
+                    f"SlurmdLogFile={root}/slurmd.log",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core_Memory",
+                    "SlurmdParameters=config_overrides",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    # 8 CPUs declared: the array's throttle, not the CPU count, must limit it
+                    f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs=8 RealMemory=4000 State=UNKNOWN",
+                    "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.pidfiles = [root / "munged.pid", root / "slurmctld.pid", root / "slurmd.pid"]
 
     def start(self) -> None:
         r = self.root
-        self._run(["munged", "--force", f"--key-file={r}/munge.key", f"--socket={self.socket}",
-                   f"--pid-file={r}/munged.pid", f"--log-file={r}/munged.log",
-                   f"--seed-file={r}/munged.seed"])
+        self._run(
+            [
+                "munged",
+                "--force",
+                f"--key-file={r}/munge.key",
+                f"--socket={self.socket}",
+                f"--pid-file={r}/munged.pid",
+                f"--log-file={r}/munged.log",
+                f"--seed-file={r}/munged.seed",
+            ]
+        )
         self._run(["slurmctld", "-i", "-f", str(self.conf)])
         self._run(["slurmd", "-N", self.host, "-f", str(self.conf)])
         deadline = time.monotonic() + 30
@@ -193,8 +233,10 @@ class OneNodeSlurm:
 
 
 def test_the_array_runs_on_a_real_slurm(tmp_path):
-    require_tool(all(shutil.which(t) for t in SLURM_TOOLS),
-                 "Slurm and munge (apt-get install slurmctld slurmd slurm-client munge)")
+    require_tool(
+        all(shutil.which(t) for t in SLURM_TOOLS),
+        "Slurm and munge (apt-get install slurmctld slurmd slurm-client munge)",
+    )
     slurm = OneNodeSlurm(tmp_path / "slurm")
     work = tmp_path / "work"
     work.mkdir()
@@ -217,9 +259,10 @@ def test_the_array_runs_on_a_real_slurm(tmp_path):
     hog_err = (work / f"fleet-{job}_4.err").read_text().strip().splitlines()
     assert json.loads(hog_err[-1])["reason"] in ("oom_killed", "memory_exceeded")
     assert (work / f"fleet-{job}_0.out").read_text() == "hello world\n"
-    spans = [(float((work / f"nap-{n}.start").read_text()),
-              float((work / f"nap-{n}.end").read_text())) for n in range(1, 5)]
+    spans = [
+        (float((work / f"nap-{n}.start").read_text()), float((work / f"nap-{n}.end").read_text()))
+        for n in range(1, 5)
+    ]
     overlap = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
     assert overlap <= 2, spans  # the %2 throttle held on a node with 8 CPUs
-    print(f"\nslurm: 5 array tasks, start to finish {elapsed:.1f}s, at most {overlap} "
-          "at once")
+    print(f"\nslurm: 5 array tasks, start to finish {elapsed:.1f}s, at most {overlap} at once")

@@ -31,15 +31,20 @@ RSS_SLACK = 2 * MiB
 
 def soak_fleet(tmp_path, backend: str = "auto"):
     blocks = TASKS // 20  # each block: 18 fine, 1 crashing, 1 hog = 5% and 5%
-    tasks = "".join("  - {agent: fine, repeat: 9}\n  - {agent: crash}\n"
-                    "  - {agent: fine, repeat: 9}\n  - {agent: hog}\n" for _ in range(blocks))
+    tasks = "".join(
+        "  - {agent: fine, repeat: 9}\n  - {agent: crash}\n"
+        "  - {agent: fine, repeat: 9}\n  - {agent: hog}\n"
+        for _ in range(blocks)
+    )
     return parse_fleet(
         f"supervisor:\n  log_dir: '{tmp_path}'\n  queue_size: 4\n  max_concurrent: 2\n"
         f"  min_free_memory: 256M\n  backend: {backend}\n"
         "agents:\n  fine: {cmd: ['true'], memory_limit: 20M}\n"
         "  crash: {cmd: [sh, -c, 'exit 3'], memory_limit: 20M}\n"
         f"  hog: {{cmd: ['{PY}', '{ALLOC}', --interval, '0.002'], memory_limit: 40M}}\n"
-        f"tasks:\n{tasks}", "soak.yaml")
+        f"tasks:\n{tasks}",
+        "soak.yaml",
+    )
 
 
 def test_soak(tmp_path):

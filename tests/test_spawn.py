@@ -54,9 +54,16 @@ def run(cage, cmd, **kw):
 def test_the_agent_is_caged_from_its_first_instruction(path, backend_name):
     require_backend(backend_name)
     cage = select_backend(backend_name).create("spawn-test", 64 * MiB)
-    status, out = run(cage, [PY, "-c", "import resource, os; print(open('/proc/self/"
-                             "cgroup').read()); print(resource.getrlimit(resource."
-                             "RLIMIT_DATA)); print(os.getsid(0) in (os.getpid(), 1))"])
+    status, out = run(
+        cage,
+        [
+            PY,
+            "-c",
+            "import resource, os; print(open('/proc/self/"
+            "cgroup').read()); print(resource.getrlimit(resource."
+            "RLIMIT_DATA)); print(os.getsid(0) in (os.getpid(), 1))",
+        ],
+    )
     assert os.waitstatus_to_exitcode(status) == 0, out
     if backend_name == "cgroup1":
         assert cage.name in out
@@ -104,10 +111,17 @@ def test_stdio_env_cwd_fds_and_signals(path, tmp_path):
     old = signal.signal(signal.SIGUSR1, lambda *a: None)  # a handler here...
     try:
         # sh, not python: python itself ignores SIGPIPE at start-up.
-        script = (f"echo $GREETING $(pwd) $(test -e /proc/self/fd/{extra} && echo leaked); "
-                  "grep -E '^Sig(Ign|Blk|Cgt)' /proc/self/status")
-        status, out = run(cage, ["sh", "-c", script], env={"GREETING": "hi", "PATH": "/bin"},
-                          cwd=str(tmp_path), stdin=subprocess.DEVNULL)
+        script = (
+            f"echo $GREETING $(pwd) $(test -e /proc/self/fd/{extra} && echo leaked); "
+            "grep -E '^Sig(Ign|Blk|Cgt)' /proc/self/status"
+        )
+        status, out = run(
+            cage,
+            ["sh", "-c", script],
+            env={"GREETING": "hi", "PATH": "/bin"},
+            cwd=str(tmp_path),
+            stdin=subprocess.DEVNULL,
+        )
     finally:
         signal.signal(signal.SIGUSR1, old)
         os.close(extra)
@@ -122,16 +136,31 @@ def test_stdio_env_cwd_fds_and_signals(path, tmp_path):
 def test_parent_death_signal_is_set_even_after_a_user_change(path, other_user):
     cage = select_backend("rlimit").create("x", 64 * MiB)
     creds = resolve(other_user.name)
-    _status, out = run(cage, ["sh", "-c", "id -u; grep PPid /proc/self/status; "
-                             "cat /proc/self/status | grep -c NoNewPrivs"], creds=creds)
+    _status, out = run(
+        cage,
+        [
+            "sh",
+            "-c",
+            "id -u; grep PPid /proc/self/status; cat /proc/self/status | grep -c NoNewPrivs",
+        ],
+        creds=creds,
+    )
     assert out.split()[0] == str(creds.uid)
     # The death signal: a child of a process that dies gets SIGKILL.
-    helper = subprocess.Popen([PY, "-c", (
-        "import os, sys, time; from agent_supervise.run.spawn import Spawner; "
-        "from agent_supervise.limits import select_backend; "
-        "c = select_backend('rlimit').create('x', 64 << 20); "
-        "p = Spawner().spawn(['sleep', '60'], c); print(p.pid, flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, env=dict(os.environ))
+    helper = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            (
+                "import os, sys, time; from agent_supervise.run.spawn import Spawner; "
+                "from agent_supervise.limits import select_backend; "
+                "c = select_backend('rlimit').create('x', 64 << 20); "
+                "p = Spawner().spawn(['sleep', '60'], c); print(p.pid, flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ),
+    )
     child = int(helper.stdout.readline())
     helper.kill()
     helper.wait(timeout=10)
@@ -153,6 +182,7 @@ def test_parent_death_signal_is_set_even_after_a_user_change(path, other_user):
     # was SIGKILLed, so it is stale: what the next start of agent-supervise removes.
     from agent_supervise.limits.cgroupfs import CgroupFS
     from agent_supervise.limits.pids import PidsHierarchy
+
     PidsHierarchy(CgroupFS()).clean_stale()
 
 
@@ -168,11 +198,11 @@ def test_a_remembered_command_is_checked_again(tmp_path, monkeypatch):
     env = {"PATH": str(bindir)}
     backend = select_backend("rlimit")
     with Spawner() as spawner:
+
         def start():
             cage = backend.create("x", 64 * MiB)
             try:
-                child = spawner.spawn(["as-test-tool"], cage, env=env,
-                                      stdin=subprocess.DEVNULL)
+                child = spawner.spawn(["as-test-tool"], cage, env=env, stdin=subprocess.DEVNULL)
                 return os.waitstatus_to_exitcode(child.wait())
             finally:
                 cage.release()
@@ -196,11 +226,13 @@ def test_agents_get_the_supervisors_original_open_files_limit(path, monkeypatch)
     import resource
 
     from agent_supervise import linux
+
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     monkeypatch.setattr(linux, "_original_nofile", (512, hard))
     cage = select_backend("rlimit").create("x", 64 * MiB)
-    status, out = run(cage, [PY, "-c", "import resource; "
-                             "print(*resource.getrlimit(resource.RLIMIT_NOFILE))"])
+    status, out = run(
+        cage, [PY, "-c", "import resource; print(*resource.getrlimit(resource.RLIMIT_NOFILE))"]
+    )
     assert os.waitstatus_to_exitcode(status) == 0
     assert out.split() == ["512", str(hard)]
 

@@ -20,11 +20,23 @@ main(["run", "--backend", sys.argv[1], "--", "/bin/true"])
 
 #: Not needed to run one agent: the fleet, observing, Ray, YAML, rich; and on the C
 #: spawn path neither subprocess nor cgroup2's systemd client (rlimit, cgroup1).
-NEVER = ("rich", "yaml", "psutil", "ray", "agent_supervise.fleet.supervisor",
-         "agent_supervise.fleet.engine", "agent_supervise.observe.dashboard",
-         "agent_supervise.observe.snapshot", "agent_supervise.agents.loader",
-         "agent_supervise.doctor", "json", "subprocess", "shutil",
-         "agent_supervise.limits.cgroup2", "agent_supervise.limits.systemd")
+NEVER = (
+    "rich",
+    "yaml",
+    "psutil",
+    "ray",
+    "agent_supervise.fleet.supervisor",
+    "agent_supervise.fleet.engine",
+    "agent_supervise.observe.dashboard",
+    "agent_supervise.observe.snapshot",
+    "agent_supervise.agents.loader",
+    "agent_supervise.doctor",
+    "json",
+    "subprocess",
+    "shutil",
+    "agent_supervise.limits.cgroup2",
+    "agent_supervise.limits.systemd",
+)
 
 HERE = {p.name for p in probe_all() if p.available}
 
@@ -33,8 +45,9 @@ HERE = {p.name for p in probe_all() if p.available}
 def test_run_imports_stay_lean(backend):
     if backend not in HERE:
         pytest.skip(f"no {backend} backend here")
-    proc = subprocess.run([sys.executable, "-c", PROBE, backend], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, backend], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     loaded = set(proc.stderr.split())
     assert "agent_supervise.run.single" in loaded  # the probe did reach the run path

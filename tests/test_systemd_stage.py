@@ -38,8 +38,7 @@ _spec = importlib.util.spec_from_file_location("systemd_guest", _PATH)
 systemd_guest = importlib.util.module_from_spec(_spec)
 sys.modules["systemd_guest"] = systemd_guest  # dataclasses look their module up there
 _spec.loader.exec_module(systemd_guest)
-_spec = importlib.util.spec_from_file_location("systemd_workflow",
-                                               _PATH.parent / "workflow.py")
+_spec = importlib.util.spec_from_file_location("systemd_workflow", _PATH.parent / "workflow.py")
 workflow = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(workflow)
 
@@ -53,6 +52,7 @@ USER_SLICE = "/user.slice/user-1001.slice/user@1001.service/app.slice/"
 
 # -- the systemd stage ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
     if os.environ.get(systemd_guest.uml.IN_VM):
@@ -61,8 +61,7 @@ def guest(tmp_path_factory):
         systemd_guest.check_bootable()
     except systemd_guest.CannotBoot as err:
         if os.environ.get("AGENT_SUPERVISE_REQUIRE_VM") == "1":
-            pytest.fail(f"AGENT_SUPERVISE_REQUIRE_VM=1 but the systemd stage cannot run: "
-                        f"{err}")
+            pytest.fail(f"AGENT_SUPERVISE_REQUIRE_VM=1 but the systemd stage cannot run: {err}")
         pytest.skip(str(err))
     run = systemd_guest.boot(str(tmp_path_factory.mktemp("systemd-guest")))
     assert run.ok, run.report()
@@ -74,8 +73,10 @@ def _step(run, who: str, name: str) -> dict:
 
 
 def _show(step: dict) -> str:
-    return (f"$ {step['cmd']}\n-> exit {step['rc']} in {step['t']} s\n--- stdout\n"
-            f"{step['out']}--- stderr\n{step['err']}")
+    return (
+        f"$ {step['cmd']}\n-> exit {step['rc']} in {step['t']} s\n--- stdout\n"
+        f"{step['out']}--- stderr\n{step['err']}"
+    )
 
 
 def _outcome(step: dict) -> dict:
@@ -109,15 +110,20 @@ def test_doctor_as_each_user(guest, capsys):
         for who in ("root", "dev", "runner"):
             step = _step(guest, who, "doctor")
             where = _step(guest, who, "where")["out"].splitlines()[0]
-            print(f"\n===== agent-supervise doctor as {who} (in {where}) =====\n"
-                  f"{step['out']}")
+            print(f"\n===== agent-supervise doctor as {who} (in {where}) =====\n{step['out']}")
             assert step["rc"] == 0, _show(step)
     root, dev, runner = (_step(guest, w, "doctor")["out"] for w in ("root", "dev", "runner"))
-    assert re.search(r"cgroup2 +yes +/sys/fs/cgroup/system.slice/agent-supervise-\S+\.scope "
-                     r"\(a delegated scope .* from the system manager", root), root
-    assert re.search(r"cgroup2 +yes +/sys/fs/cgroup" + USER_SLICE + r"agent-supervise-\S+ "
-                     r"\(a delegated scope .* from the user manager of uid 1001 .*moved "
-                     r"into it", dev), dev
+    assert re.search(
+        r"cgroup2 +yes +/sys/fs/cgroup/system.slice/agent-supervise-\S+\.scope "
+        r"\(a delegated scope .* from the system manager",
+        root,
+    ), root
+    assert re.search(
+        r"cgroup2 +yes +/sys/fs/cgroup" + USER_SLICE + r"agent-supervise-\S+ "
+        r"\(a delegated scope .* from the user manager of uid 1001 .*moved "
+        r"into it",
+        dev,
+    ), dev
     assert "auto picks: cgroup2" in root and "auto picks: cgroup2" in dev
     # runner: why not, and what would give kernel caps
     assert "cgroup2  no" in runner and "auto picks: rlimit" in runner, runner
@@ -135,13 +141,16 @@ def test_hog_is_oom_killed_by_the_kernel_in_a_delegated_scope(guest, who):
     assert out["peak_bytes"] == 50 << 20 and out["peak_source"] == "kernel", _show(step)
 
 
-@pytest.mark.parametrize("who, step, owner", [
-    ("root", "ok", "root"),                  # a root service: system.slice
-    ("dev", "ok", "dev"),                    # an ssh-like login: session-N.scope
-    ("dev", "tmux", "dev"),                  # tmux started there
-    ("dev", "desktop", "dev"),               # a desktop terminal's scope
-    ("dev_no_session", "ok", "dev"),         # no session, no XDG_RUNTIME_DIR
-])
+@pytest.mark.parametrize(
+    "who, step, owner",
+    [
+        ("root", "ok", "root"),  # a root service: system.slice
+        ("dev", "ok", "dev"),  # an ssh-like login: session-N.scope
+        ("dev", "tmux", "dev"),  # tmux started there
+        ("dev", "desktop", "dev"),  # a desktop terminal's scope
+        ("dev_no_session", "ok", "dev"),  # no session, no XDG_RUNTIME_DIR
+    ],
+)
 def test_ordinary_command_runs_in_a_cage_of_a_delegated_scope(guest, who, step, owner):
     s = _step(guest, who, step)
     out = _outcome(s)
@@ -182,8 +191,11 @@ def test_cgroup2_by_name_without_a_way_is_bad_input(guest):
 def test_cgroup_root_keeps_its_meaning(guest):
     step = _step(guest, "root", "cgroup_root")
     assert step["rc"] == 0, _show(step)
-    assert re.search(r"^0::/agent-supervise-check-root/agent-supervise\.\d+-\d+\.\d+\.cat$",
-                     step["out"], re.MULTILINE), _show(step)
+    assert re.search(
+        r"^0::/agent-supervise-check-root/agent-supervise\.\d+-\d+\.\d+\.cat$",
+        step["out"],
+        re.MULTILINE,
+    ), _show(step)
 
 
 def test_one_agents_oom_kill_leaves_its_neighbour_running(guest):
@@ -194,8 +206,7 @@ def test_one_agents_oom_kill_leaves_its_neighbour_running(guest):
     step = _step(guest, "dev", "fleet")
     tasks = {t["agent"]: t for t in json.loads(step["out"])["tasks"]}
     assert tasks["hog"]["reason"] == "oom_killed", _show(step)
-    assert tasks["calm"]["reason"] == "ok" and tasks["calm"]["backend"] == "cgroup2", \
-        _show(step)
+    assert tasks["calm"]["reason"] == "ok" and tasks["calm"]["backend"] == "cgroup2", _show(step)
 
 
 @pytest.mark.parametrize("who", ["root", "dev"])
@@ -204,13 +215,17 @@ def test_sigkilled_supervisor_leaves_a_scope_the_next_start_cleans(guest, who):
     alone leads to it."""
     killed, after = _step(guest, who, "killed"), _step(guest, who, "after_kill")
     sup = re.search(r"supervisor (\d+)", killed["out"]).group(1)
-    assert re.search(rf"left scope \S+/agent-supervise-{sup}-\d+-1\.scope: "
-                     r"agent-supervise\.\S+ holder", killed["out"]), _show(killed)
-    assert re.search(r"left processes in agent-supervise\.\S+: \d+", killed["out"]), \
-        _show(killed)
-    assert re.search(rf"cleaned up after dead supervisor pid {sup}: \S+/agent-supervise-"
-                     rf"{sup}-\d+-1\.scope/agent-supervise\.\S+ \(killed 1 processes\)",
-                     after["err"]), _show(after)
+    assert re.search(
+        rf"left scope \S+/agent-supervise-{sup}-\d+-1\.scope: "
+        r"agent-supervise\.\S+ holder",
+        killed["out"],
+    ), _show(killed)
+    assert re.search(r"left processes in agent-supervise\.\S+: \d+", killed["out"]), _show(killed)
+    assert re.search(
+        rf"cleaned up after dead supervisor pid {sup}: \S+/agent-supervise-"
+        rf"{sup}-\d+-1\.scope/agent-supervise\.\S+ \(killed 1 processes\)",
+        after["err"],
+    ), _show(after)
     assert "supervisor (killed" not in after["err"] and "holder (killed" not in after["err"]
     assert _outcome(after)["reason"] == "ok" and "still running" not in after["out"]
 
@@ -222,12 +237,12 @@ def test_nothing_is_left_behind(guest):
 
 # -- the GitHub Actions workflow, with the guest as ubuntu-latest ---------------------
 
+
 def _show_job(job: dict) -> str:
     lines = [f"== job {job['name']}"]
     for s in job["steps"]:
         why = s.get("stand_in") or s.get("skipped") or ""
-        lines.append(f"-- {s['name']}: exit {s['rc']} in {s['t']} s {why}\n{s['out']}"
-                     f"{s['err']}")
+        lines.append(f"-- {s['name']}: exit {s['rc']} in {s['t']} s {why}\n{s['out']}{s['err']}")
     return "\n".join(lines)
 
 
@@ -246,9 +261,12 @@ def test_every_job_of_the_workflow_ran(guest):
         ran = [s for s in job["steps"] if "cmd" in s]
         assert len(ran) >= 4 and all(s["rc"] == 0 for s in ran), _show_job(job)
         stand_ins = {s["name"] for s in job["steps"] if "stand_in" in s}
-        assert stand_ins <= {"actions/checkout@v4", "actions/setup-python@v5",
-                             "Install agent-supervise",
-                             "Upload the run folder and the JUnit report"}, stand_ins
+        assert stand_ins <= {
+            "actions/checkout@v4",
+            "actions/setup-python@v5",
+            "Install agent-supervise",
+            "Upload the run folder and the JUnit report",
+        }, stand_ins
         # each job started from a fresh runner: no user manager left by the last
         assert job["user_manager_after_reset"] != "active", _show_job(job)
 
@@ -263,15 +281,13 @@ def test_each_workflow_job_gets_the_backend_it_claims(guest, index, capsys):
     assert f"auto picks: {claimed}" in doctor, _show_job(job)
     fleet = _job_step(job, "Run the smoke fleet")
     started = re.findall(r"started \S+ \(pid \d+, cap [\d.]+ MiB, (\S+)\)", fleet["err"])
-    assert len(started) == 5 and all(b.startswith(claimed) for b in started), \
-        _show_job(job)
+    assert len(started) == 5 and all(b.startswith(claimed) for b in started), _show_job(job)
     checked = _job_step(job, "Check that every task ran")["out"].splitlines()
     assert len(checked) == 5 and all(f"ok on {claimed}" in c for c in checked), checked
     hog = _job_step(job, "A memory hog")
     assert f"exit status {hog_exit} " in hog["out"], _show_job(job)
     if claimed == "cgroup2":
-        assert "killed by the kernel: memory limit 50.0 MiB reached" in hog["err"], \
-            _show_job(job)
+        assert "killed by the kernel: memory limit 50.0 MiB reached" in hog["err"], _show_job(job)
     else:
         assert "MemoryError" in hog["err"], _show_job(job)
 
@@ -279,13 +295,20 @@ def test_each_workflow_job_gets_the_backend_it_claims(guest, index, capsys):
 def test_workflow_jobs_put_cages_where_the_readme_says(guest):
     """sudo: a scope of the system manager; linger: one of runner's own manager;
     neither: rlimit, with doctor naming both ways to kernel caps."""
-    root, linger, plain = (_job_step(j, "Which memory-limit backends")["out"]
-                           for j in guest.results["workflow"])
-    assert re.search(r"cgroup2 +yes +/sys/fs/cgroup/system.slice/agent-supervise-\S+\.scope "
-                     r"\(a delegated scope .* from the system manager", root), root
-    assert re.search(r"cgroup2 +yes +/sys/fs/cgroup/user.slice/user-1002.slice/"
-                     r"user@1002.service/app.slice/agent-supervise-\S+\.scope "
-                     r"\(a delegated scope .* from the user manager of uid 1002", linger), linger
+    root, linger, plain = (
+        _job_step(j, "Which memory-limit backends")["out"] for j in guest.results["workflow"]
+    )
+    assert re.search(
+        r"cgroup2 +yes +/sys/fs/cgroup/system.slice/agent-supervise-\S+\.scope "
+        r"\(a delegated scope .* from the system manager",
+        root,
+    ), root
+    assert re.search(
+        r"cgroup2 +yes +/sys/fs/cgroup/user.slice/user-1002.slice/"
+        r"user@1002.service/app.slice/agent-supervise-\S+\.scope "
+        r"\(a delegated scope .* from the user manager of uid 1002",
+        linger,
+    ), linger
     assert "cgroup2  no" in plain and "no systemd user manager for uid 1002" in plain, plain
     for hint in ("loginctl enable-linger runner", "as root (sudo)"):
         assert hint in plain, plain
@@ -306,6 +329,7 @@ def test_workflow_stand_in_understands_only_what_it_emulates():
 
 
 # -- the decisions, over fakes ---------------------------------------------------------
+
 
 def _runtime_root(tmp_path, *, systemd=True, sockets=("systemd/private",)):
     """A fake / with /run/systemd/system and /run/user/UID of a non-root uid."""
@@ -341,18 +365,25 @@ def test_find_manager_user_fills_in_its_runtime_dir(tmp_path):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("case, expect", [
-    ("no systemd", "systemd is not running here"),
-    ("no runtime dir", "no systemd user manager for uid {uid}: its runtime directory "
-                       "{runtime} does not exist"),
-    ("no socket", "neither {runtime}/systemd/private nor {runtime}/bus exists"),
-    ("foreign runtime dir", "belongs to uid"),
-])
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("no systemd", "systemd is not running here"),
+        (
+            "no runtime dir",
+            "no systemd user manager for uid {uid}: its runtime directory {runtime} does not exist",
+        ),
+        ("no socket", "neither {runtime}/systemd/private nor {runtime}/bus exists"),
+        ("foreign runtime dir", "belongs to uid"),
+    ],
+)
 @pytest.mark.unit
 def test_find_manager_says_why_there_is_none(tmp_path, case, expect):
-    root, uid, runtime = _runtime_root(tmp_path, systemd=case != "no systemd",
-                                       sockets=() if case == "no socket" else
-                                       ("systemd/private",))
+    root, uid, runtime = _runtime_root(
+        tmp_path,
+        systemd=case != "no systemd",
+        sockets=() if case == "no socket" else ("systemd/private",),
+    )
     env = {"PATH": "/usr/bin"}
     if case == "no runtime dir":
         os.rename(runtime, runtime + ".gone")
@@ -407,15 +438,16 @@ def test_unit_names_carry_their_supervisor():
 
 def _fake_systemd_run(tmp_path, body: str) -> str:
     path = tmp_path / "systemd-run"
-    path.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\n{body}\n")
+    path.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\n{body}\n')
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return str(path)
 
 
 @pytest.mark.unit
 def test_a_failing_systemd_run_is_named_with_its_message(tmp_path):
-    run = _fake_systemd_run(tmp_path, "echo 'Failed to connect to bus: No medium found' >&2;"
-                                      " exit 1")
+    run = _fake_systemd_run(
+        tmp_path, "echo 'Failed to connect to bus: No medium found' >&2; exit 1"
+    )
     scope = sd.DelegatedScope(sd.Manager(True, 1001, dict(os.environ), run), fs=None)
     with pytest.raises(sd.ScopeFailed) as info:
         scope.start()
@@ -426,10 +458,13 @@ def test_a_failing_systemd_run_is_named_with_its_message(tmp_path):
 
 @pytest.mark.unit
 def test_a_systemd_that_refuses_oom_policy_is_asked_again_without(tmp_path):
-    run = _fake_systemd_run(tmp_path, """case "$*" in
+    run = _fake_systemd_run(
+        tmp_path,
+        """case "$*" in
         *OOMPolicy*) echo 'Unknown assignment: OOMPolicy=continue' >&2; exit 1 ;;
         *) echo 'Failed to start transient scope unit: Access denied' >&2; exit 1 ;;
-    esac""")
+    esac""",
+    )
     scope = sd.DelegatedScope(sd.Manager(False, 0, dict(os.environ), run), fs=None)
     with pytest.raises(sd.ScopeFailed, match="exit 1: Failed to start transient scope"):
         scope.start()
@@ -502,11 +537,16 @@ def _hierarchy(tmp_path, own=SESSION, **systemd_args):
     fs.write(f"{root}{APP}/cgroup.subtree_control", "+memory +pids")  # as systemd does
     fs.add_process(root + own, os.getpid())
     (tmp_path / "mountinfo").write_text(
-        f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
+        f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    )
     (tmp_path / "cgroup").write_text(f"0::{own}\n")
     systemd = FakeSystemd(fs, root + APP, **systemd_args)
-    backend = Cgroup2Backend(fs, mountinfo=str(tmp_path / "mountinfo"),
-                             cgroup_file=str(tmp_path / "cgroup"), systemd=systemd)
+    backend = Cgroup2Backend(
+        fs,
+        mountinfo=str(tmp_path / "mountinfo"),
+        cgroup_file=str(tmp_path / "cgroup"),
+        systemd=systemd,
+    )
     return fs, root, systemd, backend
 
 
@@ -542,7 +582,8 @@ def test_root_of_a_user_slice_is_never_written_when_a_scope_is_had(tmp_path):
 @pytest.mark.unit
 def test_without_a_manager_the_ancestors_are_tried_and_each_reason_said(tmp_path):
     fs, root, _systemd, backend = _hierarchy(
-        tmp_path, no_manager="no systemd user manager for uid 1001: ...")
+        tmp_path, no_manager="no systemd user manager for uid 1001: ..."
+    )
     fs.writable = lambda path: path.startswith(root + SESSION)  # as a user: only its own
     with pytest.raises(Unavailable) as info:
         backend.probe()
@@ -565,8 +606,10 @@ def test_a_scope_without_memory_is_given_back(tmp_path):
     fs, root, systemd, backend = _hierarchy(tmp_path)
     fs.write(f"{root}{APP}/cgroup.subtree_control", "-memory")  # the scope gets none
     fs.writable = lambda path: path.startswith((root + APP, root + SESSION))
-    with pytest.raises(Unavailable, match="systemd: agent-supervise-.*: its parent does not "
-                                          "delegate the memory controller"):
+    with pytest.raises(
+        Unavailable,
+        match="systemd: agent-supervise-.*: its parent does not delegate the memory controller",
+    ):
         backend.probe()
     assert systemd.scopes[0].closed
 
@@ -599,10 +642,10 @@ def test_stale_scopes_of_dead_supervisors_are_emptied(tmp_path):
             fs.mkdir(f"{scope}/{sub}")
     fs.add_process(f"{dead}/agent-supervise.999999999-1.3.sh", 4000001)
     found = [c for c in backend.clean_stale() if c.path.startswith(root)]
-    assert found == [StaleCage(f"{dead}/agent-supervise.999999999-1.3.sh", 999999999, 1,
-                               True)]
-    assert sorted(os.listdir(dead)) == sorted(e for e in os.listdir(dead)
-                                              if not os.path.isdir(f"{dead}/{e}"))
+    assert found == [StaleCage(f"{dead}/agent-supervise.999999999-1.3.sh", 999999999, 1, True)]
+    assert sorted(os.listdir(dead)) == sorted(
+        e for e in os.listdir(dead) if not os.path.isdir(f"{dead}/{e}")
+    )
     assert os.path.isdir(f"{alive}/{sd.HOLDER}")  # a live supervisor's: untouched
 
 
@@ -614,6 +657,7 @@ def test_a_stale_scope_that_systemd_removes_while_it_is_cleaned(tmp_path, monkey
     import shutil
 
     from agent_supervise.limits.cgroup2 import Cgroup2Cage
+
     fs, root, _systemd, backend = _hierarchy(tmp_path)
     backend.probe()
     dead = f"{root}{APP}/agent-supervise-999999999-1-1.scope"
@@ -628,5 +672,4 @@ def test_a_stale_scope_that_systemd_removes_while_it_is_cleaned(tmp_path, monkey
 
     monkeypatch.setattr(Cgroup2Cage, "wait_empty", systemd_removes_it)
     found = [c for c in backend.clean_stale() if c.path.startswith(root)]
-    assert found == [StaleCage(f"{dead}/agent-supervise.999999999-1.3.sh", 999999999, 1,
-                               True)]
+    assert found == [StaleCage(f"{dead}/agent-supervise.999999999-1.3.sh", 999999999, 1, True)]

@@ -26,14 +26,36 @@ class Tmux:
     def __init__(self, tmp_path) -> None:
         self.socket = f"as-test-{uuid.uuid4().hex[:12]}"
         self.tmp = tmp_path
-        self._tmux("new-session", "-d", "-s", "t", "-x", "110", "-y", "40",
-                   "env", "-i", f"PATH={os.environ['PATH']}", "TERM=xterm", "HOME=/tmp",
-                   "PS1=$ ", "bash", "--norc", "--noprofile", "-i")
+        self._tmux(
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "110",
+            "-y",
+            "40",
+            "env",
+            "-i",
+            f"PATH={os.environ['PATH']}",
+            "TERM=xterm",
+            "HOME=/tmp",
+            "PS1=$ ",
+            "bash",
+            "--norc",
+            "--noprofile",
+            "-i",
+        )
         self.wait_for("$ ")
 
     def _tmux(self, *args) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
-                              text=True, timeout=10, check=True).stdout
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
 
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", "-t", "t", *keys)
@@ -64,8 +86,7 @@ class Tmux:
         return int(found.group(1)), screen
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,
-                       timeout=10)
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
         # The server daemonized: pytest, a subreaper, adopted it; reap it here.
         reap_orphans()
 
@@ -83,8 +104,9 @@ def run_cmd(backend: str, *args: str) -> str:
 
 
 def test_dev_tty_opens(tmux, backend):
-    status, screen = tmux.run(run_cmd(backend, "--", "sh", "-c",
-                                      "'echo via-dev-tty > /dev/tty; tty'"))
+    status, screen = tmux.run(
+        run_cmd(backend, "--", "sh", "-c", "'echo via-dev-tty > /dev/tty; tty'")
+    )
     assert status == 0, screen
     assert "via-dev-tty" in screen and "/dev/pts/" in screen, screen
     assert "agent-supervise:" not in screen
@@ -110,10 +132,12 @@ def test_python_repl_gets_keys_and_its_own_ctrl_c(tmux, backend):
 
 def test_window_resize_reaches_the_agent(tmux, backend, tmp_path):
     script = tmp_path / "winch.py"
-    script.write_text("import os, signal, time\n"
-                      "signal.signal(signal.SIGWINCH, lambda *a: print('WINCH', "
-                      "*os.get_terminal_size(), flush=True))\n"
-                      "print('ready', flush=True)\ntime.sleep(30)\n")
+    script.write_text(
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGWINCH, lambda *a: print('WINCH', "
+        "*os.get_terminal_size(), flush=True))\n"
+        "print('ready', flush=True)\ntime.sleep(30)\n"
+    )
     tmux.type(run_cmd(backend, "--", PY, str(script)))
     tmux.wait_for("ready")
     tmux._tmux("resize-window", "-t", "t", "-x", "90", "-y", "30")
@@ -126,16 +150,17 @@ def test_ctrl_z_stops_the_job_and_fg_continues_it(tmux, backend, tmp_path):
     """^Z stops the agent and gives the terminal back to the shell (its job shows as
     stopped); fg hands it back to the agent, which goes on where it was."""
     script = tmp_path / "count.py"
-    script.write_text("import time\nfor i in range(1000):\n"
-                      "    print('tick', i, flush=True)\n    time.sleep(0.2)\n")
+    script.write_text(
+        "import time\nfor i in range(1000):\n"
+        "    print('tick', i, flush=True)\n    time.sleep(0.2)\n"
+    )
     tmux.type(run_cmd(backend, "--", PY, str(script)))
     tmux.wait_for("tick 2")
     tmux.keys("C-z")
     tmux.wait_for("Stopped")
     status, screen = tmux.run("echo shell-has-the-terminal")
     assert status == 0 and "shell-has-the-terminal" in screen
-    last = max(int(line.split()[1]) for line in screen.splitlines()
-               if line.startswith("tick "))
+    last = max(int(line.split()[1]) for line in screen.splitlines() if line.startswith("tick "))
     time.sleep(1)  # stopped: no tick while it is
     assert f"tick {last + 1}" not in tmux.screen()
     tmux.type("fg")
@@ -161,19 +186,24 @@ def test_killed_at_its_cap_in_raw_mode_restores_the_terminal(tmux, backend, tmp_
     """An agent that put the terminal in raw mode and is killed at its cap: the modes
     are back as they were, and the one-line message starts on a clean line."""
     script = tmp_path / "rawhog.py"
-    script.write_text("import sys, time, tty\ntty.setraw(0)\n"
-                      "sys.stdout.write('raw mode, a partial line'); sys.stdout.flush()\n"
-                      "x = []\nfor i in range(400):\n"
-                      "    x.append(bytearray(1 << 20)); time.sleep(0.005)\n")
+    script.write_text(
+        "import sys, time, tty\ntty.setraw(0)\n"
+        "sys.stdout.write('raw mode, a partial line'); sys.stdout.flush()\n"
+        "x = []\nfor i in range(400):\n"
+        "    x.append(bytearray(1 << 20)); time.sleep(0.005)\n"
+    )
     before, after = tmp_path / "before", tmp_path / "after"
-    status, screen = tmux.run(f"stty -g > {before}; "
-                              + run_cmd(backend, "--memory", "30M", "--", PY, str(script))
-                              + f"; s=$?; stty -g > {after}; (exit $s)")
+    status, screen = tmux.run(
+        f"stty -g > {before}; "
+        + run_cmd(backend, "--memory", "30M", "--", PY, str(script))
+        + f"; s=$?; stty -g > {after}; (exit $s)"
+    )
     assert status == 137, screen
     assert before.read_text() == after.read_text(), "terminal modes not restored"
     lines = screen.splitlines()
-    assert any(line.startswith("agent-supervise: ") and "memory limit 30.0 MiB" in line
-               for line in lines), screen
+    assert any(
+        line.startswith("agent-supervise: ") and "memory limit 30.0 MiB" in line for line in lines
+    ), screen
 
 
 def test_an_ordinary_failure_adds_no_line(tmux, backend):

@@ -24,7 +24,8 @@ def _fleet(folder: Path, name: str) -> Path:
         "min_free_memory: 0}\n"
         f"agents:\n  w: {{cmd: [sh, -c, 'sleep 0.6; echo {name} $AGENT_ID >> "
         f"{folder / 'done'}'], memory_limit: 20M}}\n"
-        f"tasks:\n  - {{agent: w, repeat: {TASKS}}}\n")
+        f"tasks:\n  - {{agent: w, repeat: {TASKS}}}\n"
+    )
     return path
 
 
@@ -43,9 +44,14 @@ def _when(event: dict) -> dt.datetime:
 
 def test_two_fleets_at_once_each_finish_ok_and_leave_nothing(tmp_path):
     names = ("left", "right")
-    procs = [subprocess.Popen([PY, "-m", "agent_supervise", "fleet", "--json",
-                               str(_fleet(tmp_path / n, n))], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for n in names]
+    procs = [
+        subprocess.Popen(
+            [PY, "-m", "agent_supervise", "fleet", "--json", str(_fleet(tmp_path / n, n))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n in names
+    ]
     pids = {p.pid for p in procs}
     seen_both = False  # a moment when both had agents in cages
     deadline = time.monotonic() + 60

@@ -63,8 +63,9 @@ def test_cgroup2_suite_passes_in_uml_guests(tmp_path):
 def test_hung_guest_is_killed_and_reported_with_its_console(tmp_path):
     """The guest's own pytest timeout is set past the host's: the host must kill
     linux.uml and every process it made, and show what the console said."""
-    run = run_guest.boot(("tests/vm/hang_check.py", "-s"), out_dir=str(tmp_path),
-                         timeout=4, guest_timeout=600)
+    run = run_guest.boot(
+        ("tests/vm/hang_check.py", "-s"), out_dir=str(tmp_path), timeout=4, guest_timeout=600
+    )
     assert run.timed_out and not run.ok and run.status is None
     report = run.report()
     assert "guest killed at the 4 s timeout" in report

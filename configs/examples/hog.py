@@ -1,4 +1,5 @@
 """A runaway example agent: keeps appending to its context until something stops it."""
+
 import time
 
 context = []

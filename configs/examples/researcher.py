@@ -1,4 +1,5 @@
 """A well-behaved example agent: works in small steps, holds a little memory, exits 0."""
+
 import sys
 import time
 

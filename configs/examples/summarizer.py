@@ -1,4 +1,5 @@
 """A small example agent: reads a few 'documents', prints a summary, exits 0."""
+
 import os
 import time
 

@@ -13,5 +13,6 @@ def __getattr__(name):
     # importing the fleet loop for every module of this package.
     if name in ("Supervisor", "FleetResult"):
         from agent_supervise.fleet import supervisor
+
         return getattr(supervisor, name)
     raise AttributeError(name)

@@ -23,9 +23,11 @@ class Admission:
         """None when a task with ``cap`` may start; else why it waits, in words."""
         if available - headroom - cap >= self.min_free:
             return None
-        return (f"waiting for memory: {format_size(available)} available, "
-                f"{format_size(headroom)} promised to running agents, the task needs "
-                f"{format_size(cap)} plus the {format_size(self.min_free)} reserve")
+        return (
+            f"waiting for memory: {format_size(available)} available, "
+            f"{format_size(headroom)} promised to running agents, the task needs "
+            f"{format_size(cap)} plus the {format_size(self.min_free)} reserve"
+        )
 
     def never_fits(self, total: int, cap: int) -> bool:
         """A cap that cannot fit even on an idle machine would wait forever."""
@@ -41,4 +43,5 @@ class Admission:
                     f"{spec.where}: agent {spec.agent}'s cap {format_size(cap)} plus "
                     f"min_free_memory {format_size(self.min_free)} exceeds this "
                     f"machine's {format_size(total)}: it could never start",
-                    hint="lower memory_limit or supervisor.min_free_memory")
+                    hint="lower memory_limit or supervisor.min_free_memory",
+                )

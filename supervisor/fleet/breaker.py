@@ -18,8 +18,8 @@ from agent_supervise.units import format_duration, format_size
 
 
 class BreakerState(TextEnum):
-    CLOSED = "closed"        # normal
-    OPEN = "open"            # no starts
+    CLOSED = "closed"  # normal
+    OPEN = "open"  # no starts
     HALF_OPEN = "half_open"  # exactly one probe task may start
 
 
@@ -44,8 +44,12 @@ class CircuitBreaker:
         """A memory sample. Low memory opens the breaker (or keeps it open)."""
         low = available < self.s.min_available
         if low and self.state is BreakerState.CLOSED:
-            self._move(BreakerState.OPEN, now, f"available memory {format_size(available)} "
-                       f"is below breaker.min_available {format_size(self.s.min_available)}")
+            self._move(
+                BreakerState.OPEN,
+                now,
+                f"available memory {format_size(available)} "
+                f"is below breaker.min_available {format_size(self.s.min_available)}",
+            )
         elif low and self.state is BreakerState.OPEN:
             self.opened_at = now  # the cooldown counts from when memory recovered
         elif self.state is BreakerState.OPEN and now - self.opened_at >= self.cooldown:
@@ -59,8 +63,7 @@ class CircuitBreaker:
             return None
         if self.state is BreakerState.HALF_OPEN:
             return f"circuit breaker half-open: waiting for probe {self.probe}"
-        return f"circuit breaker open ({self.reason}); retrying in " \
-               f"{format_duration(self.cooldown)}"
+        return f"circuit breaker open ({self.reason}); retrying in {format_duration(self.cooldown)}"
 
     def started(self, task_id: str) -> None:
         if self.state is BreakerState.HALF_OPEN:
@@ -78,6 +81,8 @@ class CircuitBreaker:
             else:
                 self.cooldown = self.s.cooldown
                 self._move(BreakerState.CLOSED, now, f"probe {task_id} ended {reason}")
-        elif self.state is BreakerState.CLOSED and \
-                self.kills_in_a_row >= self.s.consecutive_memory_kills:
+        elif (
+            self.state is BreakerState.CLOSED
+            and self.kills_in_a_row >= self.s.consecutive_memory_kills
+        ):
             self._move(BreakerState.OPEN, now, f"{self.kills_in_a_row} memory kills in a row")

@@ -66,5 +66,8 @@ class Degradation:
         return self.mode
 
     def limit(self, max_concurrent: int) -> int:
-        return {Mode.SEQUENTIAL: 1, Mode.LIMITED: min(self.s.limited_to, max_concurrent),
-                Mode.FULL: max_concurrent}[self.mode]
+        return {
+            Mode.SEQUENTIAL: 1,
+            Mode.LIMITED: min(self.s.limited_to, max_concurrent),
+            Mode.FULL: max_concurrent,
+        }[self.mode]

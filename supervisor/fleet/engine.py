@@ -30,9 +30,12 @@ from agent_supervise.run.spawn import Spawner
 
 def agent_env(task, rundir) -> dict[str, str]:
     """What every agent finds in its environment (see the README)."""
-    env = {"AGENT_ID": task.id, "AGENT_RUN_DIR": rundir.path,
-           "AGENT_CHECKPOINT_FILE": rundir.checkpoint_path(task.id),
-           "AGENT_ATTEMPT": str(task.attempt)}
+    env = {
+        "AGENT_ID": task.id,
+        "AGENT_RUN_DIR": rundir.path,
+        "AGENT_CHECKPOINT_FILE": rundir.checkpoint_path(task.id),
+        "AGENT_ATTEMPT": str(task.attempt),
+    }
     if task.attempt > 1:
         resume = last_line(env["AGENT_CHECKPOINT_FILE"])
         if resume is not None:
@@ -41,12 +44,20 @@ def agent_env(task, rundir) -> dict[str, str]:
 
 
 class LocalEngine:
-    def __init__(self, settings: SupervisorSettings, *, backend=None, clock=time.monotonic,
-                 on_interrupt=None, emit=None) -> None:
+    def __init__(
+        self,
+        settings: SupervisorSettings,
+        *,
+        backend=None,
+        clock=time.monotonic,
+        on_interrupt=None,
+        emit=None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.backend = backend or limits.select_backend(
-            settings.backend, rlimit=settings.rlimit, cgroup_root=settings.cgroup_root)
+            settings.backend, rlimit=settings.rlimit, cgroup_root=settings.cgroup_root
+        )
         become_subreaper()
         raise_open_files_limit()
         self.stale = self.backend.clean_stale()
@@ -76,8 +87,9 @@ class LocalEngine:
         if task.pool is not None:
             run = self.pools.start(task, rundir)
         else:
-            run = self.launch(task, task.id, rundir, stdin=subprocess.DEVNULL, stdout=None,
-                              timeout=task.timeout)
+            run = self.launch(
+                task, task.id, rundir, stdin=subprocess.DEVNULL, stdout=None, timeout=task.timeout
+            )
         if not isinstance(run, Outcome):
             self.runs[task.id] = run
             if isinstance(run, AgentRun) and self._headroom is not None:
@@ -90,12 +102,27 @@ class LocalEngine:
         """For a pooled task: idle, spawn or busy (see PoolKeeper.state)."""
         return self.pools.state(task) if task.pool is not None else None
 
-    def launch(self, task: Task, label: str, rundir, *, stdin, stdout, timeout,
-               err_log: str | None = None, extra_env=None) -> AgentRun | Outcome:
+    def launch(
+        self,
+        task: Task,
+        label: str,
+        rundir,
+        *,
+        stdin,
+        stdout,
+        timeout,
+        err_log: str | None = None,
+        extra_env=None,
+    ) -> AgentRun | Outcome:
         """Start ``task.cmd`` through the launch sequence (run/launch.py)."""
         creds = self.credentials(task)
-        env = {**self._environ(), **task.env, **agent_env(task, rundir), **(extra_env or {}),
-               **(creds.env() if creds else {})}
+        env = {
+            **self._environ(),
+            **task.env,
+            **agent_env(task, rundir),
+            **(extra_env or {}),
+            **(creds.env() if creds else {}),
+        }
 
         def stdio():
             # A pool worker has its own stderr log (err_log); its stdout is the protocol
@@ -107,11 +134,31 @@ class LocalEngine:
             if creds:  # the agent may not write in the root-owned run folder: its file
                 rundir.give_file(rundir.checkpoint_path(task.id), creds.uid, creds.gid)
 
-        req = Request(task.cmd, label, task.memory_limit, task.pids_limit, env, task.grace,
-                      timeout, self.settings.poll_interval, creds=creds, cwd=task.cwd,
-                      stdin=stdin, stdio=stdio, task=task, agent=task.id)
-        return launch(req, self.backend, self.loop, self.spawner, self.escape,
-                      clock=self.clock, before_spawn=give_checkpoint)
+        req = Request(
+            task.cmd,
+            label,
+            task.memory_limit,
+            task.pids_limit,
+            env,
+            task.grace,
+            timeout,
+            self.settings.poll_interval,
+            creds=creds,
+            cwd=task.cwd,
+            stdin=stdin,
+            stdio=stdio,
+            task=task,
+            agent=task.id,
+        )
+        return launch(
+            req,
+            self.backend,
+            self.loop,
+            self.spawner,
+            self.escape,
+            clock=self.clock,
+            before_spawn=give_checkpoint,
+        )
 
     def _environ(self) -> dict[str, str]:
         """os.environ as a plain dict, decoded again only when it changed: decoding
@@ -156,14 +203,16 @@ class LocalEngine:
         and each start adds its own share: a burst of 1,000 starts costs O(n), not
         O(n²)."""
         if self._headroom is None:
-            self._headroom = sum(max(0, run.spec.limit - run.watchdog.last_usage)
-                                 for run in self.processes())
+            self._headroom = sum(
+                max(0, run.spec.limit - run.watchdog.last_usage) for run in self.processes()
+            )
         return self._headroom
 
     def processes(self) -> list[AgentRun]:
         """Every AgentRun alive: task runs and pool workers."""
-        return [r for r in self.runs.values() if isinstance(r, AgentRun)] + \
-            [w.run for w in self.pools.all()]
+        return [r for r in self.runs.values() if isinstance(r, AgentRun)] + [
+            w.run for w in self.pools.all()
+        ]
 
     def retire_pools(self, why: str) -> bool:
         """Recycle idle workers (end of the run). True while any worker is left."""

@@ -20,8 +20,9 @@ class Intake:
     def submit(self, spec: TaskSpec, block: bool = True, timeout: float | None = None) -> None:
         """Queue ``spec`` (``repeat`` times). Blocks while the queue is full; with
         ``block=False`` raises :class:`~agent_supervise.fleet.taskqueue.QueueFull`."""
-        problem = task_problem({"agent": spec.agent, "vars": dict(spec.vars),
-                                "repeat": spec.repeat}, self.fleet.agents)
+        problem = task_problem(
+            {"agent": spec.agent, "vars": dict(spec.vars), "repeat": spec.repeat}, self.fleet.agents
+        )
         if problem:
             raise BadInput(f"{spec.where}: {problem[0]}", hint=problem[1])
         self._check_fits([spec])
@@ -34,6 +35,7 @@ class Intake:
             task = self._new_task(spec)
             self.events.emit("queued", task=task.id, agent=task.agent, where=task.where)
             return task
+
         return make
 
     def _new_task(self, spec: TaskSpec):
@@ -70,9 +72,11 @@ class Intake:
                     self.rejected.append({})
                 more = self.rejected_count - B.KEPT_REJECTS
                 self.rejected[-1].update(
-                    where=f"{self._first_dropped} to {where}", more=more,
+                    where=f"{self._first_dropped} to {where}",
+                    more=more,
                     error=f"{more:,} more rejected lines, not kept in memory: each is in "
-                          "events.jsonl")
+                    "events.jsonl",
+                )
         self.events.emit("rejected", where=where, error=message)
 
     def close(self) -> None:
@@ -83,8 +87,9 @@ class Intake:
     def start(self) -> None:
         """Run the loop in a dedicated, long-lived thread (for orchestrators). Signals
         stay the host program's; stop the fleet with ``close()``."""
-        self._thread = threading.Thread(target=self._run_in_thread,
-                                        name="agent-supervise-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_in_thread, name="agent-supervise-loop", daemon=True
+        )
         self._thread.start()
 
     def _run_in_thread(self) -> None:

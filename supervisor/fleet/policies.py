@@ -21,11 +21,11 @@ from agent_supervise.outcome import Reason
 
 
 class Policies:
-    def __init__(self, settings, agents, emit, rng: random.Random | None = None,
-                 psi=read_psi_some_avg10) -> None:
+    def __init__(
+        self, settings, agents, emit, rng: random.Random | None = None, psi=read_psi_some_avg10
+    ) -> None:
         self.agents = agents
-        self.breaker = CircuitBreaker(settings.breaker,
-                                      on_change=lambda **e: emit("breaker", **e))
+        self.breaker = CircuitBreaker(settings.breaker, on_change=lambda **e: emit("breaker", **e))
         self.mode = Degradation(settings.degradation, on_change=lambda **e: emit("mode", **e))
         self.evict_below = settings.eviction_threshold
         self.budgets: dict[str, Budget] = {}
@@ -53,8 +53,7 @@ class Policies:
         if self.evicting in runs:
             return None  # one at a time: wait for it to be gone, then measure again
         # Youngest: started last (ties: the later start, as runs keeps start order).
-        youngest = max(enumerate(runs.values()), key=lambda pair: (pair[1].started,
-                                                                    pair[0]))[1]
+        youngest = max(enumerate(runs.values()), key=lambda pair: (pair[1].started, pair[0]))[1]
         self.evicting = youngest.task.id
         return youngest
 

@@ -42,15 +42,15 @@ class ProtocolError(Exception):
 @dataclass
 class Worker:
     agent: str
-    name: str            # "<agent>-w<k>"
-    run: AgentRun        # its process tree in its cage
+    name: str  # "<agent>-w<k>"
+    run: AgentRun  # its process tree in its cage
     stdin_fd: int
     stdout_fd: int
     buffer: bytes = b""
     job: PooledRun | None = None
     tasks_done: int = 0
     retiring: str | None = None  # why it is being recycled
-    eof: bool = False    # it closed its stdout
+    eof: bool = False  # it closed its stdout
     to_send: bytes = b""  # the rest of a task line the stdin pipe did not take yet
 
 
@@ -64,7 +64,7 @@ class PooledRun:
     started: float
     deadline: float | None
     outcome: Outcome | None = None
-    lost: bool = False   # the worker died under it: requeue it
+    lost: bool = False  # the worker died under it: requeue it
     peak: int = 0
     result_path: str = ""
     fields: dict = field(default_factory=dict)
@@ -92,8 +92,9 @@ class PooledRun:
 
 
 def task_line(task) -> bytes:
-    return (json.dumps({"task": task.id, "vars": dict(task.vars), "attempt": task.attempt})
-            + "\n").encode()
+    return (
+        json.dumps({"task": task.id, "vars": dict(task.vars), "attempt": task.attempt}) + "\n"
+    ).encode()
 
 
 def read_lines(worker: Worker) -> list[bytes] | None:
@@ -131,6 +132,8 @@ def recycle_reason(worker: Worker, pool, usage: int) -> str | None:
     if worker.tasks_done >= pool.max_tasks:
         return f"served {worker.tasks_done} tasks (max_tasks {pool.max_tasks})"
     if pool.recycle_above is not None and usage > pool.recycle_above:
-        return f"memory {usage >> 20} MiB after a task is above recycle_above " \
-               f"{pool.recycle_above >> 20} MiB"
+        return (
+            f"memory {usage >> 20} MiB after a task is above recycle_above "
+            f"{pool.recycle_above >> 20} MiB"
+        )
     return None

@@ -23,9 +23,9 @@ from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
 class PoolState(TextEnum):
     """What a pooled task would get now (PoolKeeper.state)."""
 
-    IDLE = "idle"    # a worker can take it at once
+    IDLE = "idle"  # a worker can take it at once
     SPAWN = "spawn"  # a new worker may start, subject to admission
-    BUSY = "busy"    # every worker of its agent is busy: it waits
+    BUSY = "busy"  # every worker of its agent is busy: it waits
 
 
 class PoolKeeper:
@@ -63,9 +63,16 @@ class PoolKeeper:
         to_child, stdin_fd = os.pipe2(os.O_CLOEXEC)
         stdout_fd, from_child = os.pipe2(os.O_CLOEXEC)
         try:
-            run = self.engine.launch(task, name, rundir, stdin=to_child, stdout=from_child,
-                                     timeout=None, err_log=f"{name}.err",
-                                     extra_env={"AGENT_ID": name, "AGENT_POOL_WORKER": "1"})
+            run = self.engine.launch(
+                task,
+                name,
+                rundir,
+                stdin=to_child,
+                stdout=from_child,
+                timeout=None,
+                err_log=f"{name}.err",
+                extra_env={"AGENT_ID": name, "AGENT_POOL_WORKER": "1"},
+            )
         finally:
             os.close(to_child)
             os.close(from_child)
@@ -79,15 +86,26 @@ class PoolKeeper:
         run.worker = worker
         self.workers.setdefault(task.agent, []).append(worker)
         self.engine.loop.register(stdout_fd, select.EPOLLIN, lambda: self._readable(worker))
-        self.emit("worker_started", worker=name, agent=task.agent, pid=run.pid,
-                  cage=run.cage.name, limit=task.memory_limit)
+        self.emit(
+            "worker_started",
+            worker=name,
+            agent=task.agent,
+            pid=run.pid,
+            cage=run.cage.name,
+            limit=task.memory_limit,
+        )
         return worker
 
     def _assign(self, worker: Worker, task, rundir) -> PooledRun:
         now = self.engine.clock()
-        job = PooledRun(task, worker, now, now + task.timeout if task.timeout else None,
-                        peak=worker.run.cage.usage(),
-                        result_path=rundir.log_paths(task.id, task.attempt)[0])
+        job = PooledRun(
+            task,
+            worker,
+            now,
+            now + task.timeout if task.timeout else None,
+            peak=worker.run.cage.usage(),
+            result_path=rundir.log_paths(task.id, task.attempt)[0],
+        )
         worker.job = job
         worker.to_send = task_line(task)
         self._send(worker, watched=False)
@@ -105,8 +123,7 @@ class PoolKeeper:
             return
         worker.to_send = worker.to_send[n:]
         if worker.to_send and not watched:
-            self.engine.loop.register(worker.stdin_fd, select.EPOLLOUT,
-                                      lambda: self._send(worker))
+            self.engine.loop.register(worker.stdin_fd, select.EPOLLOUT, lambda: self._send(worker))
         elif not worker.to_send and watched:
             self.engine.loop.unregister(worker.stdin_fd)
 
@@ -131,7 +148,7 @@ class PoolKeeper:
             reason, detail = judge(job, line)
             self.rundir.append(job.result_path, line + b"\n")
             if detail.startswith(PROTOCOL):
-                self._protocol_error(worker, detail[len(PROTOCOL):])
+                self._protocol_error(worker, detail[len(PROTOCOL) :])
                 return
             self._finish(job, reason, detail)
 
@@ -148,11 +165,20 @@ class PoolKeeper:
         worker, now = job.worker, self.engine.clock()
         usage = worker.run.cage.usage() if worker.run.status is None else 0
         job.peak = max(job.peak, usage)
-        job.outcome = Outcome(reason, exit_code_for(reason, status or 1), job.task.cmd,
-                              worker.run.cage.backend, job.task.memory_limit,
-                              peak_bytes=job.peak, duration_s=now - job.started,
-                              pid=worker.run.pid, status=0 if reason is Reason.OK else status,
-                              peak_source="sampled", detail=detail, agent=job.task.id)
+        job.outcome = Outcome(
+            reason,
+            exit_code_for(reason, status or 1),
+            job.task.cmd,
+            worker.run.cage.backend,
+            job.task.memory_limit,
+            peak_bytes=job.peak,
+            duration_s=now - job.started,
+            pid=worker.run.pid,
+            status=0 if reason is Reason.OK else status,
+            peak_source="sampled",
+            detail=detail,
+            agent=job.task.id,
+        )
         worker.job = None
         worker.tasks_done += 1
         self.done.append(job)
@@ -170,8 +196,13 @@ class PoolKeeper:
         os.close(worker.stdin_fd)
         worker.stdin_fd = -1
         worker.run.retire(self.engine.clock())
-        self.emit("recycled", worker=worker.name, agent=worker.agent, why=why,
-                  tasks_done=worker.tasks_done)
+        self.emit(
+            "recycled",
+            worker=worker.name,
+            agent=worker.agent,
+            why=why,
+            tasks_done=worker.tasks_done,
+        )
 
     def worker_ended(self, run) -> None:
         """The worker's process tree is gone; a task it was running is lost."""
@@ -186,18 +217,35 @@ class PoolKeeper:
         if worker.job is not None and worker.eof and run.cause is None and run.killed_at:
             # It closed its stdout and lived on until its retirement's SIGKILL: a
             # worker gone deaf, not a crash (which would have ended it by itself).
-            self._finish(worker.job, Reason.FAILED,
-                         f"{PROTOCOL}closed its stdout during a task and did not exit")
+            self._finish(
+                worker.job,
+                Reason.FAILED,
+                f"{PROTOCOL}closed its stdout during a task and did not exit",
+            )
         elif worker.job is not None:
             job = worker.job
             reason = out.reason if out.reason is not Reason.OK else Reason.FAILED
-            job.lost = out.reason not in (Reason.TIMEOUT, Reason.INTERRUPTED,
-                                          Reason.STOPPED, Reason.EVICTED)
-            self._finish(job, reason, f"worker {worker.name} ended {out.reason.value} "
-                         "during the task", status=out.status)
-        self.emit("worker_exited", worker=worker.name, agent=worker.agent,
-                  reason=out.reason.value, retiring=worker.retiring,
-                  tasks_done=worker.tasks_done, peak_bytes=out.peak_bytes)
+            job.lost = out.reason not in (
+                Reason.TIMEOUT,
+                Reason.INTERRUPTED,
+                Reason.STOPPED,
+                Reason.EVICTED,
+            )
+            self._finish(
+                job,
+                reason,
+                f"worker {worker.name} ended {out.reason.value} during the task",
+                status=out.status,
+            )
+        self.emit(
+            "worker_exited",
+            worker=worker.name,
+            agent=worker.agent,
+            reason=out.reason.value,
+            retiring=worker.retiring,
+            tasks_done=worker.tasks_done,
+            peak_bytes=out.peak_bytes,
+        )
 
     def tick(self, now: float) -> None:
         """Per-task timeouts, and each job's peak from its worker's usage."""

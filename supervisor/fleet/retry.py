@@ -32,8 +32,8 @@ class Budget:
 
 @dataclass(frozen=True)
 class Retry:
-    task: Task          # the Task to run next (attempt + 1, maybe a larger cap)
-    delay: float        # seconds to wait first
+    task: Task  # the Task to run next (attempt + 1, maybe a larger cap)
+    delay: float  # seconds to wait first
     why: str
 
 
@@ -43,8 +43,9 @@ def backoff_delay(agent, attempt: int, rng: random.Random) -> float:
     return full / 2 + rng.uniform(0, full / 2)
 
 
-def plan_retry(task, agent, reason: Reason, budget: Budget, rng: random.Random,
-               lost: bool = False) -> Retry | None:
+def plan_retry(
+    task, agent, reason: Reason, budget: Budget, rng: random.Random, lost: bool = False
+) -> Retry | None:
     """The retry for a task that ended with ``reason``, or None if this is its end.
 
     A task whose pool worker died under it is requeued once for free: the worker's
@@ -53,24 +54,34 @@ def plan_retry(task, agent, reason: Reason, budget: Budget, rng: random.Random,
     """
     if lost and budget.lost == 0:
         budget.lost += 1
-        return Retry(dataclasses.replace(task, attempt=task.attempt + 1), 0.0,
-                     f"{reason}: its pool worker died under it; requeued")
+        return Retry(
+            dataclasses.replace(task, attempt=task.attempt + 1),
+            0.0,
+            f"{reason}: its pool worker died under it; requeued",
+        )
     if reason.ordinary_failure and budget.failures < agent.retries:
         budget.failures += 1
         delay = 0.0 if reason is Reason.EVICTED else backoff_delay(agent, budget.failures, rng)
-        return Retry(dataclasses.replace(task, attempt=task.attempt + 1), delay,
-                     f"{reason}: retry {budget.failures} of {agent.retries}")
-    if reason.memory_kill and agent.on_memory_kill != "fail" \
-            and budget.memory_kills < agent.memory_retries:
+        return Retry(
+            dataclasses.replace(task, attempt=task.attempt + 1),
+            delay,
+            f"{reason}: retry {budget.failures} of {agent.retries}",
+        )
+    if (
+        reason.memory_kill
+        and agent.on_memory_kill != "fail"
+        and budget.memory_kills < agent.memory_retries
+    ):
         cap = task.memory_limit
         if agent.on_memory_kill == "grow":
             if cap >= agent.max_memory_limit:
                 return None
             cap = min(int(cap * agent.grow_factor), agent.max_memory_limit)
         budget.memory_kills += 1
-        return Retry(dataclasses.replace(task, attempt=task.attempt + 1, memory_limit=cap),
-                     backoff_delay(agent, budget.memory_kills, rng),
-                     f"{reason}: memory retry {budget.memory_kills} of "
-                     f"{agent.memory_retries}" + (" with a larger cap"
-                                                   if cap != task.memory_limit else ""))
+        return Retry(
+            dataclasses.replace(task, attempt=task.attempt + 1, memory_limit=cap),
+            backoff_delay(agent, budget.memory_kills, rng),
+            f"{reason}: memory retry {budget.memory_kills} of "
+            f"{agent.memory_retries}" + (" with a larger cap" if cap != task.memory_limit else ""),
+        )
     return None

@@ -101,8 +101,7 @@ class Engine(Protocol):
     def evict(self, run: RunView) -> None:
         """Stop this run to free memory (SIGTERM, grace, SIGKILL), as ``evicted``."""
 
-    def stop_all(self, cause: Reason, sig: int = ..., cause_signal: int | None = None
-                 ) -> None:
+    def stop_all(self, cause: Reason, sig: int = ..., cause_signal: int | None = None) -> None:
         """Stop every process with ``sig`` (SIGKILL after the grace), as ``cause``."""
 
     def interrupt_all(self, signum: int) -> None:

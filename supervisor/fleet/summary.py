@@ -34,16 +34,26 @@ def result_entry(task, outcome, rundir) -> dict:
     if discarded:  # the folder was full when it started
         started, detail = False, "; ".join(d for d in (detail, discarded) if d)
     return {
-        "task": task.id, "agent": task.agent, "reason": outcome.reason.value,
-        "exit_code": outcome.exit_code, "peak_bytes": outcome.peak_bytes,
-        "limit_bytes": task.memory_limit, "peak_source": outcome.peak_source,
-        "duration_s": round(outcome.duration_s, 3), "backend": outcome.backend,
-        "pid": outcome.pid, "status": outcome.status,
+        "task": task.id,
+        "agent": task.agent,
+        "reason": outcome.reason.value,
+        "exit_code": outcome.exit_code,
+        "peak_bytes": outcome.peak_bytes,
+        "limit_bytes": task.memory_limit,
+        "peak_source": outcome.peak_source,
+        "duration_s": round(outcome.duration_s, 3),
+        "backend": outcome.backend,
+        "pid": outcome.pid,
+        "status": outcome.status,
         "signal": signal_name(outcome.signal) if outcome.signal else None,
         "oom_kills": outcome.oom_kills,
-        "detail": detail, "where": task.where, "cmd": list(task.cmd),
-        "stdout": out if started else None, "stderr": err if started else None,
-        "attempts": task.attempt, "checkpoint": last_line(rundir.checkpoint_path(task.id)),
+        "detail": detail,
+        "where": task.where,
+        "cmd": list(task.cmd),
+        "stdout": out if started else None,
+        "stderr": err if started else None,
+        "attempts": task.attempt,
+        "checkpoint": last_line(rundir.checkpoint_path(task.id)),
     }
 
 
@@ -82,13 +92,13 @@ class FleetEnd:
     run_id: str
     run_dir: str
     duration_s: float
-    stopping: str | None     # interrupted, self_guard, run_timeout
-    message: str | None      # what the stop said
+    stopping: str | None  # interrupted, self_guard, run_timeout
+    message: str | None  # what the stop said
     stop_signal: int | None  # the signal that interrupted it
-    rejected: list[dict]     # input lines refused
-    tasks: list[dict]        # results.jsonl and what is held
-    counts: dict             # reason -> tasks, every task counted
-    folder_failed: bool      # the run folder refused a write at some point
+    rejected: list[dict]  # input lines refused
+    tasks: list[dict]  # results.jsonl and what is held
+    counts: dict  # reason -> tasks, every task counted
+    folder_failed: bool  # the run folder refused a write at some point
     run_folder: dict | None  # what the full folder cost (spool.FolderHealth)
 
 
@@ -104,7 +114,7 @@ class FleetResult:
     message: str | None = None
     counts: dict = field(default_factory=dict)
     run_folder: dict | None = None  # what the full folder cost (spool.FolderHealth)
-    written: bool = True            # summary.json is in the run folder
+    written: bool = True  # summary.json is in the run folder
 
     @classmethod
     def build(cls, end: FleetEnd) -> FleetResult:
@@ -118,8 +128,18 @@ class FleetResult:
             code = EXIT_RUN_FOLDER
         else:
             code = 0 if set(end.counts) <= {"ok"} and not end.rejected else 1
-        return cls(end.run_id, end.run_dir, end.duration_s, code, tasks, list(end.rejected),
-                   end.stopping, end.message, dict(end.counts), end.run_folder)
+        return cls(
+            end.run_id,
+            end.run_dir,
+            end.duration_s,
+            code,
+            tasks,
+            list(end.rejected),
+            end.stopping,
+            end.message,
+            dict(end.counts),
+            end.run_folder,
+        )
 
     def settle(self, rundir, results: ResultLog, wait: float = FINAL_WAIT_S) -> None:
         """The run is over. If its folder could not take every write: wait a little
@@ -141,23 +161,27 @@ class FleetResult:
         self.run_folder = report
         if self.written and report != before:  # it caught up meanwhile: say so in it
             self.written = rundir.write_summary(self.to_json())
-        dropped = ", ".join(f"{n} lines of {name}" for name, n in
-                            sorted(report["dropped_lines"].items()))
+        dropped = ", ".join(
+            f"{n} lines of {name}" for name, n in sorted(report["dropped_lines"].items())
+        )
         facts = [f"{dropped} dropped" if dropped else "no line was dropped"]
         if report["held_bytes"]:
             facts.append(f"{report['held_bytes']} bytes held were never written")
         if report["logs_to_dev_null"]:
             facts.append(f"{report['logs_to_dev_null']} agents' output went to /dev/null")
-        state = ("takes writes again" if report["writable_again"]
-                 else "still cannot be written")
+        state = "takes writes again" if report["writable_again"] else "still cannot be written"
         tally = f"{self.total()} tasks: {_counts(self)}"
-        health.say(f"agent-supervise: the run folder {rundir.path} {state} (it failed "
-                   f"with: {health.error}): {'; '.join(facts)}; "
-                   + (f"summary.json accounts for all {tally}{_lost(self)}"
-                      if self.written else
-                      f"summary.json could not be written, so it follows on stderr "
-                      f"({tally}{_lost(self)})")
-                   + f"; exit {EXIT_RUN_FOLDER}" * (self.exit_code == EXIT_RUN_FOLDER))
+        health.say(
+            f"agent-supervise: the run folder {rundir.path} {state} (it failed "
+            f"with: {health.error}): {'; '.join(facts)}; "
+            + (
+                f"summary.json accounts for all {tally}{_lost(self)}"
+                if self.written
+                else f"summary.json could not be written, so it follows on stderr "
+                f"({tally}{_lost(self)})"
+            )
+            + f"; exit {EXIT_RUN_FOLDER}" * (self.exit_code == EXIT_RUN_FOLDER)
+        )
         if not self.written:
             health.say(dumps(self.to_json()))
 
@@ -170,10 +194,18 @@ class FleetResult:
         return self.exit_code == 0
 
     def to_json(self) -> dict:
-        return {"run_id": self.run_id, "run_dir": self.run_dir,
-                "duration_s": round(self.duration_s, 3), "exit_code": self.exit_code,
-                "stopping": self.stopping, "message": self.message, "counts": self.counts,
-                "run_folder": self.run_folder, "rejected": self.rejected, "tasks": self.tasks}
+        return {
+            "run_id": self.run_id,
+            "run_dir": self.run_dir,
+            "duration_s": round(self.duration_s, 3),
+            "exit_code": self.exit_code,
+            "stopping": self.stopping,
+            "message": self.message,
+            "counts": self.counts,
+            "run_folder": self.run_folder,
+            "rejected": self.rejected,
+            "tasks": self.tasks,
+        }
 
     def table(self, max_rows: int = TABLE_ROWS):
         """A rich Table: agent, task, reason, exit code, peak/cap, duration. Past
@@ -183,9 +215,15 @@ class FleetResult:
         from rich.table import Table
 
         table = Table(title=f"run {self.run_id}", title_justify="left")
-        for name, justify in (("agent", "left"), ("task", "left"), ("reason", "left"),
-                              ("exit", "right"), ("tries", "right"),
-                              ("peak / cap", "right"), ("time", "right")):
+        for name, justify in (
+            ("agent", "left"),
+            ("task", "left"),
+            ("reason", "left"),
+            ("exit", "right"),
+            ("tries", "right"),
+            ("peak / cap", "right"),
+            ("time", "right"),
+        ):
             table.add_column(name, justify=justify)
         shown = self.tasks
         if len(shown) > max_rows:
@@ -194,18 +232,23 @@ class FleetResult:
         for e in shown:
             style = "green" if e["reason"] == "ok" else "red"
             peak = f"{format_size(e['peak_bytes'])} / {format_size(e['limit_bytes'])}"
-            table.add_row(e["agent"], e["task"], f"[{style}]{e['reason']}[/]",
-                          "-" if e["exit_code"] is None else str(e["exit_code"]),
-                          str(e["attempts"]), peak,
-                          format_duration(e["duration_s"]))
+            table.add_row(
+                e["agent"],
+                e["task"],
+                f"[{style}]{e['reason']}[/]",
+                "-" if e["exit_code"] is None else str(e["exit_code"]),
+                str(e["attempts"]),
+                peak,
+                format_duration(e["duration_s"]),
+            )
         lost = self.total() - len(self.tasks)
-        table.caption = (f"{len(self.tasks)} tasks: {_counts(self)}"
-                         + (f" ({lost} of them lost to the full run folder)" if lost > 0
-                            else "")
-                         + (f"; {len(self.rejected)} rejected input lines" if self.rejected
-                            else "")
-                         + _hidden(self.tasks, shown)
-                         + f" — logs and summary.json in {self.run_dir}")
+        table.caption = (
+            f"{len(self.tasks)} tasks: {_counts(self)}"
+            + (f" ({lost} of them lost to the full run folder)" if lost > 0 else "")
+            + (f"; {len(self.rejected)} rejected input lines" if self.rejected else "")
+            + _hidden(self.tasks, shown)
+            + f" — logs and summary.json in {self.run_dir}"
+        )
         return table
 
 

@@ -40,10 +40,19 @@ class Supervisor(Intake):
     """Runs a fleet. CLI: ``close()`` then ``run()``. API: ``start()``, ``submit()``,
     ``close()``, ``wait()``."""
 
-    def __init__(self, fleet: FleetSpec, *, engine: Engine | None = None, memory=None,
-                 clock=time.monotonic, max_concurrent: int | None = None,
-                 log_dir: str | None = None,
-                 run_id: str | None = None, rng=None, psi="auto") -> None:
+    def __init__(
+        self,
+        fleet: FleetSpec,
+        *,
+        engine: Engine | None = None,
+        memory=None,
+        clock=time.monotonic,
+        max_concurrent: int | None = None,
+        log_dir: str | None = None,
+        run_id: str | None = None,
+        rng=None,
+        psi="auto",
+    ) -> None:
         self.fleet = fleet
         self.settings = s = fleet.supervisor
         self.max_concurrent = max_concurrent or s.max_concurrent
@@ -52,12 +61,14 @@ class Supervisor(Intake):
         self.admission = Admission(s.min_free_memory)
         self.total_memory = self.memory.total()
         self._check_fits(fleet.tasks)
-        self.rundir = RunDir(log_dir or s.log_dir, run_id,
-                             where="--log-dir" if log_dir else "supervisor.log_dir")
+        self.rundir = RunDir(
+            log_dir or s.log_dir, run_id, where="--log-dir" if log_dir else "supervisor.log_dir"
+        )
         self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock, self.rundir.health)
         self._check_users(fleet)
-        self.engine: Engine = engine or _local_engine(s, clock, self._on_interrupt,
-                                                      self.events.emit)
+        self.engine: Engine = engine or _local_engine(
+            s, clock, self._on_interrupt, self.events.emit
+        )
         self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
         extra = {} if psi == "auto" else {"psi": psi}
         self.policies = Policies(s, fleet.agents, self.events.emit, rng, **extra)
@@ -83,7 +94,7 @@ class Supervisor(Intake):
         self._feeds = 0
         self._lock = threading.Lock()
         self._waiting: str | None = None
-        self.stopping: str | None = None   # interrupted, self_guard, run_timeout
+        self.stopping: str | None = None  # interrupted, self_guard, run_timeout
         self.stop_message: str | None = None
         self.stop_signal: int | None = None
         self._thread: threading.Thread | None = None
@@ -97,11 +108,19 @@ class Supervisor(Intake):
         s = self.settings
         if catch_signals:
             self.engine.catch_signals()
-        self.events.emit("run_started", run_id=self.rundir.run_id, fleet=self.fleet.path,
-                         backend=self.engine.backend_name, max_concurrent=self.max_concurrent,
-                         queue_size=s.queue_size, min_free_memory=s.min_free_memory,
-                         stale_cages=[f"{c.path} (supervisor pid {c.owner_pid}, killed "
-                                      f"{c.killed})" for c in self.engine.stale])
+        self.events.emit(
+            "run_started",
+            run_id=self.rundir.run_id,
+            fleet=self.fleet.path,
+            backend=self.engine.backend_name,
+            max_concurrent=self.max_concurrent,
+            queue_size=s.queue_size,
+            min_free_memory=s.min_free_memory,
+            stale_cages=[
+                f"{c.path} (supervisor pid {c.owner_pid}, killed {c.killed})"
+                for c in self.engine.stale
+            ],
+        )
         started = self.started_at = self.clock()
         try:
             while True:
@@ -129,8 +148,7 @@ class Supervisor(Intake):
         self.result = FleetResult.build(self._end(self.clock() - started))
         self.result.written = self.rundir.write_summary(self.result.to_json())
         self.rundir.health.retry(self.events.emit)
-        self.events.emit("run_ended", exit_code=self.result.exit_code,
-                         counts=self.result.counts)
+        self.events.emit("run_ended", exit_code=self.result.exit_code, counts=self.result.counts)
         self._tick(final=True)
         self.result.settle(self.rundir, self.results)  # a full folder: wait, or stderr
         self.events.close()
@@ -141,10 +159,19 @@ class Supervisor(Intake):
         memory for every task, even one whose entry the full folder made drop."""
         health = self.rundir.health
         health.retry()  # what is held first: results.jsonl is read next
-        return FleetEnd(self.rundir.run_id, self.rundir.path, duration, self.stopping,
-                        self.stop_message, self.stop_signal, list(self.rejected),
-                        self.results.read(), dict(self.results.counts),
-                        health.error is not None, health.report())
+        return FleetEnd(
+            self.rundir.run_id,
+            self.rundir.path,
+            duration,
+            self.stopping,
+            self.stop_message,
+            self.stop_signal,
+            list(self.rejected),
+            self.results.read(),
+            dict(self.results.counts),
+            health.error is not None,
+            health.report(),
+        )
 
     @property
     def retrying(self) -> int:
@@ -188,8 +215,12 @@ class Supervisor(Intake):
         self.policies.sample(now, available)
         victim = self.policies.eviction(available, self.engine.runs)
         if victim is not None:
-            self.events.emit("evicting", task=victim.task.id, available=available,
-                             threshold=self.policies.evict_below)
+            self.events.emit(
+                "evicting",
+                task=victim.task.id,
+                available=available,
+                threshold=self.policies.evict_below,
+            )
             self.engine.evict(victim)
         for task in self.queue.snapshot():
             if len(self.engine.runs) >= self.policies.concurrency(self.max_concurrent):
@@ -199,8 +230,9 @@ class Supervisor(Intake):
                 continue  # its pool's workers are all busy: let other agents' tasks by
             why = self.policies.blocked()
             if why is None and pool is not PoolState.IDLE:  # a new process: does its cap fit?
-                why = self.admission.waiting_reason(available, self.engine.headroom(),
-                                                    task.memory_limit)
+                why = self.admission.waiting_reason(
+                    available, self.engine.headroom(), task.memory_limit
+                )
             if why != self._waiting:
                 self._waiting = why
                 if why:
@@ -222,11 +254,20 @@ class Supervisor(Intake):
         out, err = self.rundir.log_paths(task.id, task.attempt)
         if self.rundir.logs_note(task.id, task.attempt):
             out = err = None  # the folder was full: its output goes to /dev/null
-        self.events.emit("started", task=task.id, agent=task.agent, pid=started.pid,
-                         attempt=task.attempt, cage=started.cage_name,
-                         backend=started.backend, limit=task.memory_limit,
-                         cwd=task.cwd, stdout=out, stderr=err,
-                         running=len(self.engine.runs))
+        self.events.emit(
+            "started",
+            task=task.id,
+            agent=task.agent,
+            pid=started.pid,
+            attempt=task.attempt,
+            cage=started.cage_name,
+            backend=started.backend,
+            limit=task.memory_limit,
+            cwd=task.cwd,
+            stdout=out,
+            stderr=err,
+            running=len(self.engine.runs),
+        )
 
     def _release_due_retries(self) -> None:
         now = self.clock()
@@ -260,8 +301,7 @@ class Supervisor(Intake):
             return False
         if self.stopping:
             return True
-        return (self._file_done and len(self.queue) == 0 and not self._open
-                and self._feeds == 0)
+        return self._file_done and len(self.queue) == 0 and not self._open and self._feeds == 0
 
     def _ended(self, task, outcome: Outcome, lost: bool = False) -> None:
         self._checkpoint_seen(task.id)  # one written just before the end
@@ -271,10 +311,17 @@ class Supervisor(Intake):
         if retry is None:
             self._record(task, outcome)
             return
-        self.events.emit("retried", task=task.id, reason=outcome.reason.value,
-                         exit_code=outcome.exit_code, peak_bytes=outcome.peak_bytes,
-                         attempt=retry.task.attempt, delay=round(retry.delay, 3),
-                         limit=retry.task.memory_limit, why=retry.why)
+        self.events.emit(
+            "retried",
+            task=task.id,
+            reason=outcome.reason.value,
+            exit_code=outcome.exit_code,
+            peak_bytes=outcome.peak_bytes,
+            attempt=retry.task.attempt,
+            delay=round(retry.delay, 3),
+            limit=retry.task.memory_limit,
+            why=retry.why,
+        )
         self._seq += 1
         heapq.heappush(self._delayed, (self.clock() + retry.delay, self._seq, retry.task))
 
@@ -294,12 +341,17 @@ class Supervisor(Intake):
             return
         rss = self.memory.own_rss()
         if rss > self.settings.memory_limit:
-            self._stop("self_guard", f"own memory {format_size(rss)} is above "
-                       f"supervisor.memory_limit {format_size(self.settings.memory_limit)}")
+            self._stop(
+                "self_guard",
+                f"own memory {format_size(rss)} is above "
+                f"supervisor.memory_limit {format_size(self.settings.memory_limit)}",
+            )
             self.engine.stop_all(Reason.STOPPED, signal.SIGTERM, cause_signal=signal.SIGTERM)
         elif self.settings.run_timeout and self.clock() - started >= self.settings.run_timeout:
-            self._stop("run_timeout", f"the run reached supervisor.run_timeout "
-                       f"({self.settings.run_timeout:g}s)")
+            self._stop(
+                "run_timeout",
+                f"the run reached supervisor.run_timeout ({self.settings.run_timeout:g}s)",
+            )
             self.engine.stop_all(Reason.TIMEOUT)
 
     def _on_interrupt(self, signum: int) -> None:
@@ -318,21 +370,29 @@ class Supervisor(Intake):
         never_started += [self._new_task(spec) for spec, _ in self._file_tasks]
         self._file_done = True
         for task in never_started:
-            self._record(task, Outcome.never_started(
-                Reason.CANCELLED, cmd=task.cmd, backend="-", limit=task.memory_limit,
-                agent=task.id, detail=message))
+            self._record(
+                task,
+                Outcome.never_started(
+                    Reason.CANCELLED,
+                    cmd=task.cmd,
+                    backend="-",
+                    limit=task.memory_limit,
+                    agent=task.id,
+                    detail=message,
+                ),
+            )
 
     @staticmethod
     def _check_users(fleet) -> None:
         """Switching users needs root: say so now, before anything starts."""
         from agent_supervise.creds import resolve
+
         for agent in fleet.agents.values():
             if agent.user is not None or agent.group is not None:
                 try:
                     resolve(agent.user, agent.group)
                 except BadInput as err:
-                    raise BadInput(f"agents.{agent.name}: {err.message}",
-                                   hint=err.hint) from None
+                    raise BadInput(f"agents.{agent.name}: {err.message}", hint=err.hint) from None
 
     def _check_fits(self, specs) -> None:
         self.admission.check_fits(specs, self.fleet.agents, self.total_memory)
@@ -340,4 +400,5 @@ class Supervisor(Intake):
 
 def _local_engine(settings, clock, on_interrupt, emit):
     from agent_supervise.fleet.engine import LocalEngine
+
     return LocalEngine(settings, clock=clock, on_interrupt=on_interrupt, emit=emit)

@@ -31,8 +31,7 @@ def bounded_lines(stream, limit: int = MAX_LINE_BYTES):
         lineno += 1
         newline = b"\n" if isinstance(chunk, bytes) else "\n"
         if len(chunk) <= limit or chunk.endswith(newline):
-            yield lineno, (chunk.decode("utf-8", "replace") if isinstance(chunk, bytes)
-                           else chunk)
+            yield lineno, (chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else chunk)
             continue
         del chunk
         while True:
@@ -62,10 +61,13 @@ class TaskFeed(threading.Thread):
         for lineno, text in bounded_lines(self.stream):
             where = f"{self.source}:{lineno}"
             if text is None:
-                self.supervisor.reject(where, f"{where}: the line is longer than "
-                                       f"{MAX_LINE_BYTES // (1 << 20)} MiB, the limit for "
-                                       "a task line (skipped unread; pass large values "
-                                       "in a file the agent reads)")
+                self.supervisor.reject(
+                    where,
+                    f"{where}: the line is longer than "
+                    f"{MAX_LINE_BYTES // (1 << 20)} MiB, the limit for "
+                    "a task line (skipped unread; pass large values "
+                    "in a file the agent reads)",
+                )
                 continue
             line = text.strip()
             if not line or line.startswith("#"):

@@ -36,8 +36,7 @@ class TaskQueue:
                 while len(self._items) >= self.size and not self._closed:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        raise QueueFull(f"the queue stayed full ({self.size}) for "
-                                        f"{timeout}s")
+                        raise QueueFull(f"the queue stayed full ({self.size}) for {timeout}s")
                     self._cond.wait(left)
                 if self._closed:
                     raise QueueClosed("the supervisor is stopping; the task was not queued")

@@ -23,14 +23,27 @@ def _tail(path: str | None) -> str:
 def junit_xml(result, name: str) -> bytes:
     failures = sum(t["reason"] not in ("ok", "cancelled") for t in result.tasks)
     skipped = sum(t["reason"] == "cancelled" for t in result.tasks)
-    suite = ET.Element("testsuite", name=name, tests=str(len(result.tasks)),
-                       failures=str(failures + len(result.rejected)), errors="0",
-                       skipped=str(skipped), time=f"{result.duration_s:.3f}")
+    suite = ET.Element(
+        "testsuite",
+        name=name,
+        tests=str(len(result.tasks)),
+        failures=str(failures + len(result.rejected)),
+        errors="0",
+        skipped=str(skipped),
+        time=f"{result.duration_s:.3f}",
+    )
     for t in result.tasks:
-        case = ET.SubElement(suite, "testcase", classname=f"{name}.{t['agent']}",
-                             name=t["task"], time=f"{t['duration_s']:.3f}")
-        facts = (f"{t['reason']} (exit {t['exit_code']}, peak {format_size(t['peak_bytes'])}"
-                 f" / cap {format_size(t['limit_bytes'])}, attempts {t['attempts']})")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"{name}.{t['agent']}",
+            name=t["task"],
+            time=f"{t['duration_s']:.3f}",
+        )
+        facts = (
+            f"{t['reason']} (exit {t['exit_code']}, peak {format_size(t['peak_bytes'])}"
+            f" / cap {format_size(t['limit_bytes'])}, attempts {t['attempts']})"
+        )
         if t["detail"]:
             facts += f": {t['detail']}"
         if t["reason"] == "cancelled":

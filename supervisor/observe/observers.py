@@ -25,10 +25,12 @@ class StateWriter:
 
 def resources_line(snap: dict) -> str:
     s, c = snap["system"], snap["counts"]
-    return (f"RESOURCES: CPU={s['cpu_percent']:.1f}% MEM={s['mem_percent']:.1f}% "
-            f"AVAIL={format_size(s['available'], short=True)} AGENTS={c['running']} "
-            f"QUEUED={c['queued']} "
-            f"MODE={snap['mode']} BREAKER={snap['breaker']}")
+    return (
+        f"RESOURCES: CPU={s['cpu_percent']:.1f}% MEM={s['mem_percent']:.1f}% "
+        f"AVAIL={format_size(s['available'], short=True)} AGENTS={c['running']} "
+        f"QUEUED={c['queued']} "
+        f"MODE={snap['mode']} BREAKER={snap['breaker']}"
+    )
 
 
 class ResourceLines:
@@ -77,6 +79,8 @@ class MemorySamples:
 def describe(snap: dict) -> str:
     """One line for ``status`` when there is no terminal table."""
     c = snap["counts"]
-    return (f"run {snap['run_id']}: {c['running']} running, {c['queued']} queued, "
-            f"{c['done']} done, {c['failed']} failed; supervisor RSS "
-            f"{format_size(snap['system']['supervisor_rss'])}")
+    return (
+        f"run {snap['run_id']}: {c['running']} running, {c['queued']} queued, "
+        f"{c['done']} done, {c['failed']} failed; supervisor RSS "
+        f"{format_size(snap['system']['supervisor_rss'])}"
+    )

@@ -32,24 +32,29 @@ class LinePrinter:
         kind = e["event"]
         if kind == "started":
             where = f"pid {e['pid']}" if e.get("pid") else "handed to the cluster"
-            return (f"started {e['task']} ({where}, cap {format_size(e['limit'])}, "
-                    f"{e['backend']})")
+            return f"started {e['task']} ({where}, cap {format_size(e['limit'])}, {e['backend']})"
         if kind == "placed":
             return f"{e['task']} runs on {e.get('node', '?')} (pid {e.get('pid')})"
         if kind == "exited":
             peak = f"peak {format_size(e['peak_bytes'])} of {format_size(e['limit_bytes'])}"
             code = "" if e["exit_code"] is None else f", exit {e['exit_code']}"
             detail = f": {e['detail']}" if e.get("detail") else ""
-            return (f"{e['task']} {e['reason']}{code} after "
-                    f"{format_duration(e['duration_s'])} ({peak}){detail}")
+            return (
+                f"{e['task']} {e['reason']}{code} after "
+                f"{format_duration(e['duration_s'])} ({peak}){detail}"
+            )
         if kind == "retried":
             code = "" if e["exit_code"] is None else f", exit {e['exit_code']}"
             cap = f", cap {format_size(e['limit'])}"
-            return (f"{e['task']} {e['reason']}{code}: attempt {e['attempt']} in "
-                    f"{format_duration(e['delay'])}{cap} ({e['why']})")
+            return (
+                f"{e['task']} {e['reason']}{code}: attempt {e['attempt']} in "
+                f"{format_duration(e['delay'])}{cap} ({e['why']})"
+            )
         if kind == "evicting":
-            return (f"evicting {e['task']}: only {format_size(e['available'])} available, "
-                    f"below {format_size(e['threshold'])}")
+            return (
+                f"evicting {e['task']}: only {format_size(e['available'])} available, "
+                f"below {format_size(e['threshold'])}"
+            )
         if kind == "breaker":
             return f"circuit breaker {e['state']}: {e['reason']}"
         if kind == "mode":
@@ -61,6 +66,5 @@ class LinePrinter:
         if kind == "stopping":
             return f"stopping: {e['message']}"
         if kind == "run_started" and e.get("stale_cages"):
-            return (f"cleaned up after dead supervisors: "
-                    f"{'; '.join(e['stale_cages'])}")
+            return f"cleaned up after dead supervisors: {'; '.join(e['stale_cages'])}"
         return None

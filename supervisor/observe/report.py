@@ -41,6 +41,7 @@ def timelines(events: list[dict]) -> dict[str, dict]:
 
 def figure(events: list[dict], title: str):
     import matplotlib
+
     matplotlib.use("Agg")  # no display: draw to files only
     from matplotlib.figure import Figure
 
@@ -52,12 +53,18 @@ def figure(events: list[dict], title: str):
         ys = [None if v is None else v / MiB for _, v in line["points"]]
         ax.plot(xs, ys, color=color, label=task, linewidth=1.6)
         if line["limit"]:
-            ax.axhline(line["limit"] / MiB, color=color, linestyle="--", linewidth=0.8,
-                       alpha=0.7)
+            ax.axhline(line["limit"] / MiB, color=color, linestyle="--", linewidth=0.8, alpha=0.7)
         for t, peak, reason in line["ends"]:
             if Reason(reason).memory_ending:
-                ax.plot([t], [peak / MiB], marker="X", markersize=10, color=color,
-                        markeredgecolor="black", linestyle="none")
+                ax.plot(
+                    [t],
+                    [peak / MiB],
+                    marker="X",
+                    markersize=10,
+                    color=color,
+                    markeredgecolor="black",
+                    linestyle="none",
+                )
     ax.set_xlabel("seconds since the run started")
     ax.set_ylabel("memory (MiB)")
     ax.set_title(f"{title} — dashed: caps; X: killed for memory")
@@ -75,8 +82,9 @@ def build(run_dir: str, out: str) -> str:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise BadInput("report needs matplotlib",
-                       hint="pip install 'agent-supervise[report]'") from None
+        raise BadInput(
+            "report needs matplotlib", hint="pip install 'agent-supervise[report]'"
+        ) from None
     kind = os.path.splitext(out)[1].lower().lstrip(".")
     if kind not in ("html", "png", "svg"):
         raise BadInput(f"--out {out}: unknown format", hint="use .html, .png or .svg")
@@ -107,7 +115,9 @@ def _page(title: str, svg: str, summary: dict) -> str:
         f"</td><td>{t['reason']}</td><td>{t['exit_code']}</td>"
         f"<td>{format_size(t['peak_bytes'])} / {format_size(t['limit_bytes'])}</td>"
         f"<td>{format_duration(t['duration_s'])}</td><td>{t['attempts']}</td>"
-        f"<td>{html.escape(t['detail'] or '')}</td></tr>" for t in summary["tasks"])
+        f"<td>{html.escape(t['detail'] or '')}</td></tr>"
+        for t in summary["tasks"]
+    )
     counts = ", ".join(f"{n} {r}" for r, n in sorted(summary["counts"].items()))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -115,8 +125,8 @@ def _page(title: str, svg: str, summary: dict) -> str:
 td,th{{border:1px solid #ccc;padding:.3em .6em}}tr.bad td{{background:#fde8e8}}
 tr.ok td{{background:#eefaf0}}</style></head><body>
 <h1>agent-supervise — {html.escape(title)}</h1>
-<p>exit code {summary['exit_code']}; {html.escape(counts or 'no tasks ended yet')}</p>
-{svg[svg.find('<svg'):]}
+<p>exit code {summary["exit_code"]}; {html.escape(counts or "no tasks ended yet")}</p>
+{svg[svg.find("<svg") :]}
 <table><tr><th>task</th><th>reason</th><th>exit</th><th>peak / cap</th><th>time</th>
 <th>tries</th><th>detail</th></tr>{rows}</table></body></html>
 """

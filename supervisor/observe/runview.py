@@ -21,8 +21,11 @@ def find_run(run_dir: str | None, log_dir: str = "runs") -> str:
         if not os.path.isdir(run_dir):
             raise BadInput(f"{run_dir}: no such run folder", hint="see the runs/ folder")
         return run_dir
-    runs = [d for d in glob.glob(os.path.join(log_dir, "*"))
-            if os.path.exists(os.path.join(d, "events.jsonl"))]
+    runs = [
+        d
+        for d in glob.glob(os.path.join(log_dir, "*"))
+        if os.path.exists(os.path.join(d, "events.jsonl"))
+    ]
     if not runs:
         raise BadInput(f"no run folder under {log_dir}/", hint="give the run folder")
     return max(runs, key=lambda d: os.path.getmtime(os.path.join(d, "events.jsonl")))
@@ -34,8 +37,7 @@ def load_state(run_dir: str) -> dict:
         with open(path) as f:
             snap = json.load(f)
     except FileNotFoundError:
-        raise BadInput(f"{run_dir}: no state.json yet", hint="the run may be starting") \
-            from None
+        raise BadInput(f"{run_dir}: no state.json yet", hint="the run may be starting") from None
     snap["alive"] = not snap["finished"] and _is_supervisor(snap["supervisor_pid"])
     return snap
 
@@ -60,14 +62,18 @@ def verdict(snap: dict) -> str:
 def log_files(run_dir: str, task: str, stream: str) -> list[str]:
     """The log files of a task id (``researcher-1``) or of every task of an agent."""
     suffix = ".err" if stream == "err" else ".out"
-    exact = sorted(glob.glob(os.path.join(run_dir, glob.escape(task) + f"{suffix}")) +
-                   glob.glob(os.path.join(run_dir, glob.escape(task) + f".attempt*{suffix}")))
+    exact = sorted(
+        glob.glob(os.path.join(run_dir, glob.escape(task) + f"{suffix}"))
+        + glob.glob(os.path.join(run_dir, glob.escape(task) + f".attempt*{suffix}"))
+    )
     if exact:
         return exact
     found = sorted(glob.glob(os.path.join(run_dir, glob.escape(task) + f"-*{suffix}")))
     if not found:
-        raise BadInput(f"{run_dir}: no {suffix} log for {task!r}",
-                       hint="give a task id such as researcher-1, or an agent name")
+        raise BadInput(
+            f"{run_dir}: no {suffix} log for {task!r}",
+            hint="give a task id such as researcher-1, or an agent name",
+        )
     return found
 
 

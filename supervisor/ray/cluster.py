@@ -27,7 +27,7 @@ from agent_supervise.memsource import MemorySource
 from agent_supervise.units import format_size
 
 ADDRESS_RE = re.compile(r"^(auto|local|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5})$")
-NODES_TTL_S = 5.0      # how long the node table is trusted before asking Ray again
+NODES_TTL_S = 5.0  # how long the node table is trusted before asking Ray again
 CONNECT_TIMEOUT_S = 3.0
 
 
@@ -35,20 +35,25 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise BadInput("--engine ray needs Ray, which is not installed",
-                       hint="pip install 'agent-supervise[ray]'") from None
+        raise BadInput(
+            "--engine ray needs Ray, which is not installed",
+            hint="pip install 'agent-supervise[ray]'",
+        ) from None
     return ray
 
 
 def check_address(address: str, where: str) -> tuple[str, int] | None:
     """Refuse a malformed or unreachable address before Ray retries it for minutes."""
     if address.startswith("ray://"):
-        raise BadInput(f"{where} {address}: Ray Client addresses are not supported",
-                       hint="run the fleet on a node of the cluster and give HOST:PORT "
-                            "of its head, or auto")
+        raise BadInput(
+            f"{where} {address}: Ray Client addresses are not supported",
+            hint="run the fleet on a node of the cluster and give HOST:PORT of its head, or auto",
+        )
     if not ADDRESS_RE.match(address):
-        raise BadInput(f"{where} {address!r} is not a Ray address",
-                       hint="write HOST:PORT of the head (127.0.0.1:6379), auto or local")
+        raise BadInput(
+            f"{where} {address!r} is not a Ray address",
+            hint="write HOST:PORT of the head (127.0.0.1:6379), auto or local",
+        )
     if address in ("auto", "local"):
         return None
     host, _, port = address.rpartition(":")
@@ -58,17 +63,19 @@ def check_address(address: str, where: str) -> tuple[str, int] | None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
-        raise BadInput(f"{where} {address}: cannot reach a Ray head there: "
-                       f"{err.strerror or err}",
-                       hint="start it with 'ray start --head', or check the address") from None
+        raise BadInput(
+            f"{where} {address}: cannot reach a Ray head there: {err.strerror or err}",
+            hint="start it with 'ray start --head', or check the address",
+        ) from None
     return host, int(port)
 
 
 class Cluster:
     """The connection to Ray and a cached table of its nodes."""
 
-    def __init__(self, settings, address: str | None = None,
-                 where: str = "supervisor.ray.address") -> None:
+    def __init__(
+        self, settings, address: str | None = None, where: str = "supervisor.ray.address"
+    ) -> None:
         self.settings = settings
         where = "--address" if address else where
         address = address or settings.address
@@ -77,14 +84,19 @@ class Cluster:
         self.owns = not ray.is_initialized()
         if self.owns:
             try:
-                ray.init(address=None if address == "local" else address,
-                         namespace="agent-supervise", logging_level=logging.WARNING,
-                         log_to_driver=False,
-                         **({"include_dashboard": False} if address == "local" else {}))
+                ray.init(
+                    address=None if address == "local" else address,
+                    namespace="agent-supervise",
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                    **({"include_dashboard": False} if address == "local" else {}),
+                )
             except Exception as err:  # noqa: BLE001 - Ray raises many kinds here
                 lines = str(err).strip().splitlines() or [type(err).__name__]
-                raise BadInput(f"{where} {address}: cannot connect to Ray: {lines[0]}",
-                               hint="is a cluster running there? ray status shows it") from None
+                raise BadInput(
+                    f"{where} {address}: cannot connect to Ray: {lines[0]}",
+                    hint="is a cluster running there? ray status shows it",
+                ) from None
         self._nodes: list[dict] = []
         self._nodes_at = float("-inf")
 
@@ -94,8 +106,12 @@ class Cluster:
         if now - self._nodes_at > NODES_TTL_S:
             r = self.settings
             need = {**r.resources, "CPU": r.cpus}
-            self._nodes = [n for n in self.ray.nodes() if n.get("Alive") and all(
-                n["Resources"].get(k, 0) >= v for k, v in need.items() if v)]
+            self._nodes = [
+                n
+                for n in self.ray.nodes()
+                if n.get("Alive")
+                and all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)
+            ]
             self._nodes_at = now
         return self._nodes
 
@@ -108,14 +124,20 @@ class Cluster:
         largest = max(self.budgets(), default=0)
         if cap + overhead <= largest:
             return None
-        among = (f" among nodes offering {dict(self.settings.resources)}"
-                 if self.settings.resources else "")
+        among = (
+            f" among nodes offering {dict(self.settings.resources)}"
+            if self.settings.resources
+            else ""
+        )
         if not self.nodes():
-            return (f"no alive Ray node offers what an agent needs{among} "
-                    f"(cpus {self.settings.cpus:g})")
-        return (f"cap {format_size(cap)} plus memory_overhead {format_size(overhead)} fits "
-                f"on no Ray node: the largest memory budget{among} is "
-                f"{format_size(largest)}")
+            return (
+                f"no alive Ray node offers what an agent needs{among} (cpus {self.settings.cpus:g})"
+            )
+        return (
+            f"cap {format_size(cap)} plus memory_overhead {format_size(overhead)} fits "
+            f"on no Ray node: the largest memory budget{among} is "
+            f"{format_size(largest)}"
+        )
 
     def check_fits(self, specs, agents) -> None:
         for spec in specs:
@@ -124,9 +146,10 @@ class Cluster:
                 continue
             why = self.unfit(spec.memory_limit or agent.memory_limit)
             if why:
-                raise BadInput(f"{spec.where}: agent {spec.agent}: {why}",
-                               hint="lower memory_limit, or start nodes with a larger "
-                                    "--memory (ray start)")
+                raise BadInput(
+                    f"{spec.where}: agent {spec.agent}: {why}",
+                    hint="lower memory_limit, or start nodes with a larger --memory (ray start)",
+                )
 
     def close(self) -> None:
         if self.owns and self.ray.is_initialized():
@@ -158,29 +181,38 @@ class ClusterMemory:
 def for_ray(settings):
     """The supervisor settings with the single-machine memory rules switched off."""
     return dataclasses.replace(
-        settings, min_free_memory=0, evict_below=0,
+        settings,
+        min_free_memory=0,
+        evict_below=0,
         breaker=dataclasses.replace(settings.breaker, min_available=0),
-        degradation=dataclasses.replace(settings.degradation, sequential_below=0,
-                                        limited_below=0, margin=0, psi_some_avg10=0))
+        degradation=dataclasses.replace(
+            settings.degradation, sequential_below=0, limited_below=0, margin=0, psi_some_avg10=0
+        ),
+    )
 
 
 def refuse_unsupported(fleet) -> None:
     s = fleet.supervisor
     if s.backend == "rlimit" and not s.ray.allow_rlimit:
-        raise BadInput("supervisor.backend rlimit with --engine ray: nodes would cap agents "
-                       "with an rlimit only", hint="set supervisor.ray.allow_rlimit: true, "
-                       "or use a cgroup backend")
+        raise BadInput(
+            "supervisor.backend rlimit with --engine ray: nodes would cap agents "
+            "with an rlimit only",
+            hint="set supervisor.ray.allow_rlimit: true, or use a cgroup backend",
+        )
     for agent in fleet.agents.values():
         if agent.pool is not None:
-            raise BadInput(f"agents.{agent.name}.pool: warm pools do not run on Ray",
-                           hint="drop pool: for this fleet, or run it with --engine local")
+            raise BadInput(
+                f"agents.{agent.name}.pool: warm pools do not run on Ray",
+                hint="drop pool: for this fleet, or run it with --engine local",
+            )
 
 
 class RaySupervisor(Supervisor):
     """A :class:`Supervisor` whose agents run on a Ray cluster's nodes."""
 
-    def __init__(self, fleet, *, address: str | None = None, clock=time.monotonic,
-                 **kwargs) -> None:
+    def __init__(
+        self, fleet, *, address: str | None = None, clock=time.monotonic, **kwargs
+    ) -> None:
         from agent_supervise.ray.engine import RayEngine
 
         refuse_unsupported(fleet)
@@ -189,8 +221,14 @@ class RaySupervisor(Supervisor):
         try:
             self.cluster.check_fits(fleet.tasks, fleet.agents)  # before anything starts
             engine = RayEngine(fleet.supervisor, self.cluster, clock=clock)
-            super().__init__(fleet, engine=engine, memory=ClusterMemory(self.cluster, engine),
-                             clock=clock, psi=None, **kwargs)
+            super().__init__(
+                fleet,
+                engine=engine,
+                memory=ClusterMemory(self.cluster, engine),
+                clock=clock,
+                psi=None,
+                **kwargs,
+            )
         except BaseException:
             self.cluster.close()
             raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 
-POLL_S = 0.25           # how often a node fetches its orders
+POLL_S = 0.25  # how often a node fetches its orders
 
 
 class Control:
@@ -30,7 +30,6 @@ class Control:
         return self.orders.pop(key, [])
 
 
-
 class Orders:
     """The driver's orders for this task, fetched without blocking the agent's loop."""
 
@@ -43,6 +42,7 @@ class Orders:
         if self.control is None or (now < self.next_at and not wait):
             return []
         import ray
+
         if self.ref is None:
             self.ref = self.control.poll.remote(self.key)
         ready, _ = ray.wait([self.ref], timeout=wait)

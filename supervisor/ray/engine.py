@@ -32,8 +32,14 @@ from agent_supervise.run.loop import INTERRUPTS, SignalInbox
 from agent_supervise.units import format_size
 
 #: Ray errors meaning the worker process (and with it the agent) died.
-WORKER_DIED = ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError",
-               "LocalRayletDiedError", "TaskCancelledError", "OwnerDiedError")
+WORKER_DIED = (
+    "WorkerCrashedError",
+    "NodeDiedError",
+    "OutOfMemoryError",
+    "LocalRayletDiedError",
+    "TaskCancelledError",
+    "OwnerDiedError",
+)
 
 
 class RemoteRun:
@@ -72,8 +78,9 @@ class RayEngine:
     backend_name = "ray"
     stale: tuple[StaleCage, ...] = ()  # each node cleans its own cages (ray.node.janitor)
 
-    def __init__(self, settings, cluster, *, clock=time.monotonic, on_interrupt=None,
-                 emit=None) -> None:
+    def __init__(
+        self, settings, cluster, *, clock=time.monotonic, on_interrupt=None, emit=None
+    ) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -85,9 +92,13 @@ class RayEngine:
         self._wake = threading.Event()
         self._affinity = NodeAffinitySchedulingStrategy
         here = ray.get_runtime_context().get_node_id()
-        self.control = ray.remote(Control).options(
-            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)
-        ).remote()
+        self.control = (
+            ray.remote(Control)
+            .options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)
+            )
+            .remote()
+        )
         self._task = ray.remote(run_on_node)
         self._janitors: list = []
 
@@ -114,16 +125,33 @@ class RayEngine:
         if why:  # a cap grown by a retry may no longer fit anywhere: never hand it to Ray
             return self._outcome(task, Reason.SETUP_FAILED, why)
         env = {**task.env, **agent_env(task, rundir)}
-        job = Job(key=f"{rundir.run_id}/{task.id}/{task.attempt}", task_id=task.id,
-                  cmd=tuple(task.cmd), memory=task.memory_limit, timeout=task.timeout,
-                  grace=task.grace, poll=s.poll_interval, cwd=task.cwd, env=env,
-                  user=task.user, group=task.group, backend=s.backend, rlimit=s.rlimit,
-                  cgroup_root=s.cgroup_root, allow_rlimit=r.allow_rlimit,
-                  log_tail=r.log_tail,
-                  checkpoint_seed=checkpoint_tail(rundir.checkpoint_path(task.id)))
-        gen = self._task.options(memory=request, num_cpus=r.cpus, resources=dict(r.resources),
-                                 num_returns="streaming", max_retries=0,
-                                 scheduling_strategy="SPREAD").remote(job, self.control)
+        job = Job(
+            key=f"{rundir.run_id}/{task.id}/{task.attempt}",
+            task_id=task.id,
+            cmd=tuple(task.cmd),
+            memory=task.memory_limit,
+            timeout=task.timeout,
+            grace=task.grace,
+            poll=s.poll_interval,
+            cwd=task.cwd,
+            env=env,
+            user=task.user,
+            group=task.group,
+            backend=s.backend,
+            rlimit=s.rlimit,
+            cgroup_root=s.cgroup_root,
+            allow_rlimit=r.allow_rlimit,
+            log_tail=r.log_tail,
+            checkpoint_seed=checkpoint_tail(rundir.checkpoint_path(task.id)),
+        )
+        gen = self._task.options(
+            memory=request,
+            num_cpus=r.cpus,
+            resources=dict(r.resources),
+            num_returns="streaming",
+            max_retries=0,
+            scheduling_strategy="SPREAD",
+        ).remote(job, self.control)
         run = RemoteRun(task, gen, job.key, request, rundir, self.clock())
         self.runs[task.id] = run
         return run
@@ -151,8 +179,11 @@ class RayEngine:
         want = 1  # first: until any record is ready; then: whatever else is ready now
         for _ in range(1000):
             pending = [r.gen for r in gens.values()]
-            ready, _ = self.ray.wait(pending, num_returns=len(pending) if want > 1 else 1,
-                                     timeout=wait if want == 1 else 0)
+            ready, _ = self.ray.wait(
+                pending,
+                num_returns=len(pending) if want > 1 else 1,
+                timeout=wait if want == 1 else 0,
+            )
             if not ready:
                 break
             want = 2
@@ -181,8 +212,15 @@ class RayEngine:
             return self._failed(run, err)
         if record["kind"] == "started":
             run.placed(record)
-            self.emit("placed", task=run.task.id, node=run.node, where=run.where,
-                      pid=run.pid, cage=record["cage"], backend=record["backend"])
+            self.emit(
+                "placed",
+                task=run.task.id,
+                node=run.node,
+                where=run.where,
+                pid=run.pid,
+                cage=record["cage"],
+                backend=record["backend"],
+            )
         elif record["kind"] == "sample":
             run.sampled(record)
             if record["checkpoint"]:
@@ -201,8 +239,10 @@ class RayEngine:
             data, size = record.get(stream) or (b"", 0)
             run.rundir.append(path, data)  # a full folder: held, retried (spool.py)
             if size > len(data):
-                notes.append(f"{stream}: only its last {format_size(len(data))} of "
-                             f"{format_size(size)} came back (supervisor.ray.log_tail)")
+                notes.append(
+                    f"{stream}: only its last {format_size(len(data))} of "
+                    f"{format_size(size)} came back (supervisor.ray.log_tail)"
+                )
         if record.get("checkpoint"):
             run.rundir.append(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
         if notes:
@@ -218,33 +258,43 @@ class RayEngine:
             name = type(err.cause).__name__  # what the node-side code raised
         text = (str(err).strip().splitlines() or [name])[-1][:300]
         if run.state is RunState.PENDING and name == "TaskCancelledError":
-            run.outcome = self._outcome(run.task, Reason.CANCELLED,
-                                        "cancelled before it reached a node")
+            run.outcome = self._outcome(
+                run.task, Reason.CANCELLED, "cancelled before it reached a node"
+            )
             return True
         if name in WORKER_DIED:
             reason = run.cause or Reason.SIGNALED
-            detail = (f"{run.where}: the Ray worker running it ended ({name}); the agent "
-                      "was killed with it (parent-death signal, cage cleaned)")
+            detail = (
+                f"{run.where}: the Ray worker running it ended ({name}); the agent "
+                "was killed with it (parent-death signal, cage cleaned)"
+            )
             if run.node:
                 self._clean(run.node)
         else:
             reason, detail = run.cause or Reason.SETUP_FAILED, f"{run.where}: {text}"
-        run.outcome = self._outcome(run.task, reason, detail, pid=run.pid,
-                                    signum=signal.SIGKILL)
+        run.outcome = self._outcome(run.task, reason, detail, pid=run.pid, signum=signal.SIGKILL)
         return True
 
     def _outcome(self, task, reason: Reason, detail: str, pid=None, signum=None) -> Outcome:
         signum = signum if reason in (Reason.SIGNALED, Reason.INTERRUPTED) else None
-        return Outcome(reason=reason, exit_code=exit_code_for(reason, None, signum),
-                       cmd=tuple(task.cmd), backend="ray", limit_bytes=task.memory_limit,
-                       pid=pid, signal=signum, detail=detail, agent=task.id)
+        return Outcome(
+            reason=reason,
+            exit_code=exit_code_for(reason, None, signum),
+            cmd=tuple(task.cmd),
+            backend="ray",
+            limit_bytes=task.memory_limit,
+            pid=pid,
+            signal=signum,
+            detail=detail,
+            agent=task.id,
+        )
 
     def _clean(self, node: str) -> None:
         """Kill and remove on ``node`` what a dead worker's agent left in its cage."""
         s = self.settings
         remote = self.ray.remote(janitor).options(
-            num_cpus=0, max_retries=0,
-            scheduling_strategy=self._affinity(node, soft=False))
+            num_cpus=0, max_retries=0, scheduling_strategy=self._affinity(node, soft=False)
+        )
         self._janitors.append(remote.remote(s.backend, s.rlimit, s.cgroup_root))
 
     # -- stopping ---------------------------------------------------------------------

@@ -32,8 +32,7 @@ class Scratch:
 
     def __init__(self, job) -> None:  # a raynode.Job
         _SEQ[0] += 1
-        self.path = os.path.join(tempfile.gettempdir(),
-                                 f"{SCRATCH_PREFIX}{owner_tag()}.{_SEQ[0]}")
+        self.path = os.path.join(tempfile.gettempdir(), f"{SCRATCH_PREFIX}{owner_tag()}.{_SEQ[0]}")
         os.mkdir(self.path, 0o711)  # others may pass through to their own checkpoint file
         self.out, self.err = (os.path.join(self.path, n) for n in ("agent.out", "agent.err"))
         self.checkpoint = os.path.join(self.path, "agent.checkpoint")
@@ -61,7 +60,7 @@ class Scratch:
         if cut == 0:
             return b""
         if self._sent < size - CHECKPOINT_CHUNK:  # skipped bytes: start at a line
-            data = data[data.find(b"\n") + 1:]
+            data = data[data.find(b"\n") + 1 :]
             cut = len(data) if final else data.rfind(b"\n") + 1
         self._sent = size if final else size - (len(data) - cut)
         return data[:cut]
@@ -109,12 +108,22 @@ def spawn_guard(cage, scratch: str) -> int:
     try:
         starter = subprocess.Popen(
             # A background job's stdin is /dev/null unless redirected: pass the pipe as 3.
-            ["sh", "-c", 'exec 3<&0; sh -c "$0" guard "$@" <&3 3<&- &', GUARD,
-             cage.path, scratch, cage.name,
-             # the v1 pids companion leaf, where the cage has one (limits/pids.py)
-             cage.companion.path if cage.companion else ""],
-            stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+            [
+                "sh",
+                "-c",
+                'exec 3<&0; sh -c "$0" guard "$@" <&3 3<&- &',
+                GUARD,
+                cage.path,
+                scratch,
+                cage.name,
+                # the v1 pids companion leaf, where the cage has one (limits/pids.py)
+                cage.companion.path if cage.companion else "",
+            ],
+            stdin=read_fd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         starter.wait(timeout=10)
     finally:
         prctl(PR_SET_CHILD_SUBREAPER, 1)

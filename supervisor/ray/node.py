@@ -38,14 +38,14 @@ from agent_supervise.run.launch import Request, launch
 from agent_supervise.run.loop import Loop
 from agent_supervise.run.spawn import Spawner
 
-SAMPLE_S = 1.0          # how often usage goes back to the driver
+SAMPLE_S = 1.0  # how often usage goes back to the driver
 
 
 @dataclass(frozen=True)
 class Job:
     """Everything the node needs to run one attempt of one task (picklable)."""
 
-    key: str                # the control actor's key: run id / task id / attempt
+    key: str  # the control actor's key: run id / task id / attempt
     task_id: str
     cmd: tuple
     memory: int
@@ -61,15 +61,16 @@ class Job:
     cgroup_root: str | None = None
     allow_rlimit: bool = False
     log_tail: int = 8 << 20
-    checkpoint_seed: bytes = b""   # the task's checkpoint so far (bounded tail)
+    checkpoint_seed: bytes = b""  # the task's checkpoint so far (bounded tail)
 
 
-_BACKENDS: dict = {}   # per worker process: probed once, reused by its next tasks
+_BACKENDS: dict = {}  # per worker process: probed once, reused by its next tasks
 
 
 def node_label() -> str:
     try:
         import ray
+
         if ray.is_initialized():
             ctx = ray.get_runtime_context()
             return f"node {ray.util.get_node_ip_address()} ({ctx.get_node_id()[:8]})"
@@ -81,6 +82,7 @@ def node_label() -> str:
 def node_id() -> str | None:
     try:
         import ray
+
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:  # noqa: BLE001
         return None
@@ -91,15 +93,20 @@ def node_backend(job: Job):
     clean what agents of dead workers left here (cages, scratch folders)."""
     key = (job.backend, job.rlimit, job.cgroup_root)
     if key not in _BACKENDS:
-        _BACKENDS[key] = limits.select_backend(job.backend, rlimit=job.rlimit,
-                                               cgroup_root=job.cgroup_root)
+        _BACKENDS[key] = limits.select_backend(
+            job.backend, rlimit=job.rlimit, cgroup_root=job.cgroup_root
+        )
     backend = _BACKENDS[key]
     if backend.name == "rlimit" and not job.allow_rlimit:
-        why = "; ".join(f"{p.name}: {p.detail}" for p in limits.probe_all(
-            rlimit=job.rlimit, cgroup_root=job.cgroup_root) if p.name != "rlimit")
-        raise CageRefused(f"no cgroup cage can be made here ({why}); refusing an "
-                          "rlimit-only cage", hint="set supervisor.ray.allow_rlimit: true "
-                          "to accept it")
+        why = "; ".join(
+            f"{p.name}: {p.detail}"
+            for p in limits.probe_all(rlimit=job.rlimit, cgroup_root=job.cgroup_root)
+            if p.name != "rlimit"
+        )
+        raise CageRefused(
+            f"no cgroup cage can be made here ({why}); refusing an rlimit-only cage",
+            hint="set supervisor.ray.allow_rlimit: true to accept it",
+        )
     become_subreaper()
     backend.clean_stale()
     clean_scratch()
@@ -133,9 +140,15 @@ def run_on_node(job: Job, control=None):
 
 def ended(job: Job, reason: Reason, detail: str, t0: float, backend: str = "ray") -> dict:
     """The ``ended`` record of an agent that never ran."""
-    outcome = Outcome.never_started(reason, cmd=job.cmd, backend=backend, limit=job.memory,
-                                    duration_s=time.monotonic() - t0, detail=detail,
-                                    agent=job.task_id)
+    outcome = Outcome.never_started(
+        reason,
+        cmd=job.cmd,
+        backend=backend,
+        limit=job.memory,
+        duration_s=time.monotonic() - t0,
+        detail=detail,
+        agent=job.task_id,
+    )
     return {"kind": "ended", "outcome": outcome, "node": node_id()}
 
 
@@ -155,8 +168,13 @@ def _supervise(job, backend, creds, scratch, orders, where):
         if orders.fetch(t0, wait=5.0):  # stopped while it waited for a node
             yield ended(job, Reason.CANCELLED, f"{where}: stopped before it started", t0)
             return
-        env = {**os.environ, **job.env, "AGENT_RUN_DIR": scratch.path,
-               "AGENT_CHECKPOINT_FILE": scratch.checkpoint, **(creds.env() if creds else {})}
+        env = {
+            **os.environ,
+            **job.env,
+            "AGENT_RUN_DIR": scratch.path,
+            "AGENT_CHECKPOINT_FILE": scratch.checkpoint,
+            **(creds.env() if creds else {}),
+        }
 
         def stdio():
             out_fd, err_fd = scratch.open_logs()
@@ -168,12 +186,25 @@ def _supervise(job, backend, creds, scratch, orders, where):
             if creds:  # as in a local run, the agent owns only its checkpoint file
                 os.chown(scratch.checkpoint, creds.uid, creds.gid)
 
-        req = Request(tuple(job.cmd), job.task_id, job.memory, limits.DEFAULT_PIDS_LIMIT, env,
-                      job.grace, job.timeout, job.poll, creds=creds, cwd=job.cwd,
-                      stdin=subprocess.DEVNULL, stdio=stdio, agent=job.task_id)
+        req = Request(
+            tuple(job.cmd),
+            job.task_id,
+            job.memory,
+            limits.DEFAULT_PIDS_LIMIT,
+            env,
+            job.grace,
+            job.timeout,
+            job.poll,
+            creds=creds,
+            cwd=job.cwd,
+            stdin=subprocess.DEVNULL,
+            stdio=stdio,
+            agent=job.task_id,
+        )
         with Spawner() as spawner:
-            started = launch(req, backend, loop, spawner, EscapeWatch(loop.table),
-                             before_spawn=guard_and_files)
+            started = launch(
+                req, backend, loop, spawner, EscapeWatch(loop.table), before_spawn=guard_and_files
+            )
         if isinstance(started, Outcome):
             started.detail = f"{where}: {started.detail}" if started.detail else where
             started.duration_s = time.monotonic() - t0
@@ -181,8 +212,14 @@ def _supervise(job, backend, creds, scratch, orders, where):
             return
         run = started
         cage, proc = run.cage, run.proc
-        yield {"kind": "started", "pid": proc.pid, "cage": cage.name, "backend": cage.backend,
-               "node": node_id(), "where": where}
+        yield {
+            "kind": "started",
+            "pid": proc.pid,
+            "cage": cage.name,
+            "backend": cage.backend,
+            "node": node_id(),
+            "where": where,
+        }
         next_sample = t0 + SAMPLE_S
         while run.outcome is None:
             loop.step(0.1)
@@ -196,15 +233,23 @@ def _supervise(job, backend, creds, scratch, orders, where):
             lines = scratch.new_checkpoints()
             if run.outcome is None and (lines or now >= next_sample):
                 next_sample = now + SAMPLE_S
-                yield {"kind": "sample", "usage": run.watchdog.last_usage,
-                       "peak": run.watchdog.peak, "checkpoint": lines}
+                yield {
+                    "kind": "sample",
+                    "usage": run.watchdog.last_usage,
+                    "peak": run.watchdog.peak,
+                    "checkpoint": lines,
+                }
         out = run.outcome
         proc.returncode = out.status if out.status is not None else -(out.signal or 0)
         out.detail = f"{where}; {out.detail}" if out.detail else where
-        yield {"kind": "ended", "outcome": out, "node": node_id(),
-               "stdout": Scratch.tail(scratch.out, job.log_tail),
-               "stderr": Scratch.tail(scratch.err, job.log_tail),
-               "checkpoint": scratch.new_checkpoints(final=True)}
+        yield {
+            "kind": "ended",
+            "outcome": out,
+            "node": node_id(),
+            "stdout": Scratch.tail(scratch.out, job.log_tail),
+            "stderr": Scratch.tail(scratch.err, job.log_tail),
+            "checkpoint": scratch.new_checkpoints(final=True),
+        }
     finally:
         if run is not None and run.outcome is None:  # closed or failed mid-run: no orphan
             run.stop(Reason.STOPPED, signal.SIGKILL, time.monotonic())

@@ -81,7 +81,7 @@ def _task_stat(pid: int, tid: int) -> tuple[str, int] | None:
         data = read_proc(f"/proc/{pid}/task/{tid}/stat")
     except OSError:
         return None
-    rest = data[data.rindex(b")") + 2:].split()
+    rest = data[data.rindex(b")") + 2 :].split()
     return rest[0].decode(), int(rest[6])
 
 
@@ -96,7 +96,7 @@ def _task_cgroups(pid: int, tid: int) -> dict[str, str] | None:
         parts = line.split(":", 2)
         if len(parts) == 3:
             path = parts[2].removesuffix(" (deleted)")  # v2: a removed cgroup
-            for key in (parts[1].split(",") if parts[1] else [""]):
+            for key in parts[1].split(",") if parts[1] else [""]:
                 paths[key] = path
     return paths
 
@@ -131,8 +131,11 @@ class EscapeWatch:
             paths = _task_cgroups(pid, tid)  # first the cgroup ...
             if paths is None:
                 continue
-            out = [paths[p.hierarchy] for p in places if p.hierarchy in paths
-                   and not _inside(paths[p.hierarchy], p, name)]
+            out = [
+                paths[p.hierarchy]
+                for p in places
+                if p.hierarchy in paths and not _inside(paths[p.hierarchy], p, name)
+            ]
             if not out:
                 continue
             st = _task_stat(pid, tid)  # ... then the state: see the module docstring
@@ -192,8 +195,12 @@ class EscapeWatch:
         found = []
         for pid, suspect in state.suspects.items():
             st = self.table.stat(pid)
-            same = pid in tree and st is not None and st.starttime == suspect.starttime \
+            same = (
+                pid in tree
+                and st is not None
+                and st.starttime == suspect.starttime
                 and not _exited(suspect)
+            )
             if same and self._look(pid, self._threads(pid), places, run.cage.name):
                 found.append(suspect)
                 continue

@@ -48,10 +48,10 @@ class Request:
     """One agent to start: what it runs, its caps, its environment and stdio."""
 
     cmd: tuple[str, ...]
-    label: str                     # the cage's name ends with it
+    label: str  # the cage's name ends with it
     memory: int
     pids: int | None
-    env: Mapping[str, str]         # everything but the cage marker, added here
+    env: Mapping[str, str]  # everything but the cage marker, added here
     grace: float
     timeout: float | None
     poll: float
@@ -60,16 +60,23 @@ class Request:
     stdin: Any = None
     stdout: Any = None
     stderr: Any = None
-    stdio: Stdio | None = None     # instead of stdout/stderr: opened after the cage
+    stdio: Stdio | None = None  # instead of stdout/stderr: opened after the cage
     foreground_tty: int | None = None  # `run` in a terminal: the agent's job gets it
-    task: Task | None = None       # the fleet's task, kept on the run
-    agent: str | None = None       # named in a never-started outcome
+    task: Task | None = None  # the fleet's task, kept on the run
+    agent: str | None = None  # named in a never-started outcome
 
 
-def launch(req: Request, backend: Backend, loop: Loop, spawner: Spawner,
-           escape: EscapeWatch, *, clock: Callable[[], float] = time.monotonic,
-           before_spawn: Callable[[Cage], None] | None = None,
-           cage_errors: bool = False) -> AgentRun | Outcome:
+def launch(
+    req: Request,
+    backend: Backend,
+    loop: Loop,
+    spawner: Spawner,
+    escape: EscapeWatch,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    before_spawn: Callable[[Cage], None] | None = None,
+    cage_errors: bool = False,
+) -> AgentRun | Outcome:
     """Start ``req`` in a new cage of ``backend`` and have ``loop`` watch it.
 
     Returns the watched :class:`AgentRun`, or the Outcome of an agent that never
@@ -79,8 +86,9 @@ def launch(req: Request, backend: Backend, loop: Loop, spawner: Spawner,
     cage exists (a Ray node's guard, files the agent's user must own)."""
     t0 = clock()
     try:
-        cage = backend.create(req.label, req.memory, pids=req.pids,
-                              uid=req.creds.uid if req.creds else None)
+        cage = backend.create(
+            req.label, req.memory, pids=req.pids, uid=req.creds.uid if req.creds else None
+        )
     except CageError as err:
         if cage_errors:
             raise
@@ -97,9 +105,18 @@ def launch(req: Request, backend: Backend, loop: Loop, spawner: Spawner,
             stdout, stderr, close = req.stdio()
         if before_spawn is not None:
             before_spawn(cage)
-        proc = spawner.spawn(req.cmd, cage, env=env, cwd=req.cwd, stdin=req.stdin,
-                             stdout=stdout, stderr=stderr, creds=req.creds, grace=req.grace,
-                             foreground_tty=req.foreground_tty)
+        proc = spawner.spawn(
+            req.cmd,
+            cage,
+            env=env,
+            cwd=req.cwd,
+            stdin=req.stdin,
+            stdout=stdout,
+            stderr=stderr,
+            creds=req.creds,
+            grace=req.grace,
+            foreground_tty=req.foreground_tty,
+        )
     except SpawnFailed as failed:
         cage.release()
         return _never(req, failed.reason, failed.detail, cage.backend, clock() - t0)
@@ -115,8 +132,13 @@ def launch(req: Request, backend: Backend, loop: Loop, spawner: Spawner,
     return run
 
 
-def _never(req: Request, reason: Reason, detail: str, backend: str,
-           duration: float) -> Outcome:
-    return Outcome.never_started(reason, cmd=req.cmd, backend=backend, limit=req.memory,
-                                 detail=detail, agent=req.agent, duration_s=duration)
-
+def _never(req: Request, reason: Reason, detail: str, backend: str, duration: float) -> Outcome:
+    return Outcome.never_started(
+        reason,
+        cmd=req.cmd,
+        backend=backend,
+        limit=req.memory,
+        detail=detail,
+        agent=req.agent,
+        duration_s=duration,
+    )

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from agent_supervise.agents.spec import Task
     from agent_supervise.fleet.pool import Worker
 
+
 class RunState(TextEnum):
     """Where a run is: running -> (draining: its main process exited, its cage is
     emptied) or (stopping: SIGTERM sent, grace running -> killing: SIGKILL sent) ->
@@ -81,8 +82,9 @@ class RunSpec:
 class AgentRun:
     """The life of one agent process tree inside one cage."""
 
-    def __init__(self, spec: RunSpec, cage, pid: int, now: float, escape=None,
-                 task: Task | None = None) -> None:
+    def __init__(
+        self, spec: RunSpec, cage, pid: int, now: float, escape=None, task: Task | None = None
+    ) -> None:
         self.spec = spec
         self.cage = cage
         self.pid = pid
@@ -100,7 +102,7 @@ class AgentRun:
         self.killed_at: float | None = None
         self.settle_until: float | None = None
         self.breach_usage = 0
-        self.status: int | None = None   # raw waitpid status of the root
+        self.status: int | None = None  # raw waitpid status of the root
         self.oom_seen = False
         self.leftovers = 0
         self.emptied = False  # finished() saw the cage empty
@@ -126,12 +128,17 @@ class AgentRun:
             self.breach_usage = usage
             self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
         elif self.cause is None and self.thrash.observe(now, usage, self.cage.refaults):
-            self.detail = (f"thrashing at its cap: refaulting "
-                           f"{format_size(int(self.thrash.rate))}/s for "
-                           f"{self.thrash.window:g}s")
+            self.detail = (
+                f"thrashing at its cap: refaulting "
+                f"{format_size(int(self.thrash.rate))}/s for "
+                f"{self.thrash.window:g}s"
+            )
             self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
-        elif (self.cause is Reason.MEMORY_EXCEEDED and self.state is RunState.STOPPING
-              and usage > self.breach_usage + ESCALATE_FRACTION * self.spec.limit):
+        elif (
+            self.cause is Reason.MEMORY_EXCEEDED
+            and self.state is RunState.STOPPING
+            and usage > self.breach_usage + ESCALATE_FRACTION * self.spec.limit
+        ):
             self._kill(now)
 
     def _cage_breached(self, now: float) -> bool:
@@ -167,8 +174,12 @@ class AgentRun:
             if not self.cage.is_empty():
                 self.leftovers = self.cage.signal(signal.SIGTERM)
                 self.kill_at = now + self.spec.grace
-        if (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-                and self.cause is None and not self.oom_seen):
+        if (
+            os.WIFSIGNALED(status)
+            and os.WTERMSIG(status) == signal.SIGKILL
+            and self.cause is None
+            and not self.oom_seen
+        ):
             self.settle_until = now + SETTLE_S
 
     def interrupted(self, signum: int, now: float) -> None:
@@ -188,8 +199,11 @@ class AgentRun:
             self.cage.kill()  # processes forked while the first kill ran
         if self.status is None and now >= self.watchdog.next_due:
             self.sample(now)
-        if self.escape is not None and now >= self.escape_at and (
-                self.status is None or self.escape_state.suspects):
+        if (
+            self.escape is not None
+            and now >= self.escape_at
+            and (self.status is None or self.escape_state.suspects)
+        ):
             self._check_escape(now)
         if self.state is RunState.KILLING or self.status is not None:
             self.check_at = now + DRAIN_CHECK_S  # poll the draining cage
@@ -270,15 +284,24 @@ class AgentRun:
 
     # -- scheduling -----------------------------------------------------------
     def next_due(self) -> float:
-        times = [self.kill_at, self.deadline if self.status is None else None,
-                 self.watchdog.next_due if self.status is None else None,
-                 self.settle_until, self.escape_at if self.escape_state.suspects or (
-                     self.escape_state.moved_back and self.status is None) else None]
-        if self.state is RunState.KILLING or (self.status is not None
-                                              and self.state is not RunState.DONE):
+        times = [
+            self.kill_at,
+            self.deadline if self.status is None else None,
+            self.watchdog.next_due if self.status is None else None,
+            self.settle_until,
+            self.escape_at
+            if self.escape_state.suspects or (self.escape_state.moved_back and self.status is None)
+            else None,
+        ]
+        if self.state is RunState.KILLING or (
+            self.status is not None and self.state is not RunState.DONE
+        ):
             times.append(self.check_at)
-        return min(t for t in times if t is not None) if any(
-            t is not None for t in times) else float("inf")
+        return (
+            min(t for t in times if t is not None)
+            if any(t is not None for t in times)
+            else float("inf")
+        )
 
     def finished(self, now: float) -> bool:
         """Root reaped and cage empty (or given up on); counters settled."""
@@ -304,8 +327,10 @@ class AgentRun:
         notes = list(self.cage.notes)
         remaining = [] if self.emptied else self.cage.members()
         if remaining:
-            notes.append(f"{len(remaining)} processes survived SIGKILL (uninterruptible "
-                         "sleep?); the cage was left for the next start to clean")
+            notes.append(
+                f"{len(remaining)} processes survived SIGKILL (uninterruptible "
+                "sleep?); the cage was left for the next start to clean"
+            )
         else:
             self.cage.release()
         reason, signum, status = self._reason(oom)
@@ -314,13 +339,22 @@ class AgentRun:
             detail = f"{self.leftovers} leftover processes were stopped"
         self.state = RunState.DONE
         self.outcome = Outcome(
-            reason=reason, exit_code=exit_code_for(reason, status, signum),
-            cmd=self.spec.cmd, backend=self.cage.backend, limit_bytes=self.spec.limit,
+            reason=reason,
+            exit_code=exit_code_for(reason, status, signum),
+            cmd=self.spec.cmd,
+            backend=self.cage.backend,
+            limit_bytes=self.spec.limit,
             peak_bytes=kernel_peak if kernel_peak is not None else self.watchdog.peak,
-            duration_s=(self.ended or now) - self.started, pid=self.pid, status=status,
-            signal=signum, oom_kills=oom or int(self.oom_seen),
+            duration_s=(self.ended or now) - self.started,
+            pid=self.pid,
+            status=status,
+            signal=signum,
+            oom_kills=oom or int(self.oom_seen),
             peak_source="kernel" if kernel_peak is not None else "sampled",
-            detail=detail, agent=self.spec.label or None, notes=notes)
+            detail=detail,
+            agent=self.spec.label or None,
+            notes=notes,
+        )
         return self.outcome
 
     def _reason(self, oom: int):

@@ -56,8 +56,14 @@ class SignalInbox:
 class Loop:
     """Drives :class:`AgentRun` objects. ``clock`` and ``table`` are injectable."""
 
-    def __init__(self, *, clock=time.monotonic, table: ProcessTable | None = None,
-                 reap_foreign: bool = True, on_interrupt=None) -> None:
+    def __init__(
+        self,
+        *,
+        clock=time.monotonic,
+        table: ProcessTable | None = None,
+        reap_foreign: bool = True,
+        on_interrupt=None,
+    ) -> None:
         self.clock = clock
         self.table = table or ProcessTable()
         self.tracker = OrphanTracker(self.table, reap_foreign)
@@ -148,8 +154,7 @@ class Loop:
             # The agent's init exited: the agent itself exited drain_s earlier, and
             # the init gave what it left SIGTERM and the grace before the kernel
             # killed the rest (see limits/isolation.py).
-            run.root_exited(report.status, now - report.drain_s,
-                            leftovers=report.leftovers)
+            run.root_exited(report.status, now - report.drain_s, leftovers=report.leftovers)
             note = report.removed()
             if note:
                 run.cage.notes.append(note)
@@ -189,8 +194,9 @@ class Loop:
         if not self.signals:
             self._on_child()
         now = self.clock()
-        sampling = [r for r in self.runs.values() if r.status is None
-                    and now >= r.watchdog.next_due]
+        sampling = [
+            r for r in self.runs.values() if r.status is None and now >= r.watchdog.next_due
+        ]
         if sampling:
             self.tracker.scan(self.runs.values())
         if any(run.status is not None for run in self.runs.values()):

@@ -40,30 +40,56 @@ class RunOptions:
     pids_limit: int = limits.DEFAULT_PIDS_LIMIT  # 0: no process cap
 
     @classmethod
-    def parse(cls, *, memory="50M", backend="auto", rlimit="data", cgroup_root=None,
-              timeout=None, grace="2s", poll="100ms", env=None, cwd=None, user=None,
-              group=None, pids_limit=limits.DEFAULT_PIDS_LIMIT) -> RunOptions:
+    def parse(
+        cls,
+        *,
+        memory="50M",
+        backend="auto",
+        rlimit="data",
+        cgroup_root=None,
+        timeout=None,
+        grace="2s",
+        poll="100ms",
+        env=None,
+        cwd=None,
+        user=None,
+        group=None,
+        pids_limit=limits.DEFAULT_PIDS_LIMIT,
+    ) -> RunOptions:
         """Parse sizes and durations like systemd, resolve the user; raise BadInput
         naming the value."""
-        timeout_s = parse_duration(timeout, what="--timeout", allow_zero=True) \
-            if timeout is not None else None
+        timeout_s = (
+            parse_duration(timeout, what="--timeout", allow_zero=True)
+            if timeout is not None
+            else None
+        )
         try:
             creds = resolve(user, group)
         except BadInput as err:
             raise BadInput(f"--user/--group: {err.message}", hint=err.hint) from None
-        return cls(memory=parse_size(memory, what="--memory"), backend=backend,
-                   rlimit=rlimit, cgroup_root=cgroup_root, timeout=timeout_s or None,
-                   grace=parse_duration(grace, what="--grace", allow_zero=True),
-                   poll=parse_duration(poll, what="--poll"), env=env, cwd=cwd, creds=creds,
-                   pids_limit=_parse_pids_limit(pids_limit))
+        return cls(
+            memory=parse_size(memory, what="--memory"),
+            backend=backend,
+            rlimit=rlimit,
+            cgroup_root=cgroup_root,
+            timeout=timeout_s or None,
+            grace=parse_duration(grace, what="--grace", allow_zero=True),
+            poll=parse_duration(poll, what="--poll"),
+            env=env,
+            cwd=cwd,
+            creds=creds,
+            pids_limit=_parse_pids_limit(pids_limit),
+        )
 
 
 def _parse_pids_limit(value) -> int:
     """``--pids-limit``: a whole number of tasks, 0 for none."""
     text = str(value).strip()
     if not text.isdigit() or len(text) > 7:
-        raise BadInput(f"--pids-limit {value!r}: not a whole number of processes "
-                       "(at most 9999999)", hint="try 4096; 0 turns the process cap off")
+        raise BadInput(
+            f"--pids-limit {value!r}: not a whole number of processes (at most 9999999)",
+            hint="try 4096; 0 turns the process cap off",
+        )
     return int(text)
 
 
@@ -73,17 +99,26 @@ STOP_CHECK_S = 0.1
 
 def prepare_backend(opts: RunOptions) -> limits.Backend:
     """Choose and probe the backend, become a subreaper, clean stale cages."""
-    backend = limits.select_backend(opts.backend, rlimit=opts.rlimit,
-                                    cgroup_root=opts.cgroup_root)
+    backend = limits.select_backend(opts.backend, rlimit=opts.rlimit, cgroup_root=opts.cgroup_root)
     become_subreaper()
     raise_open_files_limit()
     opts.stale_cleaned = backend.clean_stale()
     return backend
 
 
-def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
-              stderr=None, label: str | None = None, backend: limits.Backend | None = None,
-              clock=time.monotonic, on_started=None, terminal=None) -> Outcome:
+def run_agent(
+    cmd,
+    opts: RunOptions | None = None,
+    *,
+    stdin=None,
+    stdout=None,
+    stderr=None,
+    label: str | None = None,
+    backend: limits.Backend | None = None,
+    clock=time.monotonic,
+    on_started=None,
+    terminal=None,
+) -> Outcome:
     """Run ``cmd`` in a cage until it and everything it started are gone.
 
     Raises :class:`~agent_supervise.errors.BadInput` for bad settings (nothing is
@@ -104,12 +139,26 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
     try:
         env = dict(os.environ if opts.env is None else opts.env)
         env.update(opts.creds.env() if opts.creds else {})
-        req = Request(cmd, label, opts.memory, opts.pids_limit, env, opts.grace, opts.timeout,
-                      opts.poll, creds=opts.creds, cwd=opts.cwd, stdin=stdin, stdout=stdout,
-                      stderr=stderr, foreground_tty=terminal.fd if terminal else None)
+        req = Request(
+            cmd,
+            label,
+            opts.memory,
+            opts.pids_limit,
+            env,
+            opts.grace,
+            opts.timeout,
+            opts.poll,
+            creds=opts.creds,
+            cwd=opts.cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            foreground_tty=terminal.fd if terminal else None,
+        )
         with Spawner() as spawner:
-            run = launch(req, backend, loop, spawner, EscapeWatch(loop.table), clock=clock,
-                         cage_errors=True)
+            run = launch(
+                req, backend, loop, spawner, EscapeWatch(loop.table), clock=clock, cage_errors=True
+            )
         if isinstance(run, Outcome):
             return run
         cage, proc = run.cage, run.proc
@@ -124,11 +173,11 @@ def run_agent(cmd, opts: RunOptions | None = None, *, stdin=None, stdout=None,
                 loop.step(max_wait=STOP_CHECK_S)
                 if run.outcome is None and run.status is None:
                     terminal.check_stopped(loop.table, cage.members())
-        proc.returncode = run.outcome.status if run.outcome.status is not None \
-            else -(run.outcome.signal or 0)  # reaped by us: keep Popen from waiting
+        proc.returncode = (
+            run.outcome.status if run.outcome.status is not None else -(run.outcome.signal or 0)
+        )  # reaped by us: keep Popen from waiting
         return run.outcome
     finally:
         loop.close()
         if terminal is not None:
             terminal.restore()
-

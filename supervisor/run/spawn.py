@@ -95,8 +95,20 @@ class Spawner:
         self._found: dict[tuple[str, str], str] = {}  # (name, PATH) -> where it was
         self._null_fd: int | None = None
 
-    def spawn(self, cmd, cage, *, env=None, cwd=None, stdin=None, stdout=None,
-              stderr=None, creds=None, grace: float = 2.0, foreground_tty: int | None = None):
+    def spawn(
+        self,
+        cmd,
+        cage,
+        *,
+        env=None,
+        cwd=None,
+        stdin=None,
+        stdout=None,
+        stderr=None,
+        creds=None,
+        grace: float = 2.0,
+        foreground_tty: int | None = None,
+    ):
         """Start ``cmd`` in ``cage`` (as ``creds``' user, if given); return an object
         with ``pid`` and ``returncode``; raise :class:`SpawnFailed` if it cannot run.
 
@@ -110,14 +122,34 @@ class Spawner:
         setup = cage.child_setup()
         if fast_path():
             plan = isolation.Plan.for_cap(cage.limit) if isolation.enabled() else None
-            return self._vfork(list(cmd), setup, creds, env, cwd, (stdin, stdout, stderr),
-                               plan, grace, cage, foreground_tty)
-        return self._fork(list(cmd), setup, creds, env, cwd, stdin, stdout, stderr,
-                          foreground_tty)
+            return self._vfork(
+                list(cmd),
+                setup,
+                creds,
+                env,
+                cwd,
+                (stdin, stdout, stderr),
+                plan,
+                grace,
+                cage,
+                foreground_tty,
+            )
+        return self._fork(list(cmd), setup, creds, env, cwd, stdin, stdout, stderr, foreground_tty)
 
     # -- vfork, through the C extension -----------------------------------------------
-    def _vfork(self, cmd, setup, creds, env, cwd, stdio, plan=None, grace=2.0,
-               cage=None, foreground_tty=None) -> Child:
+    def _vfork(
+        self,
+        cmd,
+        setup,
+        creds,
+        env,
+        cwd,
+        stdio,
+        plan=None,
+        grace=2.0,
+        cage=None,
+        foreground_tty=None,
+    ) -> Child:
         env = os.environ if env is None else env
         paths = [cmd[0]] if os.sep in cmd[0] else self._lookup(cmd[0], env)
         argv = cmd
@@ -141,14 +173,25 @@ class Spawner:
         try:
             try:
                 pid = _spawn.spawn(
-                    [_encode(p) for p in paths], [_encode(a) for a in argv],
+                    [_encode(p) for p in paths],
+                    [_encode(a) for a in argv],
                     [_encode(f"{k}={v}") for k, v in env.items()],
-                    None if cwd is None else os.fsencode(cwd), fds[0], fds[1], fds[2],
-                    [fd for fd, _ in setup.procs], list(setup.rlimits),
-                    nofile[0], nofile[1], creds.uid if creds else -1,
-                    creds.gid if creds else -1, list(creds.groups) if creds else None,
-                    self.death_signal, report_w, ns,
-                    -1 if foreground_tty is None else foreground_tty)
+                    None if cwd is None else os.fsencode(cwd),
+                    fds[0],
+                    fds[1],
+                    fds[2],
+                    [fd for fd, _ in setup.procs],
+                    list(setup.rlimits),
+                    nofile[0],
+                    nofile[1],
+                    creds.uid if creds else -1,
+                    creds.gid if creds else -1,
+                    list(creds.groups) if creds else None,
+                    self.death_signal,
+                    report_w,
+                    ns,
+                    -1 if foreground_tty is None else foreground_tty,
+                )
             finally:
                 os.close(report_w)
                 if init_w >= 0:
@@ -201,6 +244,7 @@ class Spawner:
         found = self._found.get(key)
         if found is None or not os.access(found, os.X_OK):
             import shutil  # a bare name only: `run -- /bin/true` starts without it
+
             found = shutil.which(name, path=key[1])
             if found is None:
                 self._found.pop(key, None)
@@ -209,31 +253,42 @@ class Spawner:
         return [found]
 
     # -- fork + preexec_fn, through subprocess ----------------------------------------
-    def _fork(self, cmd, setup, creds, env, cwd, stdin, stdout, stderr,
-              foreground_tty=None):
+    def _fork(self, cmd, setup, creds, env, cwd, stdin, stdout, stderr, foreground_tty=None):
         import subprocess  # the fallback only: the C path starts without it (~5 ms)
+
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
         steps = setup.steps()
         if foreground_tty is not None:
             steps.insert(0, ("tcsetpgrp", _foreground_step(foreground_tty)))
         nofile = original_open_files_limit()
         if nofile is not None:
-            steps.append(("setrlimit(RLIMIT_NOFILE)",
-                          lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)))
+            steps.append(
+                (
+                    "setrlimit(RLIMIT_NOFILE)",
+                    lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile),
+                )
+            )
         steps += creds.child_steps() if creds is not None else []
         steps.append(("prctl(PR_SET_PDEATHSIG)", self._death_signal_step()))
         try:
             return subprocess.Popen(
-                cmd, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-                close_fds=True, start_new_session=foreground_tty is None,
-                process_group=None if foreground_tty is None else 0, restore_signals=True,
-                preexec_fn=_child_setup(steps, report_w))
+                cmd,
+                env=env,
+                cwd=cwd,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                close_fds=True,
+                start_new_session=foreground_tty is None,
+                process_group=None if foreground_tty is None else 0,
+                restore_signals=True,
+                preexec_fn=_child_setup(steps, report_w),
+            )
         except subprocess.SubprocessError as err:
             os.close(report_w)
             report_w = -1
             failed = os.read(report_r, 4096).decode(errors="replace") or str(err)
-            raise SpawnFailed(Reason.SETUP_FAILED, f"entering the cage failed: {failed}") \
-                from None
+            raise SpawnFailed(Reason.SETUP_FAILED, f"entering the cage failed: {failed}") from None
         except OSError as err:
             raise _exec_failure(err, cmd, cwd) from None
         finally:
@@ -268,6 +323,7 @@ def _foreground_step(tty: int):
                 signal.signal(sig, signal.SIG_DFL)
             except ValueError:  # spawned from a thread: its dispositions stay
                 pass
+
     return step
 
 
@@ -287,6 +343,7 @@ def _child_setup(steps, report_fd: int):
             except OSError as e:
                 os.write(report_fd, f"{name}: {os.strerror(e.errno or 0)}".encode())
                 raise
+
     return setup
 
 
@@ -298,24 +355,28 @@ def _step_failure(step: int, code: int, cmd, cwd, setup, creds) -> SpawnFailed:
         return _exec_failure(OSError(code, os.strerror(code), cwd), cmd, cwd)
     if step >= _spawn.S_CAGE_BASE:
         call = setup.describe_step(step - _spawn.S_CAGE_BASE)
-        return SpawnFailed(Reason.SETUP_FAILED,
-                           f"entering the cage failed: {call}: {os.strerror(code)}", code)
-    call = {_spawn.S_RLIMIT: "setrlimit(RLIMIT_NOFILE)",
-            _spawn.S_ISOLATE: "namespaces (a private /dev/shm, IPC limits, the init's fds)",
-            _spawn.S_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
-            _spawn.S_PARENT_GONE: "getppid (the supervisor died meanwhile)",
-            _spawn.S_SETSID: "setsid (or setpgid + tcsetpgrp in a terminal)",
-            _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",
-            }.get(step, f"drop privileges to {creds.user if creds else '?'}")
-    return SpawnFailed(Reason.SETUP_FAILED,
-                       f"entering the cage failed: {call}: {os.strerror(code)}", code)
+        return SpawnFailed(
+            Reason.SETUP_FAILED, f"entering the cage failed: {call}: {os.strerror(code)}", code
+        )
+    call = {
+        _spawn.S_RLIMIT: "setrlimit(RLIMIT_NOFILE)",
+        _spawn.S_ISOLATE: "namespaces (a private /dev/shm, IPC limits, the init's fds)",
+        _spawn.S_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
+        _spawn.S_PARENT_GONE: "getppid (the supervisor died meanwhile)",
+        _spawn.S_SETSID: "setsid (or setpgid + tcsetpgrp in a terminal)",
+        _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",
+    }.get(step, f"drop privileges to {creds.user if creds else '?'}")
+    return SpawnFailed(
+        Reason.SETUP_FAILED, f"entering the cage failed: {call}: {os.strerror(code)}", code
+    )
 
 
 def _exec_failure(err: OSError, cmd, cwd) -> SpawnFailed:
     """Map an exec error to the shell's conventions: 127 not found, 126 not executable."""
     if cwd is not None and err.filename == cwd:
-        return SpawnFailed(Reason.SETUP_FAILED, f"cannot enter directory {cwd}: "
-                           f"{err.strerror}", err.errno)
+        return SpawnFailed(
+            Reason.SETUP_FAILED, f"cannot enter directory {cwd}: {err.strerror}", err.errno
+        )
     if err.errno in (errno.ENOENT, errno.ENOTDIR):
         return SpawnFailed(Reason.NOT_FOUND, f"{cmd[0]}: command not found", err.errno)
     if err.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR):

@@ -5,6 +5,7 @@
 With --max it stops growing at that size and sleeps (--hold seconds, default
 forever); --ignore-term makes it ignore SIGTERM, as hostile agents do.
 """
+
 import argparse
 import signal
 import sys

@@ -4,6 +4,7 @@ the agent's own business: it goes on, and exits 0.
 
     chatty.py [LINES] [SIZE] [INTERVAL]
 """
+
 import os
 import sys
 import time

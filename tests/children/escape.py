@@ -4,6 +4,7 @@ The grandchild is reparented away from the agent's tree (to the supervisor, a
 child subreaper); the agent's root waits meanwhile. Args: MiB to allocate by the
 grandchild (0: sleep only), how long the root waits, seconds between MiB.
 """
+
 import os
 import sys
 import time

@@ -9,6 +9,7 @@ Each then allocates 1 MiB every 10 ms and sleeps: it is meant to be stopped (pid
 and thread stay small: their memory is still charged to the cage).
 Prints what it did on stderr; a refusal is printed too.
 """
+
 import os
 import sys
 import threading

@@ -7,6 +7,7 @@ escape      writes its own pid into its parent cgroup's cgroup.procs, then alloc
             (refused, as another user: fills its cap, see fill())
 closed      closes its stdout and keeps running
 """
+
 import mmap
 import os
 import sys

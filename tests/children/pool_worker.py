@@ -4,6 +4,7 @@ hog_on_first: "1" to allocate without end on the task's first attempt;
 fail: "1" to answer ok: false; garbage: "1" to answer something that is not JSON;
 overlong: N to answer with a valid JSON line of about N bytes; nested: N to answer
 with N nested JSON lists; deaf: "1" to close stdout and sleep instead of answering."""
+
 import json
 import os
 import sys
@@ -30,8 +31,10 @@ for line in sys.stdin:
         print("[" * int(v["nested"]) + "]" * int(v["nested"]), flush=True)
         continue
     if v.get("overlong"):
-        print(json.dumps({"task": task["task"], "ok": True, "result": "x" * int(v["overlong"])}),
-              flush=True)
+        print(
+            json.dumps({"task": task["task"], "ok": True, "result": "x" * int(v["overlong"])}),
+            flush=True,
+        )
         continue
     if v.get("garbage") == "1":
         print("this is not json", flush=True)

@@ -11,6 +11,7 @@ pids         raise pids.max to max (v2: the cage; v1: the pids companion)
 raise-restore  raise the limit, use 150 MiB, free it, put the limit back, sleep
 subcgroup    make a sub-cgroup inside its cage, move into it, give it a 1G limit
 """
+
 import os
 import sys
 import time

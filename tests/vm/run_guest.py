@@ -43,31 +43,48 @@ TWINS = {
     "test_double_forked_setsid_escapee": "hostile double-forked-setsid-escapee",
     "test_node_allocator": "hostile node-buffer-growth",
     "test_node_thrashing": "reads memory.stat like every cgroup2 watchdog sample; "
-                           "node at 50M takes 5 s in the guest",
+    "node at 50M takes 5 s in the guest",
     "fifty_busy_agents_all_end_ok[cgroup2-python": "50 Python interpreters take ~35 s "
-        "in the guest; the same race runs there in the sh kind's 50 runs and in "
-        "test_exiting_children_seen_outside_are_not_escapes",
-    "(test_real_escapes_are_caught and (pids or thread))":
-        "escapes through a v1 pids cgroup or a thread's v1 placement: nothing to leave "
-        "on cgroup2 (the test skips there, and a skip in the guest is a failure)",
+    "in the guest; the same race runs there in the sh kind's 50 runs and in "
+    "test_exiting_children_seen_outside_are_not_escapes",
+    "(test_real_escapes_are_caught and (pids or thread))": "escapes through a v1 pids "
+    "cgroup or a thread's v1 placement: nothing to leave on cgroup2 (the test skips "
+    "there, and a skip in the guest is a failure)",
     "1GB": "1 GB of output would fill the guest's RAM-backed /tmp; output handling "
-           "does not depend on the backend (it runs on the host's)",
+    "does not depend on the backend (it runs on the host's)",
 }
 #: The backend-parametrized tests of the core suite (their cgroup2 cases), the
 #: real-kernel-only tests, and doctor's view. rlimit is tested on the host.
-SELECTION = ("tests/test_run_backends.py", "tests/test_api.py",
-             "tests/test_cgroup2_kernel.py", "tests/test_cli_input.py",
-             "tests/test_hostile.py", "tests/test_isolation.py", "tests/test_faults.py",
-             "tests/test_hostile2.py",
-             "-k", f"(cgroup2 and not ({' or '.join(TWINS)})) or doctor_")
+SELECTION = (
+    "tests/test_run_backends.py",
+    "tests/test_api.py",
+    "tests/test_cgroup2_kernel.py",
+    "tests/test_cli_input.py",
+    "tests/test_hostile.py",
+    "tests/test_isolation.py",
+    "tests/test_faults.py",
+    "tests/test_hostile2.py",
+    "-k",
+    f"(cgroup2 and not ({' or '.join(TWINS)})) or doctor_",
+)
 #: UML runs every guest system call through ptrace (a process start costs ~0.5 s
 #: in there), so the selection takes ~57 s in one guest. Guests are single-CPU:
 #: two of them, booted side by side, use both of CI's cores and halve the stage.
 SHARDS = 2
 #: Slow in the guest (seconds, measured); used to balance the shards.
-SLOW = {"node": 5.0, "signal_is_forwarded": 3.0, "escapee": 2.5, "hostile": 3.0,
-        "fills_up": 15.0, "still_full": 7.0, "fifty_busy": 14.0, "exiting_children": 4.0,
-        "pids_limit_from_fleet": 4.0, "pids_limit_zero": 3.0, "real_escapes": 2.5}
+SLOW = {
+    "node": 5.0,
+    "signal_is_forwarded": 3.0,
+    "escapee": 2.5,
+    "hostile": 3.0,
+    "fills_up": 15.0,
+    "still_full": 7.0,
+    "fifty_busy": 14.0,
+    "exiting_children": 4.0,
+    "pids_limit_from_fleet": 4.0,
+    "pids_limit_zero": 3.0,
+    "real_escapes": 2.5,
+}
 GUEST_MEM = "768M"
 #: Host-side limit on the whole boot; the guest's own pytest gets less, so that a
 #: hung test still lets the guest report (see init.sh).
@@ -101,15 +118,19 @@ class GuestRun:
 
     def verdict(self) -> str:
         c = self.counts
-        passed = c.get("tests", 0) - c.get("failures", 0) - c.get("errors", 0) - c.get(
-            "skipped", 0)
-        what = (f"guest pytest status {self.status}" if self.status is not None
-                else "the guest never reported a status")
+        passed = c.get("tests", 0) - c.get("failures", 0) - c.get("errors", 0) - c.get("skipped", 0)
+        what = (
+            f"guest pytest status {self.status}"
+            if self.status is not None
+            else "the guest never reported a status"
+        )
         if self.timed_out:
             what = f"guest killed at the {self.timeout:g} s timeout; {what}"
-        return (f"{what}: {passed} passed, {c.get('failures', 0)} failed, "
-                f"{c.get('errors', 0)} errors, {c.get('skipped', 0)} skipped "
-                f"in {self.wall_s:.1f} s wall")
+        return (
+            f"{what}: {passed} passed, {c.get('failures', 0)} failed, "
+            f"{c.get('errors', 0)} errors, {c.get('skipped', 0)} skipped "
+            f"in {self.wall_s:.1f} s wall"
+        )
 
     def report(self) -> str:
         return f"{self.verdict()}\n--- tail of the guest console ---\n{self.tail()}"
@@ -119,11 +140,15 @@ def check_bootable() -> None:
     if os.environ.get(IN_VM):
         raise CannotBoot("already inside the VM guest: a guest does not boot another")
     if not os.access(LINUX_UML, os.X_OK):
-        raise CannotBoot(f"linux.uml not installed: VM stage skipped (no {LINUX_UML}; "
-                         "apt-get install user-mode-linux busybox-static)")
+        raise CannotBoot(
+            f"linux.uml not installed: VM stage skipped (no {LINUX_UML}; "
+            "apt-get install user-mode-linux busybox-static)"
+        )
     if not shutil.which("busybox"):
-        raise CannotBoot("busybox not installed: VM stage skipped (the guest powers "
-                         "off with `busybox poweroff -f`; apt-get install busybox-static)")
+        raise CannotBoot(
+            "busybox not installed: VM stage skipped (the guest powers "
+            "off with `busybox poweroff -f`; apt-get install busybox-static)"
+        )
     for path in (str(REPO), sys.executable):
         # Kernel command-line values cannot hold whitespace. (A checkout under /tmp
         # or /run is held across the guest's tmpfs mounts by init.sh; an interpreter
@@ -131,9 +156,12 @@ def check_bootable() -> None:
         if any(c.isspace() for c in path):
             raise CannotBoot(f"{path}: the guest cannot be told this path (whitespace)")
     if sys.executable.startswith(("/tmp/", "/run/")) and not sys.executable.startswith(
-            str(REPO) + "/"):
-        raise CannotBoot(f"{sys.executable}: under /tmp or /run, outside the checkout: "
-                         "the guest's tmpfs mounts would hide it")
+        str(REPO) + "/"
+    ):
+        raise CannotBoot(
+            f"{sys.executable}: under /tmp or /run, outside the checkout: "
+            "the guest's tmpfs mounts would hide it"
+        )
 
 
 @dataclass
@@ -144,8 +172,14 @@ class Booting:
     timeout: float
 
 
-def start(args, *, out_dir: str, timeout: float = TIMEOUT_S, mem: str = GUEST_MEM,
-          guest_timeout: float | None = None) -> Booting:
+def start(
+    args,
+    *,
+    out_dir: str,
+    timeout: float = TIMEOUT_S,
+    mem: str = GUEST_MEM,
+    guest_timeout: float | None = None,
+) -> Booting:
     """Start a guest that runs ``pytest ARGS``; :func:`finish` waits for it.
 
     ``guest_timeout`` (default: ``timeout`` less a margin) limits pytest inside."""
@@ -156,15 +190,32 @@ def start(args, *, out_dir: str, timeout: float = TIMEOUT_S, mem: str = GUEST_ME
     out.mkdir(parents=True, exist_ok=True)
     (out / "pytest-args").write_text("".join(f"{a}\n" for a in args))
     (out / "uml").mkdir(exist_ok=True)
-    cmdline = [LINUX_UML, f"mem={mem}", "rootfstype=hostfs", "rootflags=/", "ro",
-               f"init={INIT}", "con0=fd:0,fd:1", "con=null", "quiet",
-               f"uml_dir={out / 'uml'}",  # its pid file and mconsole socket
-               f"AS_OUT={out}", f"AS_REPO={REPO}", f"AS_PYTHON={sys.executable}",
-               f"AS_TIMEOUT={int(guest_timeout or max(5, timeout - GUEST_MARGIN_S))}"]
+    cmdline = [
+        LINUX_UML,
+        f"mem={mem}",
+        "rootfstype=hostfs",
+        "rootflags=/",
+        "ro",
+        f"init={INIT}",
+        "con0=fd:0,fd:1",
+        "con=null",
+        "quiet",
+        f"uml_dir={out / 'uml'}",  # its pid file and mconsole socket
+        f"AS_OUT={out}",
+        f"AS_REPO={REPO}",
+        f"AS_PYTHON={sys.executable}",
+        f"AS_TIMEOUT={int(guest_timeout or max(5, timeout - GUEST_MARGIN_S))}",
+    ]
     with open(out / "console.log", "wb") as console:
         # Its own session: every host process of the guest is found by session id.
-        proc = subprocess.Popen(cmdline, stdin=subprocess.DEVNULL, stdout=console,
-                                stderr=subprocess.STDOUT, cwd=out, start_new_session=True)
+        proc = subprocess.Popen(
+            cmdline,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            cwd=out,
+            start_new_session=True,
+        )
     return Booting(proc, out, time.monotonic(), timeout)
 
 
@@ -172,8 +223,7 @@ def finish(booting: Booting) -> GuestRun:
     """Wait for the guest (killing it at its timeout) and read what it reported."""
     timed_out = False
     try:
-        booting.proc.wait(timeout=max(0.0, booting.started + booting.timeout
-                                      - time.monotonic()))
+        booting.proc.wait(timeout=max(0.0, booting.started + booting.timeout - time.monotonic()))
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
@@ -181,22 +231,40 @@ def finish(booting: Booting) -> GuestRun:
     wall = time.monotonic() - booting.started
     out = booting.out
     text = (out / "console.log").read_bytes().decode(errors="replace")
-    return GuestRun(_status(out, text), text, wall, timed_out, _junit_counts(out),
-                    booting.proc.pid, booting.timeout)
+    return GuestRun(
+        _status(out, text),
+        text,
+        wall,
+        timed_out,
+        _junit_counts(out),
+        booting.proc.pid,
+        booting.timeout,
+    )
 
 
-def boot(args=SELECTION, *, out_dir: str, timeout: float = TIMEOUT_S,
-         mem: str = GUEST_MEM, guest_timeout: float | None = None) -> GuestRun:
+def boot(
+    args=SELECTION,
+    *,
+    out_dir: str,
+    timeout: float = TIMEOUT_S,
+    mem: str = GUEST_MEM,
+    guest_timeout: float | None = None,
+) -> GuestRun:
     """Boot one guest, run ``pytest ARGS`` in it, and return what it reported."""
-    return finish(start(args, out_dir=out_dir, timeout=timeout, mem=mem,
-                        guest_timeout=guest_timeout))
+    return finish(
+        start(args, out_dir=out_dir, timeout=timeout, mem=mem, guest_timeout=guest_timeout)
+    )
 
 
 def collect(args=SELECTION) -> list[str]:
     """The test ids a selection names (collected on the host, run in the guests)."""
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
-                          "-p", "no:cacheprovider", *args], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     ids = [line for line in out.stdout.splitlines() if "::" in line]
     if not ids:
         raise RuntimeError(f"collecting {args} found nothing:\n{out.stdout}{out.stderr}")
@@ -206,6 +274,7 @@ def collect(args=SELECTION) -> list[str]:
 def shard(ids: list[str], n: int) -> list[list[str]]:
     """Split test ids into ``n`` lists of about equal guest time (slowest first,
     each to the least loaded shard)."""
+
     def cost(test_id: str) -> float:
         return max([v for k, v in SLOW.items() if k in test_id] or [1.5])
 
@@ -218,15 +287,18 @@ def shard(ids: list[str], n: int) -> list[list[str]]:
     return [sorted(s) for s in shards if s]
 
 
-def boot_sharded(args=SELECTION, *, out_dir: str, shards: int = SHARDS,
-                 timeout: float = TIMEOUT_S) -> list[GuestRun]:
+def boot_sharded(
+    args=SELECTION, *, out_dir: str, shards: int = SHARDS, timeout: float = TIMEOUT_S
+) -> list[GuestRun]:
     """Run ``args``'s tests in ``shards`` guests side by side."""
     check_bootable()
     parts = shard(collect(args), shards)
     # -v: a test's name is on the console as it starts, so a guest killed at its
     # timeout shows which test it was in (with -q, only a row of dots).
-    booting = [start([*part, "-v", "-rA"], out_dir=os.path.join(out_dir, f"guest{i}"),
-                     timeout=timeout) for i, part in enumerate(parts)]
+    booting = [
+        start([*part, "-v", "-rA"], out_dir=os.path.join(out_dir, f"guest{i}"), timeout=timeout)
+        for i, part in enumerate(parts)
+    ]
     return [finish(b) for b in booting]
 
 
@@ -281,7 +353,7 @@ def _status(out: Path, console: str) -> int | None:
     for line in reversed(console.splitlines()):
         if line.startswith(MARKER):
             try:
-                return int(line[len(MARKER):].split()[0])
+                return int(line[len(MARKER) :].split()[0])
             except (ValueError, IndexError):
                 return None
     return None
@@ -309,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         out = opts.out or tmp
         os.makedirs(out, exist_ok=True)
         try:
-            runs = [boot(args, out_dir=out, timeout=opts.timeout)] if args else \
-                boot_sharded(out_dir=out, timeout=opts.timeout)
+            runs = (
+                [boot(args, out_dir=out, timeout=opts.timeout)]
+                if args
+                else boot_sharded(out_dir=out, timeout=opts.timeout)
+            )
         except CannotBoot as err:
             print(f"run_guest: {err}", file=sys.stderr)
             return 2

@@ -51,21 +51,24 @@ GUEST_MEM = "768M"
 SYSTEMD = "/lib/systemd/systemd"
 #: Units that cannot work in UML (no kmod tool, no binfmt_misc) or only cost boot
 #: time; none takes part in cgroups, logind or delegation.
-MASKED = ("timers.target systemd-binfmt.service proc-sys-fs-binfmt_misc.automount "
-          "kmod-static-nodes.service modprobe@.service systemd-modules-load.service "
-          "systemd-timesyncd.service systemd-update-utmp.service "
-          "systemd-random-seed.service systemd-journal-flush.service "
-          "systemd-pstore.service systemd-sysusers.service systemd-oomd.service "
-          "dev-hugepages.mount sys-kernel-debug.mount sys-kernel-tracing.mount "
-          "sys-kernel-config.mount sys-fs-fuse-connections.mount "
-          "apt-daily.service apt-daily-upgrade.service man-db.service e2scrub_reap.service"
-          ).split()
+MASKED = (
+    "timers.target systemd-binfmt.service proc-sys-fs-binfmt_misc.automount "
+    "kmod-static-nodes.service modprobe@.service systemd-modules-load.service "
+    "systemd-timesyncd.service systemd-update-utmp.service "
+    "systemd-random-seed.service systemd-journal-flush.service "
+    "systemd-pstore.service systemd-sysusers.service systemd-oomd.service "
+    "dev-hugepages.mount sys-kernel-debug.mount sys-kernel-tracing.mount "
+    "sys-kernel-config.mount sys-fs-fuse-connections.mount "
+    "apt-daily.service apt-daily-upgrade.service man-db.service e2scrub_reap.service"
+).split()
 #: Generators for disks, gettys, SysV scripts and the host's services.
-MASKED_GENERATORS = ("postgresql-generator systemd-cryptsetup-generator "
-                     "systemd-getty-generator systemd-gpt-auto-generator "
-                     "systemd-hibernate-resume-generator systemd-integritysetup-generator "
-                     "systemd-rc-local-generator systemd-system-update-generator "
-                     "systemd-sysv-generator systemd-veritysetup-generator").split()
+MASKED_GENERATORS = (
+    "postgresql-generator systemd-cryptsetup-generator "
+    "systemd-getty-generator systemd-gpt-auto-generator "
+    "systemd-hibernate-resume-generator systemd-integritysetup-generator "
+    "systemd-rc-local-generator systemd-system-update-generator "
+    "systemd-sysv-generator systemd-veritysetup-generator"
+).split()
 
 
 def kernel_modules() -> str | None:
@@ -75,22 +78,29 @@ def kernel_modules() -> str | None:
 
 def check_bootable() -> None:
     uml.check_bootable()  # linux.uml, busybox, not inside a guest, paths without spaces
-    for tool, why in ((SYSTEMD, "systemd (252+) to be PID 1"),
-                      (shutil.which("runuser"), "runuser (util-linux) for login sessions"),
-                      (shutil.which("sudo"), "sudo for the GitHub workflow's jobs"),
-                      (shutil.which("taskset"), "taskset (util-linux) to pin the guest")):
+    for tool, why in (
+        (SYSTEMD, "systemd (252+) to be PID 1"),
+        (shutil.which("runuser"), "runuser (util-linux) for login sessions"),
+        (shutil.which("sudo"), "sudo for the GitHub workflow's jobs"),
+        (shutil.which("taskset"), "taskset (util-linux) to pin the guest"),
+    ):
         if not tool or not os.access(tool, os.X_OK):
             raise CannotBoot(f"systemd guest: needs {why}")
     if kernel_modules() is None:
-        raise CannotBoot("systemd guest: no overlay.ko under /usr/lib/uml/modules "
-                         "(user-mode-linux's modules)")
-    if not os.path.exists("/usr/lib/x86_64-linux-gnu/security/pam_systemd.so") and \
-            not glob.glob("/usr/lib*/**/pam_systemd.so", recursive=True):
-        raise CannotBoot("systemd guest: pam_systemd missing (apt-get install "
-                         "libpam-systemd): logins would get no session")
+        raise CannotBoot(
+            "systemd guest: no overlay.ko under /usr/lib/uml/modules (user-mode-linux's modules)"
+        )
+    if not os.path.exists("/usr/lib/x86_64-linux-gnu/security/pam_systemd.so") and not glob.glob(
+        "/usr/lib*/**/pam_systemd.so", recursive=True
+    ):
+        raise CannotBoot(
+            "systemd guest: pam_systemd missing (apt-get install "
+            "libpam-systemd): logins would get no session"
+        )
     if not (shutil.which("dbus-daemon") or shutil.which("dbus-broker")):
-        raise CannotBoot("systemd guest: no D-Bus daemon (apt-get install dbus): logind "
-                         "needs the system bus")
+        raise CannotBoot(
+            "systemd guest: no D-Bus daemon (apt-get install dbus): logind needs the system bus"
+        )
 
 
 def build_layer(layer: Path) -> None:
@@ -98,8 +108,12 @@ def build_layer(layer: Path) -> None:
     if layer.exists():
         shutil.rmtree(layer)
     system = layer / "etc/systemd/system"
-    for d in (system, layer / "etc/systemd/system-generators", layer / "usr/lib/modules",
-              layer / "var/lib/systemd/linger"):
+    for d in (
+        system,
+        layer / "etc/systemd/system-generators",
+        layer / "usr/lib/modules",
+        layer / "var/lib/systemd/linger",
+    ):
         d.mkdir(parents=True)
     version = kernel_modules()
     (layer / f"usr/lib/modules/{version}").symlink_to(f"/usr/lib/uml/modules/{version}")
@@ -144,8 +158,10 @@ class SystemdRun:
         if self.results is None:
             return f"the guest wrote no results.json ({self.wall_s:.1f} s wall)"
         r = self.results
-        return (f"systemd guest: checks from {r['uptime_at_start']:.1f} s to "
-                f"{r['uptime_at_end']:.1f} s of guest uptime, {self.wall_s:.1f} s wall")
+        return (
+            f"systemd guest: checks from {r['uptime_at_start']:.1f} s to "
+            f"{r['uptime_at_end']:.1f} s of guest uptime, {self.wall_s:.1f} s wall"
+        )
 
     def report(self) -> str:
         return f"{self.verdict()}\n--- tail of the guest console ---\n{self.tail()}"
@@ -158,8 +174,9 @@ def pick_cpu() -> int:
     return int(want) if want and int(want) in allowed else allowed[-1]
 
 
-def boot(out_dir: str, *, timeout: float = TIMEOUT_S, cpu: int | None = None,
-         extra: tuple[str, ...] = ()) -> SystemdRun:
+def boot(
+    out_dir: str, *, timeout: float = TIMEOUT_S, cpu: int | None = None, extra: tuple[str, ...] = ()
+) -> SystemdRun:
     """One boot: every check, then power-off. ``extra``: more kernel command-line
     words (``systemd.log_level=debug``, say)."""
     check_bootable()
@@ -172,16 +189,38 @@ def boot(out_dir: str, *, timeout: float = TIMEOUT_S, cpu: int | None = None,
     layer = out / "layer"
     build_layer(layer)
     (out / "uml").mkdir(exist_ok=True)
-    cmdline = ["taskset", "-c", str(pick_cpu() if cpu is None else cpu),
-               uml.LINUX_UML, f"mem={GUEST_MEM}", "rootfstype=hostfs", "rootflags=/", "ro",
-               f"init={INIT}", "con0=fd:0,fd:1", "con=null", "quiet",
-               f"uml_dir={out / 'uml'}", "systemd.unit=agent-supervise-check.target",
-               "systemd.show_status=0", f"AS_LAYER={layer}", f"AS_OUT={out}",
-               f"AS_REPO={REPO}", f"AS_PYTHON={sys.executable}", *extra]
+    cmdline = [
+        "taskset",
+        "-c",
+        str(pick_cpu() if cpu is None else cpu),
+        uml.LINUX_UML,
+        f"mem={GUEST_MEM}",
+        "rootfstype=hostfs",
+        "rootflags=/",
+        "ro",
+        f"init={INIT}",
+        "con0=fd:0,fd:1",
+        "con=null",
+        "quiet",
+        f"uml_dir={out / 'uml'}",
+        "systemd.unit=agent-supervise-check.target",
+        "systemd.show_status=0",
+        f"AS_LAYER={layer}",
+        f"AS_OUT={out}",
+        f"AS_REPO={REPO}",
+        f"AS_PYTHON={sys.executable}",
+        *extra,
+    ]
     started = time.monotonic()
     with open(out / "console.log", "wb") as console:
-        proc = subprocess.Popen(cmdline, stdin=subprocess.DEVNULL, stdout=console,
-                                stderr=subprocess.STDOUT, cwd=out, start_new_session=True)
+        proc = subprocess.Popen(
+            cmdline,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            cwd=out,
+            start_new_session=True,
+        )
     timed_out = False
     try:
         proc.wait(timeout=timeout)
@@ -207,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agent-supervise-systemd.") as tmp:
         try:
-            run = boot(opts.out or tmp, timeout=opts.timeout, cpu=opts.cpu,
-                       extra=tuple(opts.extra))
+            run = boot(opts.out or tmp, timeout=opts.timeout, cpu=opts.cpu, extra=tuple(opts.extra))
         except CannotBoot as err:
             print(f"run_guest: {err}", file=sys.stderr)
             return 2

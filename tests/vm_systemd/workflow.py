@@ -58,6 +58,7 @@ def expand(text: str, matrix: dict) -> str:
         if expr.startswith("matrix.") and expr[7:] in matrix:
             return str(matrix[expr[7:]])
         raise Unsupported(f"expression ${{{{ {expr} }}}}")
+
     return EXPR.sub(one, text)
 
 
@@ -85,9 +86,21 @@ def jobs() -> list[tuple[str, dict, list[dict]]]:
 
 
 def checkout(workspace: Path) -> None:
-    shutil.copytree(REPO, workspace, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", "runs", ".pytest_cache",
-        ".ruff_cache"))
+    shutil.copytree(
+        REPO,
+        workspace,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            "runs",
+            ".pytest_cache",
+            ".ruff_cache",
+        ),
+    )
     for top, dirs, files in os.walk(workspace):
         for name in dirs + files:
             os.lchown(os.path.join(top, name), RUNNER_UID, RUNNER_UID)
@@ -100,10 +113,18 @@ def run_job(index: int, name: str, matrix: dict, steps: list[dict], deadline: fl
         shutil.rmtree(workspace)
     workspace.parent.mkdir(parents=True, exist_ok=True)
     os.chown(workspace.parent, RUNNER_UID, RUNNER_UID)
-    env = {"PATH": f"{os.path.dirname(sys.executable)}:{SYSTEM_PATH}", "HOME": f"/home/{RUNNER}",
-           "USER": RUNNER, "LOGNAME": RUNNER, "LANG": "C.UTF-8", "CI": "true",
-           "GITHUB_ACTIONS": "true", "RUNNER_OS": "Linux", "GITHUB_WORKSPACE": str(workspace),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        "PATH": f"{os.path.dirname(sys.executable)}:{SYSTEM_PATH}",
+        "HOME": f"/home/{RUNNER}",
+        "USER": RUNNER,
+        "LOGNAME": RUNNER,
+        "LANG": "C.UTF-8",
+        "CI": "true",
+        "GITHUB_ACTIONS": "true",
+        "RUNNER_OS": "Linux",
+        "GITHUB_WORKSPACE": str(workspace),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     found = {"name": name, "matrix": matrix, "steps": [], "ok": True}
     failed = False
     for i, step in enumerate(steps):
@@ -141,16 +162,38 @@ def run_job(index: int, name: str, matrix: dict, steps: list[dict], deadline: fl
         path.write_text(script)
         started = time.monotonic()
         try:
-            proc = subprocess.run(["runuser", "-u", RUNNER, "--", "env", "-i",
-                                   *(f"{k}={v}" for k, v in env.items()), "bash",
-                                   "--noprofile", "--norc", "-eo", "pipefail", str(path)],
-                                  cwd=workspace, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=max(5.0, min(60.0, deadline - time.monotonic())))
-            record.update(rc=proc.returncode, out=proc.stdout.decode(errors="replace"),
-                          err=proc.stderr.decode(errors="replace"))
+            proc = subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    RUNNER,
+                    "--",
+                    "env",
+                    "-i",
+                    *(f"{k}={v}" for k, v in env.items()),
+                    "bash",
+                    "--noprofile",
+                    "--norc",
+                    "-eo",
+                    "pipefail",
+                    str(path),
+                ],
+                cwd=workspace,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=max(5.0, min(60.0, deadline - time.monotonic())),
+            )
+            record.update(
+                rc=proc.returncode,
+                out=proc.stdout.decode(errors="replace"),
+                err=proc.stderr.decode(errors="replace"),
+            )
         except subprocess.TimeoutExpired as err:
-            record.update(rc=None, out=(err.stdout or b"").decode(errors="replace"),
-                          err=f"timed out after {err.timeout:.0f} s")
+            record.update(
+                rc=None,
+                out=(err.stdout or b"").decode(errors="replace"),
+                err=f"timed out after {err.timeout:.0f} s",
+            )
         record["t"] = round(time.monotonic() - started, 2)
         if record["rc"] != 0:
             failed, found["ok"] = True, False
@@ -162,10 +205,14 @@ def fresh_runner() -> str:
     what the next one gets (runner's linger, hence its user manager)."""
     subprocess.run(["loginctl", "disable-linger", RUNNER], capture_output=True)
     unit = f"user@{RUNNER_UID}.service"
-    subprocess.run(["systemctl", "stop", unit, f"user-runtime-dir@{RUNNER_UID}.service"],
-                   capture_output=True, timeout=30)
-    return subprocess.run(["systemctl", "is-active", unit], capture_output=True,
-                          text=True).stdout.strip()
+    subprocess.run(
+        ["systemctl", "stop", unit, f"user-runtime-dir@{RUNNER_UID}.service"],
+        capture_output=True,
+        timeout=30,
+    )
+    return subprocess.run(
+        ["systemctl", "is-active", unit], capture_output=True, text=True
+    ).stdout.strip()
 
 
 def run_all(deadline: float) -> list[dict]:
