@@ -328,7 +328,7 @@ def _agent_problem(merged: dict) -> tuple[str, str] | None:
         if merged.get("group") is not None:
             lookup_group(merged["group"])
     except BadInput as err:
-        return (err.message, err.hint)
+        return (err.message, err.hint or "")
     limit = merged.get("memory_limit", AgentSpec.memory_limit)
     if merged.get("on_memory_kill") == "grow":
         top = merged.get("max_memory_limit")

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-EMPTY: Mapping[str, str] = MappingProxyType({})
+EMPTY: Mapping = MappingProxyType({})  # an empty, read-only default of any mapping field
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from agent_supervise.limits.pids import PidsLeaf
 
 #: A step the child runs before exec: (name of the system call, function).
-ChildStep = tuple[str, Callable[[], None]]
+ChildStep = tuple[str, Callable[[], object]]
 
 
 @dataclass(frozen=True)
@@ -57,16 +57,14 @@ class ChildSetup:
         """The same, as Python functions for subprocess's preexec_fn (the fallback)."""
         import resource
 
-        steps: list[ChildStep] = []
-        for fd, path in self.procs:
-            steps.append((f"write(0 > {path})", lambda fd=fd: os.write(fd, b"0")))
-        for which, value in self.rlimits:
-            steps.append(
-                (
-                    f"setrlimit({which}, {value})",
-                    lambda w=which, v=value: resource.setrlimit(w, (v, v)),
-                )
-            )
+        def write_zero(fd: int) -> Callable[[], object]:
+            return lambda: os.write(fd, b"0")
+
+        def set_limit(which: int, value: int) -> Callable[[], object]:
+            return lambda: resource.setrlimit(which, (value, value))
+
+        steps: list[ChildStep] = [(f"write(0 > {path})", write_zero(fd)) for fd, path in self.procs]
+        steps += [(f"setrlimit({w}, {v})", set_limit(w, v)) for w, v in self.rlimits]
         return steps
 
     def describe_step(self, index: int) -> str:
@@ -168,6 +166,10 @@ class Cage(abc.ABC):
     path: str = ""
     #: The v1 pids leaf it also joins where one is made (pids.py), else None.
     companion: PidsLeaf | None = None
+    #: The agent's root, once attached.
+    pid: int | None = None
+    #: The process cap it was made with (0: none).
+    pids_limit: int = 0
 
     @functools.cached_property
     def orphans(self) -> set[int]:

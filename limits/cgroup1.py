@@ -136,6 +136,7 @@ class Cgroup1Backend(CgroupBackend):
         ]
         if not mounts:
             raise Unavailable("no cgroup v1 hierarchy has the memory controller")
+        parent: str | None
         if self.requested_root:
             parent = self.requested_root
         else:

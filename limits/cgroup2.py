@@ -198,24 +198,28 @@ class Cgroup2Backend(CgroupBackend):
         if self.parent is not None:
             return self.parent
         mount = self._memory_mount()
+        own: str | None = None
+        candidates: list[object]  # cgroup paths, and the _SCOPE step
         if self.requested_root:
             candidates = [self.requested_root]
         else:
             own = cgroup_dir(mount, own_cgroups(self.cgroup_file).get("", "/"))
             if own is None:
                 raise Unavailable(f"this process's cgroup is not visible under {mount.point}")
-            candidates = _self_and_ancestors(own, mount.point)
+            candidates = list(_self_and_ancestors(own, mount.point))
             if self.systemd is not None:
                 candidates.insert(1, _SCOPE)
         reasons = []
         for candidate in candidates:
             if candidate is _SCOPE:
+                assert own is not None  # the step is only offered with an own cgroup
                 try:
                     return self._delegated_scope(mount.point, own)
                 except Unavailable as err:
                     self._why_no_scope = str(err)
                     reasons.append(f"systemd: {err}")
                     continue
+            assert isinstance(candidate, str)
             try:
                 self._prepare_parent(candidate, is_root=candidate == mount.point)
                 self.probe_leaf(candidate)

@@ -101,7 +101,7 @@ class CgroupCage(Cage):
             self.companion.attach()
 
     def child_setup(self) -> ChildSetup:
-        procs = ((self._procs_fd, self._file("cgroup.procs")),)
+        procs: tuple[tuple[int, str], ...] = ((self._procs_fd, self._file("cgroup.procs")),)
         if self.companion is not None:
             procs += (self.companion.child_proc(),)
         return ChildSetup(procs=procs)
@@ -181,7 +181,7 @@ class CgroupCage(Cage):
         self._released = True
 
 
-def remove_when_empty(fs: CgroupFS, cage: CgroupCage) -> int:
+def remove_when_empty(fs: CgroupFS, cage: CgroupCage | PidsLeaf) -> int:
     """SIGKILL whatever is inside, wait for it to drain, rmdir. Returns how many
     processes had to be killed.
 
@@ -259,20 +259,18 @@ class CgroupBackend(Backend):
         return self._owner
 
     def next_path(self, label: str) -> str:
-        if self.parent is None:
-            self.probe()
+        parent = self.parent or self.probe()
         self._seq += 1
-        return os.path.join(self.parent, cage_name(self.owner(), self._seq, label))
+        return os.path.join(parent, cage_name(self.owner(), self._seq, label))
 
     def clean_stale(self) -> list[StaleCage]:
-        if self.parent is None:
-            self.probe()
+        parent = self.parent or self.probe()
         found = []
-        for entry in sorted(self.fs.listdir(self.parent)):
+        for entry in sorted(self.fs.listdir(parent)):
             owner = stale_owner(entry)
             if owner is None:
                 continue
-            path = os.path.join(self.parent, entry)
+            path = os.path.join(parent, entry)
             cage = self.cage_class(self.fs, path, 0, self.name)
             try:
                 killed = remove_when_empty(self.fs, cage)

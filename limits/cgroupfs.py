@@ -107,7 +107,7 @@ class Mount:
 
 
 def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
-    mounts = []
+    mounts: list[Mount] = []
     try:
         with open(mountinfo) as f:
             lines = f.read().splitlines()

@@ -117,6 +117,7 @@ class PidsLeaf:
 
     def child_proc(self) -> tuple[int, str]:
         """The ``cgroup.procs`` the child writes "0" into before exec."""
+        assert self._procs_fd is not None  # opened by create()
         return self._procs_fd, self._file("cgroup.procs")
 
     def attach(self) -> None:
@@ -228,6 +229,7 @@ class PidsHierarchy:
 
         if not self.available():
             return []
+        assert self.parent is not None  # available() found it
         found = []
         for entry in sorted(self.fs.listdir(self.parent)):
             owner = stale_owner(entry)

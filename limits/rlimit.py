@@ -61,7 +61,7 @@ class RlimitCage(Cage):
         self._value = limit if hard == resource.RLIM_INFINITY or hard >= limit else hard
 
     def child_setup(self) -> ChildSetup:
-        rlimits = ((KINDS[self.kind], self._value),)
+        rlimits: tuple[tuple[int, int], ...] = ((KINDS[self.kind], self._value),)
         if self.nproc:
             rlimits += ((resource.RLIMIT_NPROC, self.nproc),)
         procs = (self.companion.child_proc(),) if self.companion else ()

@@ -53,5 +53,6 @@ def kill_marked_orphans() -> list[StaleCage]:
     found = []
     for name, pids in sorted(victims.items()):
         signal_pids(pids, signal.SIGKILL)
-        found.append(StaleCage(f"processes marked {name}", stale_owner(name), len(pids), True))
+        owner = stale_owner(name) or 0  # 0 only if a pid was reused meanwhile
+        found.append(StaleCage(f"processes marked {name}", owner, len(pids), True))
     return found

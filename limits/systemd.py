@@ -299,6 +299,7 @@ class DelegatedScope:
         try:
             holder = os.path.join(path, HOLDER)
             self.fs.mkdir(holder)
+            assert self.proc is not None  # _run_holder started it
             self.fs.write(os.path.join(holder, "cgroup.procs"), str(self.proc.pid))
         except CageError as err:
             self.close()
@@ -324,6 +325,7 @@ class DelegatedScope:
             raise ScopeFailed(f"{shown}: {err.strerror or err}") from err
         finally:
             os.close(read_fd)
+        assert proc.stderr is not None  # stderr=PIPE
         err_fd = proc.stderr.fileno()
         os.set_blocking(err_fd, False)
         said = b""
@@ -374,6 +376,7 @@ class DelegatedScope:
                 "cannot be moved into the scope, and its agents could not "
                 "enter it from here"
             )
+        assert self.path is not None  # the scope exists
         sub = os.path.join(self.path, SUPERVISOR)
         try:
             self.fs.mkdir(sub)
@@ -426,11 +429,13 @@ class DelegatedScope:
             return
         os.close(self._write_fd)
         self._write_fd = None
+        proc = self.proc
+        assert proc is not None  # started with the write end
         try:
-            self.proc.wait(timeout=5)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            proc.kill()
+            proc.wait()
         if self.path is None:
             return
         holder = os.path.join(self.path, HOLDER)
@@ -493,7 +498,7 @@ def clean_stale_scopes(
     """Scopes in ``slice_dir`` of supervisors that are gone: remove the cages left in
     them (``remove(path)`` kills what is inside, waits, rmdirs: the count killed) and
     their holder's cgroup; then the scope is empty and systemd removes it."""
-    found = []
+    found: list[StaleCage] = []
     try:
         entries = sorted(fs.listdir(slice_dir))
     except CageError:

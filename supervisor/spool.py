@@ -131,6 +131,7 @@ class FolderHealth:
         with self._lock:
             spool = self._by_path.get(path)
         if spool is None:
+            error: OSError | None
             try:
                 fd = os.open(path, APPEND, 0o644)
             except OSError as err:

@@ -42,6 +42,7 @@ def parse_size(text: str | int, *, what: str = "size", allow_zero: bool = False)
     """
     if isinstance(text, bool):
         raise BadInput(f"{what}: {text!r} is not a size", hint="try 50M")
+    value: float
     if isinstance(text, int):
         value = text
     else:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from typing import cast
 
 from agent_supervise import limits
 from agent_supervise.agents.spec import SupervisorSettings, Task
@@ -182,12 +183,13 @@ class LocalEngine:
         ended: list[RunView] = []
         for run in self.loop.step(max_wait):
             out = run.outcome
+            assert out is not None  # the loop returns the runs that ended
             # Reaped by the loop: tell Popen, so it never waits on the pid again.
             run.proc.returncode = out.status if out.status is not None else -(out.signal or 0)
             if run.worker is not None:
                 self.pools.worker_ended(run)
             else:
-                ended.append(run)
+                ended.append(cast(RunView, run))  # an engine's runs carry their task
         self.pools.tick(self.clock())
         ended += self.pools.done
         self.pools.done = []

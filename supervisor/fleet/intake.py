@@ -7,7 +7,9 @@ safe to call from a thread other than the loop's.
 
 from __future__ import annotations
 
+import collections
 import threading
+from typing import TYPE_CHECKING
 
 from agent_supervise.agents import bounds as B
 from agent_supervise.agents.spec import TaskSpec, make_task
@@ -15,8 +17,41 @@ from agent_supervise.agents.tasks import task_problem
 from agent_supervise.errors import BadInput, CircuitOpen
 from agent_supervise.fleet.breaker import BreakerState
 
+if TYPE_CHECKING:
+    from agent_supervise.agents.spec import FleetSpec, SupervisorSettings
+    from agent_supervise.fleet.policies import Policies
+    from agent_supervise.fleet.seams import Engine
+    from agent_supervise.fleet.summary import FleetResult
+    from agent_supervise.fleet.taskqueue import TaskQueue
+    from agent_supervise.rundir import EventLog
+
 
 class Intake:
+    # What the Supervisor gives this mixin (it sets them in its __init__): declared
+    # here so that the type checker holds both to the same names and types.
+    fleet: FleetSpec
+    settings: SupervisorSettings
+    events: EventLog
+    engine: Engine
+    queue: TaskQueue
+    policies: Policies
+    rejected: list[dict]
+    rejected_count: int
+    result: FleetResult | None
+    error: BaseException | None
+    _counters: collections.Counter
+    _feeds: int
+    _first_dropped: str | None
+    _lock: threading.Lock
+    _open: bool
+    _thread: threading.Thread | None
+
+    if TYPE_CHECKING:
+
+        def run(self, catch_signals: bool = True) -> FleetResult: ...
+
+        def _check_fits(self, specs: list[TaskSpec]) -> None: ...
+
     def submit(self, spec: TaskSpec, block: bool = True, timeout: float | None = None) -> None:
         """Queue ``spec`` (``repeat`` times). Blocks while the queue is full; with
         ``block=False`` raises :class:`~agent_supervise.fleet.taskqueue.QueueFull`."""
@@ -87,10 +122,11 @@ class Intake:
     def start(self) -> None:
         """Run the loop in a dedicated, long-lived thread (for orchestrators). Signals
         stay the host program's; stop the fleet with ``close()``."""
-        self._thread = threading.Thread(
+        thread = threading.Thread(
             target=self._run_in_thread, name="agent-supervise-loop", daemon=True
         )
-        self._thread.start()
+        self._thread = thread
+        thread.start()
 
     def _run_in_thread(self) -> None:
         try:
@@ -100,6 +136,8 @@ class Intake:
 
     def wait(self, timeout: float | None = None):
         """The result once the run ended (None if ``timeout`` passed first)."""
+        if self._thread is None:
+            raise RuntimeError("wait() before start()")
         self._thread.join(timeout)
         if self._thread.is_alive():
             return None

@@ -18,6 +18,7 @@ from agent_supervise.fleet.pool import (
     task_line,
 )
 from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
+from agent_supervise.rundir import RunDir
 
 
 class PoolState(TextEnum):
@@ -35,7 +36,7 @@ class PoolKeeper:
         self.workers: dict[str, list[Worker]] = {}
         self._count: dict[str, int] = {}
         self.done: list[PooledRun] = []  # jobs that ended since the last step
-        self.rundir = None  # where answers go (one run folder per run)
+        self.rundir: RunDir | None = None  # where answers go (one run folder per run)
 
     def all(self) -> list[Worker]:
         return [w for ws in self.workers.values() for w in ws]
@@ -146,6 +147,7 @@ class PoolKeeper:
                 self._protocol_error(worker, f"answered without a task: {line[:80]!r}")
                 return
             reason, detail = judge(job, line)
+            assert self.rundir is not None  # set by start(), before any worker answers
             self.rundir.append(job.result_path, line + b"\n")
             if detail.startswith(PROTOCOL):
                 self._protocol_error(worker, detail[len(PROTOCOL) :])

@@ -224,7 +224,7 @@ class FleetResult:
             ("peak / cap", "right"),
             ("time", "right"),
         ):
-            table.add_column(name, justify=justify)
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]  # rich: Literal
         shown = self.tasks
         if len(shown) > max_rows:
             keep = {id(e) for e in sorted(shown, key=lambda e: e["reason"] == "ok")[:max_rows]}

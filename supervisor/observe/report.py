@@ -51,7 +51,7 @@ def figure(events: list[dict], title: str):
         color = f"C{i % 10}"
         xs = [t for t, _ in line["points"]]
         ys = [None if v is None else v / MiB for _, v in line["points"]]
-        ax.plot(xs, ys, color=color, label=task, linewidth=1.6)
+        ax.plot(xs, ys, color=color, label=task, linewidth=1.6)  # type: ignore[arg-type]  # None: a gap
         if line["limit"]:
             ax.axhline(line["limit"] / MiB, color=color, linestyle="--", linewidth=0.8, alpha=0.7)
         for t, peak, reason in line["ends"]:

@@ -50,7 +50,7 @@ class Request:
     cmd: tuple[str, ...]
     label: str  # the cage's name ends with it
     memory: int
-    pids: int | None
+    pids: int  # the process cap; 0: none
     env: Mapping[str, str]  # everything but the cage marker, added here
     grace: float
     timeout: float | None
@@ -94,7 +94,8 @@ def launch(
             raise
         return _never(req, Reason.SETUP_FAILED, str(err), backend.name, clock() - t0)
     env = {**req.env, CAGE_ENV: cage.name}
-    stdout, stderr, close = (req.stdout, req.stderr, ())
+    stdout, stderr = req.stdout, req.stderr
+    close: tuple[int, ...] = ()
     started = clock()
     # A child inherits the signal mask through exec: a supervisor thread that blocks
     # signals (Ray blocks SIGINT in its worker's main thread) would start an agent

@@ -27,7 +27,7 @@ import os
 import random
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
 from agent_supervise.run.escape import CONFIRM_AFTER_S, EscapeState
@@ -109,7 +109,8 @@ class AgentRun:
         self.check_at = now
         self.outcome: Outcome | None = None
         self.task: Task | None = task  # the fleet's Task, when run by an engine
-        self.proc = None  # the Popen object, kept so it never waits on the pid itself
+        #: The spawned child (Popen-like), kept so that it never waits on the pid itself.
+        self.proc: Any = None
         #: The pool worker this process is (poolkeeper.py); None for a task's own run.
         self.worker: Worker | None = None
         self.watchdog = Watchdog(spec.limit, spec.poll, adaptive=not cage.kernel_enforced)
@@ -145,7 +146,7 @@ class AgentRun:
         """Tampered limits (escaped) or a fork refused at the cap (pids_exceeded):
         a few preads on kept-open fds; the agent is killed at once."""
         cause, why = self._breach()
-        if why:
+        if why and cause is not None:
             self.detail = why
             self.stop(cause, signal.SIGKILL, now)
         return bool(why)
@@ -358,6 +359,7 @@ class AgentRun:
         return self.outcome
 
     def _reason(self, oom: int):
+        assert self.status is not None  # called once the root was reaped
         status = os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
         killed_by = os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
         if self.cause is not None:

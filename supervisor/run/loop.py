@@ -16,6 +16,7 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from agent_supervise.proctree import ProcessTable
 from agent_supervise.run.lifecycle import AgentRun
@@ -69,7 +70,7 @@ class Loop:
         self.tracker = OrphanTracker(self.table, reap_foreign)
         self.epoll = select.epoll()
         self.runs: dict[int, AgentRun] = {}
-        self._handlers: dict[int, object] = {}
+        self._handlers: dict[int, Callable[[], None]] = {}
         self._pidfds: dict[int, int] = {}
         self.on_interrupt = on_interrupt or self.interrupt_all
         self.signals: SignalInbox | None = None
@@ -160,6 +161,7 @@ class Loop:
                 run.cage.notes.append(note)
 
     def _on_signals(self) -> None:
+        assert self.signals is not None  # registered by catch_signals()
         for signum in self.signals.drain():
             if signum == signal.SIGCHLD:
                 self._on_child()
