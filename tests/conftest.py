@@ -238,10 +238,13 @@ def run_cli(
 
 
 def json_outcome(proc: subprocess.CompletedProcess) -> dict:
-    """The ``--json`` outcome: the last line of stderr."""
+    """The ``--json`` outcome: the last line of stderr. An agent killed mid-write (a
+    fork bomb's "can't start new thread") may leave its last line unfinished on the
+    stderr it shares with the supervisor: the outcome then begins on that line."""
     lines = proc.stderr.decode().strip().splitlines()
     assert lines, f"no output on stderr; stdout={proc.stdout[-500:]!r}"
-    return json.loads(lines[-1])
+    last = lines[-1]
+    return json.loads(last[last.rfind('{"reason"'):] if '{"reason"' in last else last)
 
 
 def supervise(backend: str, *cmd, memory: str = "50M", extra=(), timeout: float = 60):
