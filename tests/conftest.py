@@ -189,8 +189,24 @@ def no_leaks(tmp_path_factory):
 def cages_since(before: set[str]) -> set[str]:
     """Cages made since ``before`` (a :func:`cage_dirs`) by this session. A cage whose
     supervisor still runs belongs to someone else's test session on this machine, not
-    to this test, unless that supervisor is this very process."""
-    return {p for p in cage_dirs() - before if _cage_owner(p) in (None, os.getpid())}
+    to this test, unless that supervisor is this very process; so does one whose
+    supervisor started before this session did (it cannot be one this session ran)."""
+    return {
+        p
+        for p in cage_dirs() - before
+        if _cage_owner(p) in (None, os.getpid()) and not _older_than_me(p)
+    }
+
+
+def _older_than_me(path: str) -> bool:
+    from agent_supervise.proctree import ProcessTable
+
+    me = ProcessTable().stat(os.getpid())
+    try:
+        started = int(os.path.basename(path).split(".")[1].split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    return me is not None and started < me.starttime
 
 
 def _cage_owner(path: str) -> int | None:
@@ -244,7 +260,7 @@ def json_outcome(proc: subprocess.CompletedProcess) -> dict:
     lines = proc.stderr.decode().strip().splitlines()
     assert lines, f"no output on stderr; stdout={proc.stdout[-500:]!r}"
     last = lines[-1]
-    return json.loads(last[last.rfind('{"reason"'):] if '{"reason"' in last else last)
+    return json.loads(last[last.rfind('{"reason"') :] if '{"reason"' in last else last)
 
 
 def supervise(backend: str, *cmd, memory: str = "50M", extra=(), timeout: float = 60):
