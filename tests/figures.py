@@ -87,12 +87,18 @@ def rows_block(rows: dict, backends: list[str]) -> list[str]:
         + " |",
         "|---|" + "---|" * len(columns),
     ]
-    for row in sorted(by_row):
+    for row in sorted(by_row, key=_numbered):
         cells = [
             f"{sum(c.values())}/{len(c)}" if (c := by_row[row].get(b)) else "–" for b in columns
         ]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _numbered(row: str) -> tuple:
+    """``"10. x"`` after ``"9. y"``; unnumbered rows last."""
+    head = row.split(".", 1)[0]
+    return (int(head), row) if head.isdigit() else (10**9, row)
 
 
 def readme_block(text: str) -> str | None:
