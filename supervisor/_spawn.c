@@ -98,7 +98,6 @@ struct child_args {
     gid_t *groups;
     int ngroups, death_signal, report_fd;
     pid_t parent;
-    sigset_t *old_mask;
     /* Namespaces (see _nsinit.c): set only when the child was cloned into new PID,
      * IPC and mount namespaces. */
     int isolated;
@@ -219,7 +218,13 @@ static __attribute__((noinline, noreturn)) void child(struct child_args *a) {
             sigaction(sig, &sa, NULL);
         }
     }
-    sigprocmask(SIG_SETMASK, a->old_mask, NULL);
+    /* The agent starts with no signal blocked, as a shell starts a program: the
+     * mask survives exec, and a supervisor thread that blocks signals (Ray blocks
+     * SIGINT in its worker's main thread) would give the agent one that never sees
+     * a forwarded SIGINT. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
         /* Before Linux 5.11: mark each fd; report_fd stays open until exec. */
         long max = sysconf(_SC_OPEN_MAX);
@@ -347,7 +352,7 @@ static PyObject *spawn(PyObject *self, PyObject *args, PyObject *kw) {
     a.rl_resources = rl_resources; a.rl_values = rl_values; a.nrlimits = (int)nrl;
     a.nofile_soft = nofile_soft; a.nofile_hard = nofile_hard;
     a.uid = uid; a.gid = gid; a.groups = groups; a.ngroups = ngroups;
-    a.death_signal = death_signal; a.report_fd = report_fd; a.old_mask = &old;
+    a.death_signal = death_signal; a.report_fd = report_fd;
     a.parent = getpid();
     char parent_proc[32];
     snprintf(parent_proc, sizeof parent_proc, "/proc/%d", (int)a.parent);

@@ -237,6 +237,21 @@ def test_agents_get_the_supervisors_original_open_files_limit(path, monkeypatch)
     assert out.split() == ["512", str(hard)]
 
 
+@pytest.mark.parametrize("backend_name", ["cgroup1", "rlimit"])
+def test_the_agent_starts_with_no_signal_blocked(path, backend_name):
+    """A supervisor thread that blocks signals (Ray's worker blocks SIGINT) must not
+    hand its mask to the agent through exec: a forwarded ^C would never arrive."""
+    require_backend(backend_name)
+    cage = select_backend(backend_name).create("mask", 64 * MiB)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGUSR1})
+    try:
+        status, out = run(cage, ["grep", "^SigBlk", "/proc/self/status"])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(out.split()[1], 16) == 0, out
+
+
 def test_a_close_on_exec_fd_already_in_its_stdio_slot_reaches_the_agent(path, tmp_path):
     """stdin=0 when fd 0 itself is close-on-exec: the agent must still get it."""
     data = tmp_path / "in.txt"

@@ -18,7 +18,6 @@ one constructor of such outcomes.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -97,10 +96,6 @@ def launch(
     stdout, stderr = req.stdout, req.stderr
     close: tuple[int, ...] = ()
     started = clock()
-    # A child inherits the signal mask through exec: a supervisor thread that blocks
-    # signals (Ray blocks SIGINT in its worker's main thread) would start an agent
-    # that never sees a forwarded SIGINT. Unblock all for the spawn, as a shell would.
-    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
         if req.stdio is not None:
             stdout, stderr, close = req.stdio()
@@ -122,7 +117,6 @@ def launch(
         cage.release()
         return _never(req, failed.reason, failed.detail, cage.backend, clock() - t0)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for fd in close:
             os.close(fd)
     cage.attach(proc.pid)

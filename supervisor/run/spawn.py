@@ -270,6 +270,8 @@ class Spawner:
             )
         steps += creds.child_steps() if creds is not None else []
         steps.append(("prctl(PR_SET_PDEATHSIG)", self._death_signal_step()))
+        # As the C path: no signal blocked in the agent (the mask survives exec).
+        steps.append(("sigprocmask", lambda: signal.pthread_sigmask(signal.SIG_SETMASK, set())))
         try:
             return subprocess.Popen(
                 cmd,
