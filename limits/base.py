@@ -134,13 +134,20 @@ def cage_name(owner: str, seq: int, label: str) -> str:
     return f"{CAGE_PREFIX}.{owner}.{seq}" + (f".{slug}" if slug else "")
 
 
+def cage_owner(name: str) -> tuple[int, int] | None:
+    """(pid, start time in clock ticks) of the supervisor that made cage ``name``;
+    None if ``name`` is no cage's."""
+    match = _NAME_RE.fullmatch(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def stale_owner(name: str) -> int | None:
     """If ``name`` is a cage whose supervisor is gone, that supervisor's pid."""
-    match = _NAME_RE.fullmatch(name)
-    if not match:
+    owner = cage_owner(name)
+    if owner is None:
         return None
-    pid = int(match.group(1))
-    return None if owner_alive(pid, match.group(2)) else pid
+    pid, started = owner
+    return None if owner_alive(pid, str(started)) else pid
 
 
 def is_cage_name(name: str) -> bool:

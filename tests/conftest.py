@@ -191,32 +191,32 @@ def cages_since(before: set[str]) -> set[str]:
     supervisor still runs belongs to someone else's test session on this machine, not
     to this test, unless that supervisor is this very process; so does one whose
     supervisor started before this session did (it cannot be one this session ran)."""
-    return {
-        p
-        for p in cage_dirs() - before
-        if _cage_owner(p) in (None, os.getpid()) and not _older_than_me(p)
-    }
+    return {p for p in cage_dirs() - before if _made_by_this_session(p)}
 
 
-def _older_than_me(path: str) -> bool:
+def _made_by_this_session(path: str) -> bool:
+    """This process made it, or a supervisor gone now that started after this session
+    did (a live one belongs to someone else's session, and so does an older one)."""
+    from agent_supervise.limits.base import cage_owner, owner_alive
+
+    owner = cage_owner(os.path.basename(path))
+    if owner is None:
+        return False
+    pid, started = owner
+    if pid == os.getpid():
+        return True
+    return not owner_alive(pid, str(started)) and started >= _SESSION_START
+
+
+def _own_start() -> int:
     from agent_supervise.proctree import ProcessTable
 
     me = ProcessTable().stat(os.getpid())
-    try:
-        started = int(os.path.basename(path).split(".")[1].split("-")[1])
-    except (IndexError, ValueError):
-        return False
-    return me is not None and started < me.starttime
+    return me.starttime if me is not None else 0
 
 
-def _cage_owner(path: str) -> int | None:
-    """The pid of the live supervisor that owns a cage, or None if it is gone."""
-    from agent_supervise.limits.base import stale_owner
-
-    name = os.path.basename(path)
-    if stale_owner(name) is not None:
-        return None
-    return int(name.split(".")[1].split("-")[0])
+#: This session's start time in clock ticks, as cage names carry their owner's.
+_SESSION_START = _own_start()
 
 
 def _remove_cage(path: str) -> None:
