@@ -48,6 +48,11 @@ _spec.loader.exec_module(workflow)
 STAGE_BUDGET_S = 110.0
 SCOPE = re.compile(r"/agent-supervise-\d+-\d+-\d+\.scope/agent-supervise\.\d+-\d+\.\d+\.")
 USER_SLICE = "/user.slice/user-1001.slice/user@1001.service/app.slice/"
+#: doctor's cgroup2 line for root under systemd: a scope of the system manager
+SYSTEM_SCOPE = re.compile(
+    r"cgroup2 +yes +/sys/fs/cgroup/system.slice/agent-supervise-\S+\.scope "
+    r"\(a delegated scope .* from the system manager"
+)
 
 
 # -- the systemd stage ----------------------------------------------------------------
@@ -113,11 +118,7 @@ def test_doctor_as_each_user(guest, capsys):
             print(f"\n===== agent-supervise doctor as {who} (in {where}) =====\n{step['out']}")
             assert step["rc"] == 0, _show(step)
     root, dev, runner = (_step(guest, w, "doctor")["out"] for w in ("root", "dev", "runner"))
-    assert re.search(
-        r"cgroup2 +yes +/sys/fs/cgroup/system.slice/agent-supervise-\S+\.scope "
-        r"\(a delegated scope .* from the system manager",
-        root,
-    ), root
+    assert SYSTEM_SCOPE.search(root), root
     assert re.search(
         r"cgroup2 +yes +/sys/fs/cgroup" + USER_SLICE + r"agent-supervise-\S+ "
         r"\(a delegated scope .* from the user manager of uid 1001 .*moved "
@@ -298,11 +299,7 @@ def test_workflow_jobs_put_cages_where_the_readme_says(guest):
     root, linger, plain = (
         _job_step(j, "Which memory-limit backends")["out"] for j in guest.results["workflow"]
     )
-    assert re.search(
-        r"cgroup2 +yes +/sys/fs/cgroup/system.slice/agent-supervise-\S+\.scope "
-        r"\(a delegated scope .* from the system manager",
-        root,
-    ), root
+    assert SYSTEM_SCOPE.search(root), root
     assert re.search(
         r"cgroup2 +yes +/sys/fs/cgroup/user.slice/user-1002.slice/"
         r"user@1002.service/app.slice/agent-supervise-\S+\.scope "
