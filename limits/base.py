@@ -29,10 +29,12 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from agent_supervise.proctree import ProcessTable, signal_pids
 
+# typing.TYPE_CHECKING, without importing typing on every start (type checkers
+# read any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from agent_supervise.limits.pids import PidsLeaf
 

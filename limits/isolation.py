@@ -30,6 +30,7 @@ import resource
 from dataclasses import dataclass
 
 from agent_supervise import __file__ as _package_file
+from agent_supervise.linux import setns
 from agent_supervise.proctree import PAGE_SIZE
 
 #: Built beside the C spawner, in the agent_supervise package (setup.py).
@@ -273,17 +274,6 @@ class SharedMemoryMeter:
         self._shm_dir = self._sysv = None
 
 
-_LIBC: list = []
-
-
-def _setns(fd: int, nstype: int) -> int:
-    if not _LIBC:
-        import ctypes
-
-        _LIBC.append(ctypes.CDLL(None, use_errno=True))
-    return _LIBC[0].setns(fd, nstype)
-
-
 def _open_in_ipc_namespace(pid: int, path: str) -> int | None:
     try:
         own = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
@@ -295,15 +285,16 @@ def _open_in_ipc_namespace(pid: int, path: str) -> int | None:
         os.close(own)
         return None
     try:
-        if _setns(theirs, _CLONE_NEWIPC) != 0:
+        try:
+            setns(theirs, _CLONE_NEWIPC)
+        except OSError:
             return None
         try:
             return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         finally:
-            if _setns(own, _CLONE_NEWIPC) != 0:  # pragma: no cover - never seen
-                raise OSError("setns back to our own IPC namespace failed")
+            setns(own, _CLONE_NEWIPC)  # back home; a failure here is raised
     finally:
         os.close(own)
         os.close(theirs)

@@ -392,6 +392,30 @@ out:
     return NULL;
 }
 
+/* prctl(option, arg): for the supervisor itself (subreaper, parent-death signal).
+ * Here rather than through ctypes, whose import costs every `run` a few ms. */
+static PyObject *py_prctl(PyObject *self, PyObject *args) {
+    int option;
+    unsigned long arg;
+    if (!PyArg_ParseTuple(args, "ik", &option, &arg))
+        return NULL;
+    int result = prctl(option, arg, 0UL, 0UL, 0UL);
+    if (result < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(result);
+}
+
+/* setns(fd, nstype): os.setns arrived in Python 3.12; the watchdog uses it to read an
+ * agent's SysV shared memory from inside the agent's IPC namespace. */
+static PyObject *py_setns(PyObject *self, PyObject *args) {
+    int fd, nstype;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &nstype))
+        return NULL;
+    if (setns(fd, nstype) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))spawn, METH_VARARGS | METH_KEYWORDS,
      "spawn(paths, argv, envp, cwd, stdin, stdout, stderr, procs_fds, rlimits, "
@@ -399,6 +423,9 @@ static PyMethodDef methods[] = {
      "report_fd) -> pid\n\n"
      "vfork a child that enters its cage and execs. Failures come as 'step:errno' "
      "on report_fd (the child then exits 255)."},
+    {"setns", py_setns, METH_VARARGS, "setns(fd, nstype): setns(2)."},
+    {"prctl", py_prctl, METH_VARARGS,
+     "prctl(option, arg) -> int: prctl(2) with the other arguments 0."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spawn",

@@ -1,38 +1,82 @@
-"""The few Linux calls Python's standard library lacks: prctl, behind one small module.
+"""The few Linux calls Python's standard library lacks (prctl; setns before Python
+3.12), behind one small module.
 
-``prctl`` is reached through ctypes. The function object is looked up once, at
-import, so that the child side of a fork (see :mod:`agent_supervise.run.spawn`) only
-performs the foreign call itself and takes no Python-level locks.
+Each is the C extension's (``_spawn``), or, where it was not built, reached through
+ctypes (whose import costs a few ms of every start). ``prctl`` is found once, at
+import, so that the child side of a fork (see
+:mod:`agent_supervise.run.spawn`) only performs the foreign call itself and takes no
+Python-level locks.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
-# dlopen(NULL): the symbols already loaded into this process, the C library's among
-# them (Python links it). find_library("c") would import ctypes.util and run
-# ldconfig: ~10 ms on every start, for the same answer.
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-_prctl = _libc.prctl if _libc is not None else None
-if _prctl is not None:
-    _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    _prctl.restype = ctypes.c_int
+
+def _find_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        from agent_supervise._spawn import prctl as c_prctl
+    except ImportError:
+        pass
+    else:
+        return c_prctl
+    import ctypes
+
+    # dlopen(NULL): the symbols already loaded into this process, the C library's
+    # among them (Python links it). find_library("c") would import ctypes.util and
+    # run ldconfig: ~10 ms, for the same answer.
+    libc_prctl = ctypes.CDLL(None, use_errno=True).prctl
+    libc_prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
+    libc_prctl.restype = ctypes.c_int
+
+    def via_ctypes(option: int, arg: int) -> int:
+        result = libc_prctl(option, arg, 0, 0, 0)
+        if result < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return result
+
+    return via_ctypes
+
+
+_prctl = _find_prctl()
 
 
 def prctl(option: int, arg: int = 0) -> int:
     """Call prctl(2); raise OSError naming the call on failure."""
     if _prctl is None:
         raise OSError(38, "prctl is only available on Linux")
-    result = _prctl(option, arg, 0, 0, 0)
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
-    return result
+    try:
+        return _prctl(option, arg)
+    except OSError as err:
+        raise OSError(err.errno, f"prctl({option}): {os.strerror(err.errno or 0)}") from None
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Move the calling thread into the namespace ``fd`` refers to (setns(2))."""
+    if hasattr(os, "setns"):  # Python >= 3.12
+        os.setns(fd, nstype)
+        return
+    try:
+        from agent_supervise._spawn import setns as c_setns
+    except ImportError:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).setns(fd, nstype) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({nstype:#x}): {os.strerror(err)}") from None
+        return
+    try:
+        c_setns(fd, nstype)
+    except OSError as err:
+        raise OSError(err.errno, f"setns({nstype:#x}): {err.strerror}") from None
 
 
 def set_parent_death_signal(signum: int) -> None:

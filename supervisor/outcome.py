@@ -8,7 +8,6 @@ and Kubernetes/Docker report an OOM kill as 137 (128 + SIGKILL).
 from __future__ import annotations
 
 import enum
-import shlex
 import signal
 from dataclasses import dataclass, field
 
@@ -216,6 +215,8 @@ class Outcome:
 
 def shell_text(cmd, width: int = 80) -> str:
     """The command quoted as a shell would show it, shortened for one line."""
+    import shlex  # for messages only: off the start-up path
+
     text = shlex.join(cmd)
     if len(text) > width:
         text = text[: width - 3] + "..."

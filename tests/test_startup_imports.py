@@ -18,9 +18,11 @@ from agent_supervise.cli import main
 main(["run", "--backend", sys.argv[1], "--", "/bin/true"])
 """
 
-#: Not needed to run one agent: the fleet, observing, Ray, YAML, rich; and on the C
+#: Not needed to run one agent: click (a well-formed `run` is read without it), the
+#: fleet, observing, Ray, YAML, rich; the stdlib's ctypes, typing, random; and on the C
 #: spawn path neither subprocess nor cgroup2's systemd client (rlimit, cgroup1).
 NEVER = (
+    "click",
     "rich",
     "yaml",
     "psutil",
@@ -33,6 +35,9 @@ NEVER = (
     "agent_supervise.doctor",
     "json",
     "subprocess",
+    "ctypes",
+    "typing",
+    "random",
     "shutil",
     "agent_supervise.limits.cgroup2",
     "agent_supervise.limits.systemd",

@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from agent_supervise.errors import CageError
 from agent_supervise.outcome import Outcome, Reason
@@ -29,7 +28,12 @@ from agent_supervise.run.lifecycle import AgentRun, RunSpec
 from agent_supervise.run.reaper import CAGE_ENV
 from agent_supervise.run.spawn import SpawnFailed
 
+# typing.TYPE_CHECKING, without importing typing on every start (type checkers
+# read any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent_supervise.agents.spec import Task
     from agent_supervise.creds import Credentials
     from agent_supervise.limits.base import Backend, Cage

@@ -24,17 +24,20 @@ Rules:
 from __future__ import annotations
 
 import os
-import random
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
 from agent_supervise.run.escape import CONFIRM_AFTER_S, EscapeState
 from agent_supervise.run.watchdog import ThrashDetector, Watchdog
 from agent_supervise.units import format_size
 
+# typing.TYPE_CHECKING, without importing typing on every start (type checkers
+# read any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent_supervise.agents.spec import Task
     from agent_supervise.fleet.pool import Worker
 
@@ -233,7 +236,8 @@ class AgentRun:
         state = self.escape_state
         if state.suspects or state.moved_back:
             return CONFIRM_AFTER_S
-        return ESCAPE_CHECK_S * random.uniform(0.5, 1.5)
+        # From the kernel's random pool: an agent cannot predict it (nor seed it).
+        return ESCAPE_CHECK_S * (0.5 + int.from_bytes(os.urandom(2), "little") / 0xFFFF)
 
     def _escape_pending(self, now: float) -> bool:
         """At the end, with the cage empty: is anything of the tree still outside?"""

@@ -39,7 +39,7 @@ _DEVNULL = -3
 try:
     from agent_supervise import _spawn
 except ImportError:  # built without a C compiler: use the fallback
-    _spawn = None
+    _spawn = None  # type: ignore[assignment]
 
 
 @dataclass
