@@ -69,7 +69,8 @@ def compile_package() -> None:
     import agent_supervise.limits
 
     for package in (agent_supervise, agent_supervise.agents, agent_supervise.limits):
-        compileall.compile_dir(os.path.dirname(package.__file__), maxlevels=0, quiet=1)
+        # its subpackages (run/, cli/, fleet/, ...) too
+        compileall.compile_dir(os.path.dirname(package.__file__), maxlevels=2, quiet=1)
 
 
 def main(argv=None) -> int:
