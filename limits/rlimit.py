@@ -46,7 +46,7 @@ class RlimitCage(Cage):
     #: RLIMIT_NPROC to set (0: none), see RlimitBackend.create.
     nproc = 0
     _count = 0  # processes in the tree at the last usage() walk
-    #: Shared memory RSS does not show (with namespaces only: isolation.py).
+    #: Shared memory RSS does not show (with namespaces only: shmmeter.py).
     shared = None
 
     def __init__(self, kind: str, name: str, limit: int, table: ProcessTable) -> None:
@@ -71,11 +71,11 @@ class RlimitCage(Cage):
         super().attach(pid)
         if self.companion is not None:
             self.companion.attach()
-        from agent_supervise.limits import isolation
+        from agent_supervise.limits.shmmeter import SharedMemoryMeter, rlimit_uncounted
 
         if self.init_fd is not None:  # namespaces of its own: its shared memory counts
-            self.shared = isolation.SharedMemoryMeter.open(pid)
-        self.notes.append(isolation.rlimit_uncounted(self.shared is not None))
+            self.shared = SharedMemoryMeter.open(pid)
+        self.notes.append(rlimit_uncounted(self.shared is not None))
 
     def members(self) -> list[int]:
         roots = ([self.pid] if self.pid else []) + sorted(self.orphans)

@@ -152,6 +152,7 @@ def _namespaces() -> dict:
     """Whether agents get PID, IPC and mount namespaces of their own, and what that
     means for the promise (limits/isolation.py)."""
     from agent_supervise.limits import isolation
+    from agent_supervise.limits.shmmeter import rlimit_uncounted
 
     why = isolation.unavailable()
     if why is None:
@@ -163,7 +164,7 @@ def _namespaces() -> dict:
                 "other agents; a private /dev/shm and SysV limits sized to its cap)"
             ),
         }
-    return {"available": False, "detail": f"no ({why}); " + isolation.rlimit_uncounted(False)}
+    return {"available": False, "detail": f"no ({why}); " + rlimit_uncounted(False)}
 
 
 def _gib(n: int | None) -> str:

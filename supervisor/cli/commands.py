@@ -10,7 +10,7 @@ from agent_supervise.cli import require_linux
 from agent_supervise.cli.fleetcmd import fleet
 from agent_supervise.cli.runargs import OPTIONS
 from agent_supervise.cli.runcmd import run_command
-from agent_supervise.cli.viewcmds import logs, report, status
+from agent_supervise.cli.viewcmds import logs, recommend, report, status
 
 
 def invoke(args: list[str]) -> int:
@@ -152,5 +152,5 @@ def schema():
     return 0
 
 
-for _command in (fleet, status, logs, report):
+for _command in (fleet, status, logs, report, recommend):
     cli.add_command(_command)

@@ -1,4 +1,4 @@
-"""Commands that look at a run folder: ``status``, ``logs``, ``report``."""
+"""Commands that look at run folders: ``status``, ``logs``, ``report``, ``recommend``."""
 
 from __future__ import annotations
 
@@ -74,4 +74,23 @@ def report(run_dir, out):
     from agent_supervise.observe.report import build
 
     click.echo(f"wrote {build(run_dir, out)}")
+    return 0
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def recommend(run_dirs, as_json):
+    """Right-sized memory_limit and memory_high per agent, from the peaks its attempts
+    reached in RUN_DIR... (YAML to paste into the fleet file)."""
+    from agent_supervise.observe.recommend import advise, to_yaml
+
+    advice = advise(list(run_dirs))
+    if as_json:
+        import json
+
+        body = {"run_dirs": list(run_dirs), "agents": {a.agent: a.to_json() for a in advice}}
+        click.echo(json.dumps(body, indent=2))
+    else:
+        click.echo(to_yaml(advice, list(run_dirs)), nl=False)
     return 0

@@ -21,16 +21,15 @@ as which call failed; the parent raises :class:`SpawnFailed` naming it.
 
 from __future__ import annotations
 
-import errno
 import os
 import resource
 import signal
 import sys
-from dataclasses import dataclass
 
 from agent_supervise.limits import isolation
 from agent_supervise.linux import original_open_files_limit, set_parent_death_signal
 from agent_supervise.outcome import Reason
+from agent_supervise.run.spawnfail import SpawnFailed, exec_failure, step_failure
 
 #: subprocess.DEVNULL, which callers pass; importing subprocess for it would cost
 #: every start of the C path a few ms.
@@ -40,31 +39,6 @@ try:
     from agent_supervise import _spawn
 except ImportError:  # built without a C compiler: use the fallback
     _spawn = None  # type: ignore[assignment]
-
-
-@dataclass
-class SpawnFailed(Exception):
-    """The agent never ran: the exec failed or the cage could not be entered."""
-
-    reason: Reason
-    message: str
-    errno: int | None = None
-
-    @property
-    def why(self) -> str:
-        """The system's own words for the failure ("Permission denied")."""
-        return os.strerror(self.errno) if self.errno else self.message
-
-    @property
-    def detail(self) -> str:
-        """What an outcome's ``detail`` says: nothing for "not found" (the reason says
-        it all), the system's words for "not executable", else the whole message."""
-        if self.reason is Reason.NOT_FOUND:
-            return ""
-        return self.why if self.reason is Reason.NOT_EXECUTABLE else self.message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class Child:
@@ -213,7 +187,7 @@ class Spawner:
             os.close(init_r)
         os.waitpid(pid, 0)  # it (or, with namespaces, its init) exited after reporting
         step, _, code = report.partition(":")
-        raise _step_failure(int(step), int(code or 0), cmd, cwd, setup, creds)
+        raise step_failure(int(step), int(code or 0), cmd, cwd, setup, creds)
 
     def _devnull(self) -> int:
         """One /dev/null for every agent's stdin, opened once (close-on-exec: the
@@ -292,7 +266,7 @@ class Spawner:
             failed = os.read(report_r, 4096).decode(errors="replace") or str(err)
             raise SpawnFailed(Reason.SETUP_FAILED, f"entering the cage failed: {failed}") from None
         except OSError as err:
-            raise _exec_failure(err, cmd, cwd) from None
+            raise exec_failure(err, cmd, cwd) from None
         finally:
             os.close(report_r)
             if report_w >= 0:
@@ -347,40 +321,3 @@ def _child_setup(steps, report_fd: int):
                 raise
 
     return setup
-
-
-def _step_failure(step: int, code: int, cmd, cwd, setup, creds) -> SpawnFailed:
-    """Turn the vfork child's "step:errno" report into the same errors as the fallback."""
-    if step == _spawn.S_EXEC:
-        return _exec_failure(OSError(code, os.strerror(code), cmd[0]), cmd, None)
-    if step == _spawn.S_CHDIR:
-        return _exec_failure(OSError(code, os.strerror(code), cwd), cmd, cwd)
-    if step >= _spawn.S_CAGE_BASE:
-        call = setup.describe_step(step - _spawn.S_CAGE_BASE)
-        return SpawnFailed(
-            Reason.SETUP_FAILED, f"entering the cage failed: {call}: {os.strerror(code)}", code
-        )
-    call = {
-        _spawn.S_RLIMIT: "setrlimit(RLIMIT_NOFILE)",
-        _spawn.S_ISOLATE: "namespaces (a private /dev/shm, IPC limits, the init's fds)",
-        _spawn.S_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
-        _spawn.S_PARENT_GONE: "getppid (the supervisor died meanwhile)",
-        _spawn.S_SETSID: "setsid (or setpgid + tcsetpgrp in a terminal)",
-        _spawn.S_STDIO: "dup2 (stdin/stdout/stderr)",
-    }.get(step, f"drop privileges to {creds.user if creds else '?'}")
-    return SpawnFailed(
-        Reason.SETUP_FAILED, f"entering the cage failed: {call}: {os.strerror(code)}", code
-    )
-
-
-def _exec_failure(err: OSError, cmd, cwd) -> SpawnFailed:
-    """Map an exec error to the shell's conventions: 127 not found, 126 not executable."""
-    if cwd is not None and err.filename == cwd:
-        return SpawnFailed(
-            Reason.SETUP_FAILED, f"cannot enter directory {cwd}: {err.strerror}", err.errno
-        )
-    if err.errno in (errno.ENOENT, errno.ENOTDIR):
-        return SpawnFailed(Reason.NOT_FOUND, f"{cmd[0]}: command not found", err.errno)
-    if err.errno in (errno.EACCES, errno.ENOEXEC, errno.EPERM, errno.EISDIR):
-        return SpawnFailed(Reason.NOT_EXECUTABLE, f"{cmd[0]}: {err.strerror}", err.errno)
-    return SpawnFailed(Reason.SETUP_FAILED, f"exec {cmd[0]}: {err.strerror}", err.errno)

@@ -1,0 +1,124 @@
+"""Observed peaks per agent, kept across runs.
+
+``admission: usage`` asks it what an agent is expected to need (instead of its whole
+cap), and ``agent-supervise recommend`` reports it. One attempt of an agent gives
+one observation:
+
+- it ended by itself (ok, failed, a signal, a timeout): its peak is what it needed;
+- it was killed at its cap (Reason.memory_kill): it needed *more* than that cap,
+  so the observation is a floor, kept apart (``killed_at``).
+
+The file is ``peaks.json`` in the fleet's ``log_dir`` (next to the run folders),
+the newest ``KEEP`` observations of each agent, merged under an exclusive lock, so
+that two fleets sharing a log dir both add theirs::
+
+    {"version": 1, "agents": {"researcher": {"peaks": [...], "killed_at": [...]}}}
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+FILE = "peaks.json"
+KEEP = 100  # newest observations per agent: enough for a p95, small on disk
+MIN_SAMPLES = 3  # fewer: no percentile worth the name, expect the cap
+PERCENTILE = 95
+MARGIN = 1.2  # over the percentile: a run is never exactly like the last ones
+
+
+@dataclass
+class AgentPeaks:
+    """One agent's observations, oldest first."""
+
+    peaks: list[int] = field(default_factory=list)  # bytes, attempts that ended by themselves
+    killed_at: list[int] = field(default_factory=list)  # caps, attempts killed at them
+
+    def add(self, peak: int | None, cap: int, killed: bool) -> None:
+        if killed:
+            self.killed_at = [*self.killed_at, cap][-KEEP:]
+        elif peak:
+            self.peaks = [*self.peaks, peak][-KEEP:]
+
+
+def percentile(values: list[int], pct: float) -> int:
+    """Nearest-rank percentile (a value that was observed, never interpolated)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class PeakHistory:
+    agents: dict[str, AgentPeaks] = field(default_factory=dict)
+
+    def record(self, agent: str, peak: int | None, cap: int, killed: bool) -> None:
+        self.agents.setdefault(agent, AgentPeaks()).add(peak, cap, killed)
+
+    def expected_peak(self, agent: str, cap: int) -> int:
+        """What an attempt of ``agent`` under ``cap`` is expected to need at most: the
+        high percentile of its peaks with a margin, never above the cap; the cap itself
+        with too few observations, or when it was ever killed at a cap this large."""
+        seen = self.agents.get(agent)
+        if seen is None or len(seen.peaks) < MIN_SAMPLES:
+            return cap
+        if any(killed >= cap for killed in seen.killed_at):
+            return cap
+        return min(cap, int(percentile(seen.peaks, PERCENTILE) * MARGIN))
+
+    # -- the file --------------------------------------------------------------------
+    @classmethod
+    def load(cls, log_dir: str) -> PeakHistory:
+        """The history in ``log_dir`` (empty when there is none, or it is unreadable:
+        a history is an optimisation, never a reason not to run)."""
+        try:
+            with open(os.path.join(log_dir, FILE), "rb") as f:
+                return cls.from_json(f.read(1 << 22))
+        except (OSError, ValueError):
+            return cls()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PeakHistory:
+        """Raises ValueError for anything but the documented shape."""
+        raw = json.loads(data)
+        try:
+            agents = {
+                str(name): AgentPeaks(
+                    peaks=[int(p) for p in seen.get("peaks", [])][-KEEP:],
+                    killed_at=[int(c) for c in seen.get("killed_at", [])][-KEEP:],
+                )
+                for name, seen in (raw.get("agents") or {}).items()
+            }
+        except (AttributeError, TypeError) as err:
+            raise ValueError(f"not a peak history: {err}") from None
+        return cls(agents)
+
+    def to_json(self) -> dict:
+        return {
+            "version": 1,
+            "agents": {
+                name: {"peaks": seen.peaks, "killed_at": seen.killed_at}
+                for name, seen in sorted(self.agents.items())
+            },
+        }
+
+    def merge_into(self, log_dir: str) -> None:
+        """Add these observations to ``log_dir``'s file, under its lock (another
+        fleet may be writing its own), and replace it whole (rename)."""
+        path = os.path.join(log_dir, FILE)
+        lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = PeakHistory.load(log_dir)
+            for name, seen in self.agents.items():
+                into = merged.agents.setdefault(name, AgentPeaks())
+                into.peaks = (into.peaks + seen.peaks)[-KEEP:]
+                into.killed_at = (into.killed_at + seen.killed_at)[-KEEP:]
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(merged.to_json(), f, separators=(",", ":"))
+            os.rename(tmp, path)
+        finally:
+            os.close(lock)
