@@ -12,7 +12,8 @@ from agent_supervise.fleet.engine import LocalEngine
 from agent_supervise.fleet.pool import PooledRun
 from agent_supervise.fleet.seams import Engine, RunView
 from agent_supervise.outcome import Outcome, Reason
-from agent_supervise.ray.engine import RayEngine, RemoteRun
+from agent_supervise.ray.engine import RayEngine
+from agent_supervise.ray.remoterun import RemoteRun
 from agent_supervise.rundir import RunDir
 
 from conftest import CHILDREN, PY
@@ -145,7 +146,7 @@ ALLOWED = {
     "supervisor/fleet/__init__.py": ["getattr(supervisor, name)"],  # lazy public names
     "agents/yamlbound.py": ['getattr(yaml, "CSafeLoader"'],
     "agents/bounds.py": ["getattr(err, 'strerror'"],  # any OSError
-    "agents/fields.py": ['getattr(self, f"_{self.kind}")'],  # a field kind's parser
+    "agents/kinds.py": ['getattr(self, f"_{self.kind}")'],  # a field kind's parser
 }
 
 
