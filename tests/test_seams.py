@@ -84,9 +84,7 @@ def test_a_pooled_run_is_a_run_view(tmp_path):
 
 
 def test_the_ray_run_is_a_run_view_and_the_ray_engine_has_every_member(tmp_path):
-    run = RemoteRun(
-        task(tmp_path, ["true"]), gen=None, key="r/s-1/1", request=MiB, rundir=None, now=1.0
-    )
+    run = RemoteRun(task(tmp_path, ["true"]), gen=None, key="r/s-1/1", rundir=None, now=1.0)
     assert isinstance(run, RunView)
     assert (run.state, run.pid, run.node, run.backend) == ("pending", None, None, "ray")
     run.placed({"pid": 7, "node": "n1", "where": "node n1", "cage": "c", "backend": "rlimit"})

@@ -122,7 +122,7 @@ class RayEngine:
             max_retries=0,
             scheduling_strategy="SPREAD",
         ).remote(job, self.control)
-        run = RemoteRun(task, gen, job.key, request, rundir, self.clock())
+        run = RemoteRun(task, gen, job.key, rundir, self.clock())
         self.runs[task.id] = run
         self.memory.reserve(task.id, request)
         return run

@@ -34,8 +34,8 @@ class RemoteRun:
     #: any failure: never lost.
     lost = False
 
-    def __init__(self, task, gen, key: str, request: int, rundir, now: float) -> None:
-        self.task, self.gen, self.key, self.request = task, gen, key, request
+    def __init__(self, task, gen, key: str, rundir, now: float) -> None:
+        self.task, self.gen, self.key = task, gen, key
         self.rundir = rundir
         self.started = now
         self.pid: int | None = None
