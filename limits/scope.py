@@ -1,26 +1,23 @@
-"""A delegated scope from systemd: its holder, joining it, letting it go, and the
-scopes of supervisors that died.
+"""A delegated scope from systemd: its holder, joining it, letting it go.
 
 Which manager hands it out is :mod:`agent_supervise.limits.systemd`'s; here is how
-the supervisor comes to own the scope and gives it back.
-
-It starts a **holder**, ``systemd-run [--user]
---scope -p Delegate=yes -p OOMPolicy=continue --unit=agent-supervise-<pid>-<start>-<n>
--- cat``, whose stdin is a pipe only the supervisor writes to, and makes the cages
-inside the scope's cgroup. systemd-run does the D-Bus work and waits for the start
-job (errors come back as its message); the scope's life is the holder's: ``cat``
-reads EOF and exits when the supervisor closes the pipe or dies in any way (SIGKILL
-included: the kernel closes its end; the fd is close-on-exec, so no agent holds it).
-The supervisor stays where it was when its children can enter the scope from there
-(root anywhere; a desktop terminal, or a user service, already inside the user
-manager's tree): its terminal, tmux pane or service keeps its process and its
-accounting. When they cannot (from ``session-N.scope``: ssh, ``su -l``, a console
-login, tmux started there; or a cron job of a lingering user), the supervisor
-**joins** the scope: ``busctl call ... AttachProcessesToUnit`` moves it into
-``<scope>/supervisor``, since no process may move itself out of a cgroup whose
-common ancestor with the target is not its own (below). A re-exec under systemd-run
-would do that for the CLI only, not for the Python API or a Ray node; asking systemd
-to move the pid works for every caller.
+the supervisor comes to own the scope and gives it back. It starts a **holder**,
+``systemd-run [--user] --scope -p Delegate=yes -p OOMPolicy=continue
+--unit=agent-supervise-<pid>-<start>-<n> -- cat``, whose stdin is a pipe only the
+supervisor writes to, and makes the cages inside the scope's cgroup. systemd-run
+does the D-Bus work and waits for the start job (errors come back as its message);
+the scope's life is the holder's: ``cat`` reads EOF and exits when the supervisor
+closes the pipe or dies in any way (SIGKILL included: the kernel closes its end; the
+fd is close-on-exec, so no agent holds it). The supervisor stays where it was when
+its children can enter the scope from there (root anywhere; a desktop terminal, or a
+user service, already inside the user manager's tree): its terminal, tmux pane or
+service keeps its process and its accounting. When they cannot (from
+``session-N.scope``: ssh, ``su -l``, a console login, tmux started there; or a cron
+job of a lingering user), the supervisor **joins** the scope: ``busctl call ...
+AttachProcessesToUnit`` moves it into ``<scope>/supervisor``, since no process may
+move itself out of a cgroup whose common ancestor with the target is not its own
+(below). A re-exec under systemd-run would do that for the CLI only, not for the
+Python API or a Ray node; asking systemd to move the pid works for every caller.
 
 What this relies on, from the kernel (Documentation/admin-guide/cgroup-v2.rst) and
 systemd (systemd.resource-control(5), systemd-run(1), "Control Group APIs and

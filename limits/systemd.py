@@ -19,9 +19,6 @@ back is :mod:`agent_supervise.limits.scope`'s. What this relies on, from systemd
   manager: ``user@UID.service`` runs while the user has a login session, or always
   once lingering is on (``loginctl enable-linger``).
 * systemd is running when ``/run/systemd/system`` exists (``sd_booted()``).
-
-Every failure names the call that failed (the systemd-run command line and its
-message, or the cgroup file and errno).
 """
 
 from __future__ import annotations
