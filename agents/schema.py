@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent_supervise.agents import bounds as B
 from agent_supervise.agents import fields as F
-from agent_supervise.agents.fields import _UNIT, DURATION_RE, SIZE_RE
+from agent_supervise.agents.kinds import _UNIT, DURATION_RE, SIZE_RE
 from agent_supervise.units import MAX_SIZE
 
 

@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from agent_supervise.agents import bounds as B
 from agent_supervise.agents import fields as F
+from agent_supervise.agents.kinds import FieldError
 from agent_supervise.agents.spec import TaskSpec, fill
 from agent_supervise.errors import BadInput
 
@@ -119,7 +120,7 @@ def parse_task_json(line: str, agents, where: str) -> TaskSpec:
             )
         try:
             given[key] = known[key].parse(value, key)
-        except F.FieldError as err:
+        except FieldError as err:
             at = f".{err.at}" if err.at is not None else ""
             raise BadInput(f"{where}: {key}{at}: {err.message}", hint=err.hint) from None
     if "agent" not in given:

@@ -30,7 +30,8 @@ import select
 
 from agent_supervise.errors import CageError, syscall_error
 from agent_supervise.limits.base import Unavailable
-from agent_supervise.limits.cgroupcage import CgroupBackend, CgroupCage, page_floor
+from agent_supervise.limits.cgroupbackend import CgroupBackend
+from agent_supervise.limits.cgroupcage import CgroupCage, page_floor
 from agent_supervise.limits.cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
 from agent_supervise.limits.guard import Guard, PeakGuard
 from agent_supervise.limits.pids import PidsHierarchy

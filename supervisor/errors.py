@@ -13,7 +13,7 @@ one of these, or into an :class:`~agent_supervise.outcome.Outcome`, before they 
 ``run.spawn.SpawnFailed`` (an outcome: not found, not executable, setup failed),
 ``limits.base.Unavailable`` (a probe's answer: doctor's text, or
 :class:`BackendUnavailable` when asked for by name), ``fleet.pool.ProtocolError``
-(a pool worker's outcome detail), ``agents.fields.FieldError`` and
+(a pool worker's outcome detail), ``agents.kinds.FieldError`` and
 ``agents.yamlbound.TooLarge`` (lines of a :class:`FleetFileError`).
 """
 

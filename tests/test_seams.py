@@ -6,13 +6,16 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from agent_supervise.agents.spec import PoolSettings, SupervisorSettings, Task
 from agent_supervise.fleet.engine import LocalEngine
 from agent_supervise.fleet.pool import PooledRun
 from agent_supervise.fleet.seams import Engine, RunView
 from agent_supervise.outcome import Outcome, Reason
-from agent_supervise.ray.engine import RayEngine, RemoteRun
+from agent_supervise.ray.cluster import ClusterMemory
+from agent_supervise.ray.engine import RayEngine
+from agent_supervise.ray.remoterun import RemoteRun
 from agent_supervise.rundir import RunDir
 
 from conftest import CHILDREN, PY
@@ -83,9 +86,7 @@ def test_a_pooled_run_is_a_run_view(tmp_path):
 
 
 def test_the_ray_run_is_a_run_view_and_the_ray_engine_has_every_member(tmp_path):
-    run = RemoteRun(
-        task(tmp_path, ["true"]), gen=None, key="r/s-1/1", request=MiB, rundir=None, now=1.0
-    )
+    run = RemoteRun(task(tmp_path, ["true"]), gen=None, key="r/s-1/1", rundir=None, now=1.0)
     assert isinstance(run, RunView)
     assert (run.state, run.pid, run.node, run.backend) == ("pending", None, None, "ray")
     run.placed({"pid": 7, "node": "n1", "where": "node n1", "cage": "c", "backend": "rlimit"})
@@ -105,6 +106,25 @@ def test_the_ray_run_is_a_run_view_and_the_ray_engine_has_every_member(tmp_path)
     missing = {name for name in members - {"runs"} if not hasattr(RayEngine, name)}
     assert not missing
     assert "self.runs" in Path(ROOT / "supervisor/ray/engine.py").read_text()
+
+
+def test_cluster_memory_counts_what_the_ray_engine_reserved():
+    """The Ray engine is given its ClusterMemory (and its callbacks) when it is made,
+    and tells it each request; admission sees the budgets minus those."""
+    cluster = SimpleNamespace(
+        budgets=lambda: [300 * MiB, 200 * MiB], settings=SimpleNamespace(memory_overhead=MiB)
+    )
+    memory = ClusterMemory(cluster)
+    try:
+        assert memory.available() == 499 * MiB and memory.total() == 500 * MiB
+        memory.reserve("a-1", 100 * MiB)
+        memory.reserve("b-1", 50 * MiB)
+        assert memory.available() == 349 * MiB
+        memory.release("a-1")
+        assert memory.available() == 449 * MiB
+    finally:
+        memory.close()
+    assert not re.search(r"engine\.\w+\s*=[^=]", (ROOT / "supervisor/ray/cluster.py").read_text())
 
 
 def test_the_fleet_rules_fakes_keep_to_the_protocols():
@@ -144,7 +164,7 @@ ALLOWED = {
     "supervisor/fleet/__init__.py": ["getattr(supervisor, name)"],  # lazy public names
     "agents/yamlbound.py": ['getattr(yaml, "CSafeLoader"'],
     "agents/bounds.py": ["getattr(err, 'strerror'"],  # any OSError
-    "agents/fields.py": ['getattr(self, f"_{self.kind}")'],  # a field kind's parser
+    "agents/kinds.py": ['getattr(self, f"_{self.kind}")'],  # a field kind's parser
 }
 
 

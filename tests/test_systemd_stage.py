@@ -11,7 +11,7 @@ Two parts:
   manager, like a CI runner). The guest boots once; each test below checks one
   thing in what it reported. Without ``linux.uml`` it skips, saying so, unless
   ``AGENT_SUPERVISE_REQUIRE_VM=1`` (CI) makes that a failure.
-* **The decisions** of limits/systemd.py and the cgroup2 probe, over fakes.
+* **The decisions** of limits/systemd.py, limits/scope.py and the cgroup2 probe, over fakes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ import pytest
 from agent_supervise.limits import systemd as sd
 from agent_supervise.limits.base import StaleCage, Unavailable, owner_tag
 from agent_supervise.limits.cgroup2 import Cgroup2Backend
+from agent_supervise.limits.scope import HOLDER, SUPERVISOR, DelegatedScope
+from agent_supervise.limits.sdcalls import ScopeFailed
+from agent_supervise.limits.stalescope import scope_owner
 
 from fakes import FakeCgroup2FS
 
@@ -422,15 +425,15 @@ def test_can_enter_asks_for_the_common_ancestors_procs():
 
 @pytest.mark.unit
 def test_unit_names_carry_their_supervisor():
-    scope = sd.DelegatedScope(sd.Manager(True, 1001), fs=None)
+    scope = DelegatedScope(sd.Manager(True, 1001), fs=None)
     pid, start = owner_tag().split("-")
-    assert sd.scope_owner(scope.unit) == (int(pid), start)
+    assert scope_owner(scope.unit) == (int(pid), start)
     cmd = scope.command()
     assert cmd[:3] == ["systemd-run", "--user", "--scope"]
     assert "Delegate=yes" in cmd and "OOMPolicy=continue" in cmd
     assert f"--unit={scope.unit}" in cmd and cmd[-1].endswith("cat")
     assert "OOMPolicy=continue" not in scope.command(oom_policy=False)
-    assert sd.scope_owner("run-r3d76.scope") is None
+    assert scope_owner("run-r3d76.scope") is None
 
 
 def _fake_systemd_run(tmp_path, body: str) -> str:
@@ -445,8 +448,8 @@ def test_a_failing_systemd_run_is_named_with_its_message(tmp_path):
     run = _fake_systemd_run(
         tmp_path, "echo 'Failed to connect to bus: No medium found' >&2; exit 1"
     )
-    scope = sd.DelegatedScope(sd.Manager(True, 1001, dict(os.environ), run), fs=None)
-    with pytest.raises(sd.ScopeFailed) as info:
+    scope = DelegatedScope(sd.Manager(True, 1001, dict(os.environ), run), fs=None)
+    with pytest.raises(ScopeFailed) as info:
         scope.start()
     text = str(info.value)
     assert f"{run} --user --scope --quiet --collect -p Delegate=yes" in text, text
@@ -462,8 +465,8 @@ def test_a_systemd_that_refuses_oom_policy_is_asked_again_without(tmp_path):
         *) echo 'Failed to start transient scope unit: Access denied' >&2; exit 1 ;;
     esac""",
     )
-    scope = sd.DelegatedScope(sd.Manager(False, 0, dict(os.environ), run), fs=None)
-    with pytest.raises(sd.ScopeFailed, match="exit 1: Failed to start transient scope"):
+    scope = DelegatedScope(sd.Manager(False, 0, dict(os.environ), run), fs=None)
+    with pytest.raises(ScopeFailed, match="exit 1: Failed to start transient scope"):
         scope.start()
     calls = (tmp_path / "calls").read_text().splitlines()
     assert len(calls) == 2 and "OOMPolicy" in calls[0] and "OOMPolicy" not in calls[1]
@@ -478,10 +481,10 @@ class FakeScope:
 
     def start(self):
         if self.fail_start:
-            raise sd.ScopeFailed(self.fail_start)
+            raise ScopeFailed(self.fail_start)
         self.fs.mkdir(self.path)
-        self.fs.mkdir(os.path.join(self.path, sd.HOLDER))
-        self.fs.add_process(os.path.join(self.path, sd.HOLDER), 4000000)
+        self.fs.mkdir(os.path.join(self.path, HOLDER))
+        self.fs.add_process(os.path.join(self.path, HOLDER), 4000000)
         return self.path
 
     def join(self):
@@ -635,7 +638,7 @@ def test_stale_scopes_of_dead_supervisors_are_emptied(tmp_path):
     for scope in (dead, alive):
         fs.mkdir(scope)
         fs.write(f"{scope}/cgroup.subtree_control", "+memory +pids")
-        for sub in (sd.HOLDER, sd.SUPERVISOR, "agent-supervise.999999999-1.3.sh"):
+        for sub in (HOLDER, SUPERVISOR, "agent-supervise.999999999-1.3.sh"):
             fs.mkdir(f"{scope}/{sub}")
     fs.add_process(f"{dead}/agent-supervise.999999999-1.3.sh", 4000001)
     found = [c for c in backend.clean_stale() if c.path.startswith(root)]
@@ -643,7 +646,7 @@ def test_stale_scopes_of_dead_supervisors_are_emptied(tmp_path):
     assert sorted(os.listdir(dead)) == sorted(
         e for e in os.listdir(dead) if not os.path.isdir(f"{dead}/{e}")
     )
-    assert os.path.isdir(f"{alive}/{sd.HOLDER}")  # a live supervisor's: untouched
+    assert os.path.isdir(f"{alive}/{HOLDER}")  # a live supervisor's: untouched
 
 
 @pytest.mark.unit
@@ -653,7 +656,7 @@ def test_a_stale_scope_that_systemd_removes_while_it_is_cleaned(tmp_path, monkey
     import errno
     import shutil
 
-    from agent_supervise.limits.cgroup2 import Cgroup2Cage
+    from agent_supervise.limits.cgroup2cage import Cgroup2Cage
 
     fs, root, _systemd, backend = _hierarchy(tmp_path)
     backend.probe()

@@ -14,6 +14,8 @@ random), capped at ``backoff_max``, so retries of many tasks do not arrive in st
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -85,3 +87,33 @@ def plan_retry(
             f"{agent.memory_retries}" + (" with a larger cap" if cap != task.memory_limit else ""),
         )
     return None
+
+
+class Backoffs:
+    """Retries waiting out their delay, soonest first."""
+
+    def __init__(self) -> None:
+        self._heap: list = []  # (due, seq, task): seq keeps equal dues in order
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, due: float, task: Task) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), task))
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[Task]:
+        """The tasks whose delay is over at ``now``, soonest first."""
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            due.append(heapq.heappop(self._heap)[2])
+        return due
+
+    def drain(self) -> list[Task]:
+        """Every waiting task (they will not run: the fleet is stopping)."""
+        tasks = [task for _, _, task in self._heap]
+        self._heap.clear()
+        return tasks

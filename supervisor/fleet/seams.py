@@ -7,7 +7,7 @@ local one (:mod:`agent_supervise.fleet.engine`, with warm pools) or Ray's
 dashboard, memory samples) read of a task while it runs is a :class:`RunView`:
 a local :class:`~agent_supervise.run.lifecycle.AgentRun`, a
 :class:`~agent_supervise.fleet.pool.PooledRun` on a pool worker, or a
-:class:`~agent_supervise.ray.engine.RemoteRun` on a Ray node. Every implementation
+:class:`~agent_supervise.ray.remoterun.RemoteRun` on a Ray node. Every implementation
 has every member, with its own meaning: nothing is probed for, so a third engine
 or a changed run type fails the type check and tests/test_seams.py, not a fleet.
 """

@@ -11,8 +11,6 @@ injected: the rules are unit-tested with a scripted engine, and again for real.
 from __future__ import annotations
 
 import collections
-import heapq
-import signal
 import threading
 import time
 
@@ -20,23 +18,22 @@ from agent_supervise.agents.spec import FleetSpec
 from agent_supervise.checkpoint import CheckpointWatch
 from agent_supervise.errors import BadInput
 from agent_supervise.fleet.admission import Admission
+from agent_supervise.fleet.endings import Endings
 from agent_supervise.fleet.intake import Intake
 from agent_supervise.fleet.policies import Policies
 from agent_supervise.fleet.poolkeeper import PoolState
+from agent_supervise.fleet.retry import Backoffs
 from agent_supervise.fleet.seams import Engine
-from agent_supervise.fleet.summary import FleetEnd, FleetResult, ResultLog, result_entry
+from agent_supervise.fleet.stops import Stops
+from agent_supervise.fleet.summary import FleetEnd, FleetResult, ResultLog
 from agent_supervise.fleet.taskqueue import TaskQueue
 from agent_supervise.memsource import MemorySource
-from agent_supervise.outcome import Outcome, Reason
+from agent_supervise.outcome import Outcome
 from agent_supervise.rundir import EventLog, RunDir
 from agent_supervise.stdio import forget_stalls
-from agent_supervise.units import format_size
-
-#: How often running agents' checkpoint files are looked at.
-CHECKPOINT_EVERY_S = 0.5
 
 
-class Supervisor(Intake):
+class Supervisor(Intake, Endings, Stops):
     """Runs a fleet. CLI: ``close()`` then ``run()``. API: ``start()``, ``submit()``,
     ``close()``, ``wait()``."""
 
@@ -66,14 +63,11 @@ class Supervisor(Intake):
         )
         self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock, self.rundir.health)
         self._check_users(fleet)
-        self.engine: Engine = engine or _local_engine(
-            s, clock, self._on_interrupt, self.events.emit
-        )
+        self.engine: Engine = engine or self._new_engine()
         self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
         extra = {} if psi == "auto" else {"psi": psi}
         self.policies = Policies(s, fleet.agents, self.events.emit, rng, **extra)
-        self._delayed: list = []  # heap of (due, seq, task): retries waiting out backoff
-        self._seq = 0
+        self.backoffs = Backoffs()  # retries waiting out their delay
         self.checkpoints = CheckpointWatch(self.rundir.checkpoint_path)
         self._checkpoint_due = 0.0
         self.last_checkpoint: dict[str, str] = {}
@@ -173,11 +167,6 @@ class Supervisor(Intake):
             health.report(),
         )
 
-    @property
-    def retrying(self) -> int:
-        """Tasks waiting out a retry's backoff."""
-        return len(self._delayed)
-
     def _tick(self, final: bool = False) -> None:
         """Run the reporting tickers. One that cannot write any more (its terminal
         hung up, its pipe closed) is dropped: reporting must never stop a fleet."""
@@ -186,16 +175,6 @@ class Supervisor(Intake):
                 ticker(self, final=True) if final else ticker(self)
             except OSError:
                 self.tickers.remove(ticker)
-
-    def _emergency_stop(self) -> None:
-        """The loop itself failed: no agent may outlive it. SIGKILL all, reap them."""
-        deadline = self.clock() + 10
-        try:
-            self.engine.stop_all(Reason.STOPPED, signal.SIGKILL)
-            while self.engine.processes() and self.clock() < deadline:
-                self.engine.step(0.05)
-        except Exception:  # noqa: BLE001 - best effort; the first error is re-raised
-            pass
 
     def _retire_pools(self) -> None:
         """Every task has ended: let the pool workers go (stdin closed, then killed)."""
@@ -269,119 +248,14 @@ class Supervisor(Intake):
             running=len(self.engine.runs),
         )
 
-    def _release_due_retries(self) -> None:
-        now = self.clock()
-        while self._delayed and self._delayed[0][0] <= now:
-            _, _, task = heapq.heappop(self._delayed)
-            self.queue.push_front(task)
-
-    def _next_wait(self) -> float:
-        wait = self.settings.poll_interval
-        if self._delayed:
-            wait = min(wait, max(0.0, self._delayed[0][0] - self.clock()))
-        return wait
-
-    def _watch_checkpoints(self) -> None:
-        """A stat per running agent, twice a second (and once more when it ends)."""
-        now = self.clock()
-        if now < self._checkpoint_due:
-            return
-        self._checkpoint_due = now + CHECKPOINT_EVERY_S
-        for task_id in list(self.engine.runs):
-            self._checkpoint_seen(task_id)
-
-    def _checkpoint_seen(self, task_id: str) -> None:
-        line = self.checkpoints.new_line(task_id)
-        if line is not None:
-            self.last_checkpoint[task_id] = line
-            self.events.emit("checkpoint", task=task_id, checkpoint=line)
-
     def _finished(self) -> bool:
-        if self.engine.runs or (self._delayed and not self.stopping):
+        if self.engine.runs or (self.backoffs and not self.stopping):
             return False
         if self.stopping:
             return True
         return self._file_done and len(self.queue) == 0 and not self._open and self._feeds == 0
 
-    def _ended(self, task, outcome: Outcome, lost: bool = False) -> None:
-        self._checkpoint_seen(task.id)  # one written just before the end
-        retry = None
-        if self.stopping is None:
-            retry = self.policies.ended(self.clock(), task, outcome.reason, lost)
-        if retry is None:
-            self._record(task, outcome)
-            return
-        self.events.emit(
-            "retried",
-            task=task.id,
-            reason=outcome.reason.value,
-            exit_code=outcome.exit_code,
-            peak_bytes=outcome.peak_bytes,
-            attempt=retry.task.attempt,
-            delay=round(retry.delay, 3),
-            limit=retry.task.memory_limit,
-            why=retry.why,
-        )
-        self._seq += 1
-        heapq.heappush(self._delayed, (self.clock() + retry.delay, self._seq, retry.task))
-
-    def _record(self, task, outcome: Outcome) -> None:
-        entry = result_entry(task, outcome, self.rundir)
-        with self._lock:
-            self.results.append(entry)
-            self.recent.append((self.clock(), entry))
-        self.last_checkpoint.pop(task.id, None)
-        self.checkpoints.forget(task.id)
-        self.policies.forget(task.id)
-        self.events.emit("exited", **{k: v for k, v in entry.items() if k != "cmd"})
-
-    # -- guards and stops ---------------------------------------------------------------
-    def _guard(self, started: float) -> None:
-        if self.stopping:
-            return
-        rss = self.memory.own_rss()
-        if rss > self.settings.memory_limit:
-            self._stop(
-                "self_guard",
-                f"own memory {format_size(rss)} is above "
-                f"supervisor.memory_limit {format_size(self.settings.memory_limit)}",
-            )
-            self.engine.stop_all(Reason.STOPPED, signal.SIGTERM, cause_signal=signal.SIGTERM)
-        elif self.settings.run_timeout and self.clock() - started >= self.settings.run_timeout:
-            self._stop(
-                "run_timeout",
-                f"the run reached supervisor.run_timeout ({self.settings.run_timeout:g}s)",
-            )
-            self.engine.stop_all(Reason.TIMEOUT)
-
-    def _on_interrupt(self, signum: int) -> None:
-        if self.stopping is None:
-            self.stop_signal = signum
-            self._stop("interrupted", f"received {signal.Signals(signum).name}")
-        self.engine.interrupt_all(signum)  # a second signal kills at once
-
-    def _stop(self, why: str, message: str) -> None:
-        """Stop dispatching; every task not started yet ends ``cancelled``."""
-        self.stopping = why
-        self.stop_message = message
-        self.events.emit("stopping", why=why, message=message)
-        never_started = self.queue.drain() + [task for _, _, task in self._delayed]
-        self._delayed.clear()
-        never_started += [self._new_task(spec) for spec, _ in self._file_tasks]
-        self._file_done = True
-        for task in never_started:
-            self._record(
-                task,
-                Outcome.never_started(
-                    Reason.CANCELLED,
-                    cmd=task.cmd,
-                    backend="-",
-                    limit=task.memory_limit,
-                    agent=task.id,
-                    detail=message,
-                ),
-            )
-
+    # -- checks before anything starts ------------------------------------------------
     @staticmethod
     def _check_users(fleet) -> None:
         """Switching users needs root: say so now, before anything starts."""
@@ -397,8 +271,12 @@ class Supervisor(Intake):
     def _check_fits(self, specs) -> None:
         self.admission.check_fits(specs, self.fleet.agents, self.total_memory)
 
+    def _new_engine(self):
+        """The engine when none is given, made once the events exist: it reports to
+        them and hands the driver's signals to :meth:`_on_interrupt` (RaySupervisor:
+        the Ray engine)."""
+        from agent_supervise.fleet.engine import LocalEngine
 
-def _local_engine(settings, clock, on_interrupt, emit):
-    from agent_supervise.fleet.engine import LocalEngine
-
-    return LocalEngine(settings, clock=clock, on_interrupt=on_interrupt, emit=emit)
+        return LocalEngine(
+            self.settings, clock=self.clock, on_interrupt=self._on_interrupt, emit=self.events.emit
+        )

@@ -20,11 +20,15 @@ import logging
 import re
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from agent_supervise.errors import BadInput
 from agent_supervise.fleet.supervisor import Supervisor
 from agent_supervise.memsource import MemorySource
 from agent_supervise.units import format_size
+
+if TYPE_CHECKING:
+    from agent_supervise.ray.engine import RayEngine
 
 ADDRESS_RE = re.compile(r"^(auto|local|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5})$")
 NODES_TTL_S = 5.0  # how long the node table is trusted before asking Ray again
@@ -158,14 +162,23 @@ class Cluster:
 
 class ClusterMemory:
     """What admission sees under Ray (see the module docstring). ``available`` is what
-    is left for the next agent's cap once its ``memory_overhead`` is counted."""
+    is left for the next agent's cap once its ``memory_overhead`` is counted. The
+    engine reserves each task's Ray request here when it starts the task and
+    releases it when the task has ended."""
 
-    def __init__(self, cluster: Cluster, engine) -> None:
-        self.cluster, self.engine = cluster, engine
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._reserved: dict[str, int] = {}  # task id -> its Ray memory request
         self._own = MemorySource()
 
+    def reserve(self, task_id: str, request: int) -> None:
+        self._reserved[task_id] = request
+
+    def release(self, task_id: str) -> None:
+        self._reserved.pop(task_id, None)
+
     def available(self) -> int:
-        left = sum(self.cluster.budgets()) - self.engine.reserved()
+        left = sum(self.cluster.budgets()) - sum(self._reserved.values())
         return max(0, left - self.cluster.settings.memory_overhead)
 
     def total(self) -> int:
@@ -213,26 +226,28 @@ class RaySupervisor(Supervisor):
     def __init__(
         self, fleet, *, address: str | None = None, clock=time.monotonic, **kwargs
     ) -> None:
-        from agent_supervise.ray.engine import RayEngine
-
         refuse_unsupported(fleet)
         fleet = dataclasses.replace(fleet, supervisor=for_ray(fleet.supervisor))
         self.cluster = Cluster(fleet.supervisor.ray, address)
+        self.cluster_memory = ClusterMemory(self.cluster)
         try:
             self.cluster.check_fits(fleet.tasks, fleet.agents)  # before anything starts
-            engine = RayEngine(fleet.supervisor, self.cluster, clock=clock)
-            super().__init__(
-                fleet,
-                engine=engine,
-                memory=ClusterMemory(self.cluster, engine),
-                clock=clock,
-                psi=None,
-                **kwargs,
-            )
+            super().__init__(fleet, memory=self.cluster_memory, clock=clock, psi=None, **kwargs)
         except BaseException:
             self.cluster.close()
             raise
-        engine.on_interrupt, engine.emit = self._on_interrupt, self.events.emit
+
+    def _new_engine(self) -> RayEngine:
+        from agent_supervise.ray.engine import RayEngine
+
+        return RayEngine(
+            self.settings,
+            self.cluster,
+            self.cluster_memory,
+            on_interrupt=self._on_interrupt,
+            emit=self.events.emit,
+            clock=self.clock,
+        )
 
     def _check_fits(self, specs) -> None:
         self.cluster.check_fits(specs, self.fleet.agents)

@@ -19,59 +19,21 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from agent_supervise.fleet.engine import agent_env
 from agent_supervise.fleet.seams import RunView
 from agent_supervise.limits.base import StaleCage
-from agent_supervise.outcome import Outcome, Reason, exit_code_for
+from agent_supervise.outcome import Reason
 from agent_supervise.ray.control import Control
 from agent_supervise.ray.files import checkpoint_tail
 from agent_supervise.ray.node import Job, janitor, run_on_node
+from agent_supervise.ray.remoterun import RemoteRun, ray_outcome
 from agent_supervise.run.lifecycle import RunState
 from agent_supervise.run.loop import INTERRUPTS, SignalInbox
-from agent_supervise.units import format_size
 
-#: Ray errors meaning the worker process (and with it the agent) died.
-WORKER_DIED = (
-    "WorkerCrashedError",
-    "NodeDiedError",
-    "OutOfMemoryError",
-    "LocalRayletDiedError",
-    "TaskCancelledError",
-    "OwnerDiedError",
-)
-
-
-class RemoteRun:
-    """One task handed to Ray: pending until a node reports it started; its usage
-    and peak are the node's samples."""
-
-    #: It ends by its own doing or its worker's death, which the fleet retries as
-    #: any failure: never lost.
-    lost = False
-
-    def __init__(self, task, gen, key: str, request: int, rundir, now: float) -> None:
-        self.task, self.gen, self.key, self.request = task, gen, key, request
-        self.rundir = rundir
-        self.started = now
-        self.pid: int | None = None
-        self.cage_name, self.backend = f"ray:{task.id}", "ray"
-        self.node: str | None = None
-        self.where = "its node"
-        self.state = RunState.PENDING
-        self.usage = self.peak = 0
-        self.outcome: Outcome | None = None
-        self.cause: Reason | None = None
-
-    def placed(self, record: dict) -> None:
-        """The node started the agent in its cage."""
-        self.pid, self.node, self.where = record["pid"], record["node"], record["where"]
-        self.cage_name, self.backend = record["cage"], record["backend"]
-        self.state = RunState.RUNNING
-
-    def sampled(self, record: dict) -> None:
-        self.usage = record["usage"]
-        self.peak = max(self.peak, record["peak"])
+if TYPE_CHECKING:
+    from agent_supervise.ray.cluster import ClusterMemory
 
 
 class RayEngine:
@@ -79,14 +41,22 @@ class RayEngine:
     stale: tuple[StaleCage, ...] = ()  # each node cleans its own cages (ray.node.janitor)
 
     def __init__(
-        self, settings, cluster, *, clock=time.monotonic, on_interrupt=None, emit=None
+        self,
+        settings,
+        cluster,
+        memory: ClusterMemory,
+        *,
+        on_interrupt,
+        emit,
+        clock=time.monotonic,
     ) -> None:
+        """``memory`` is told every request it must count as reserved; the driver's
+        signals go to ``on_interrupt``; ``placed`` events to ``emit``."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.ray, self.settings, self.cluster, self.clock = ray, settings, cluster, clock
-        self.on_interrupt = on_interrupt or (lambda signum: self.interrupt_all(signum))
-        self.emit = emit or (lambda event, **fields: None)
+        self.memory, self.on_interrupt, self.emit = memory, on_interrupt, emit
         self.runs: dict[str, RemoteRun] = {}
         self._inbox: SignalInbox | None = None  # see catch_signals()
         self._wake = threading.Event()
@@ -123,7 +93,7 @@ class RayEngine:
         request = task.memory_limit + r.memory_overhead
         why = self.cluster.unfit(task.memory_limit)
         if why:  # a cap grown by a retry may no longer fit anywhere: never hand it to Ray
-            return self._outcome(task, Reason.SETUP_FAILED, why)
+            return ray_outcome(task, Reason.SETUP_FAILED, why)
         env = {**task.env, **agent_env(task, rundir)}
         job = Job(
             key=f"{rundir.run_id}/{task.id}/{task.attempt}",
@@ -152,13 +122,10 @@ class RayEngine:
             max_retries=0,
             scheduling_strategy="SPREAD",
         ).remote(job, self.control)
-        run = RemoteRun(task, gen, job.key, request, rundir, self.clock())
+        run = RemoteRun(task, gen, job.key, rundir, self.clock())
         self.runs[task.id] = run
+        self.memory.reserve(task.id, request)
         return run
-
-    def reserved(self) -> int:
-        """Ray memory requested by this fleet's running tasks (ClusterMemory)."""
-        return sum(run.request for run in self.runs.values())
 
     def headroom(self) -> int:
         return 0  # whole requests are subtracted from the cluster's budget already
@@ -195,6 +162,7 @@ class RayEngine:
                 break
         for done in ended:
             self.runs.pop(done.task.id, None)
+            self.memory.release(done.task.id)
         self._signals()
         return ended
 
@@ -226,68 +194,20 @@ class RayEngine:
             if record["checkpoint"]:
                 run.rundir.append(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
         else:
-            self._finish(run, record)
+            run.finished(record)
             return True
         return False
 
-    def _finish(self, run: RemoteRun, record: dict) -> None:
-        """Write what came back under the same names as a local run's files."""
-        out = record["outcome"]
-        notes = []
-        paths = run.rundir.log_paths(run.task.id, run.task.attempt)
-        for stream, path in zip(("stdout", "stderr"), paths, strict=True):
-            data, size = record.get(stream) or (b"", 0)
-            run.rundir.append(path, data)  # a full folder: held, retried (spool.py)
-            if size > len(data):
-                notes.append(
-                    f"{stream}: only its last {format_size(len(data))} of "
-                    f"{format_size(size)} came back (supervisor.ray.log_tail)"
-                )
-        if record.get("checkpoint"):
-            run.rundir.append(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
-        if notes:
-            out.detail = "; ".join([out.detail, *notes]) if out.detail else "; ".join(notes)
-        out.agent = run.task.id
-        run.outcome = out
-
     def _failed(self, run: RemoteRun, err) -> bool:
-        """The Ray task failed: the worker died (and the agent with it: parent-death
-        signal), it was cancelled, or the node-side code itself failed."""
+        """The run's Ray task failed: it has ended."""
         name = type(err).__name__ if not isinstance(err, str) else ""
         if type(err) is self.ray.exceptions.RayTaskError and err.cause is not None:
             name = type(err.cause).__name__  # what the node-side code raised
         text = (str(err).strip().splitlines() or [name])[-1][:300]
-        if run.state is RunState.PENDING and name == "TaskCancelledError":
-            run.outcome = self._outcome(
-                run.task, Reason.CANCELLED, "cancelled before it reached a node"
-            )
-            return True
-        if name in WORKER_DIED:
-            reason = run.cause or Reason.SIGNALED
-            detail = (
-                f"{run.where}: the Ray worker running it ended ({name}); the agent "
-                "was killed with it (parent-death signal, cage cleaned)"
-            )
-            if run.node:
-                self._clean(run.node)
-        else:
-            reason, detail = run.cause or Reason.SETUP_FAILED, f"{run.where}: {text}"
-        run.outcome = self._outcome(run.task, reason, detail, pid=run.pid, signum=signal.SIGKILL)
+        node = run.failed(name, text)
+        if node:
+            self._clean(node)
         return True
-
-    def _outcome(self, task, reason: Reason, detail: str, pid=None, signum=None) -> Outcome:
-        signum = signum if reason in (Reason.SIGNALED, Reason.INTERRUPTED) else None
-        return Outcome(
-            reason=reason,
-            exit_code=exit_code_for(reason, None, signum),
-            cmd=tuple(task.cmd),
-            backend="ray",
-            limit_bytes=task.memory_limit,
-            pid=pid,
-            signal=signum,
-            detail=detail,
-            agent=task.id,
-        )
 
     def _clean(self, node: str) -> None:
         """Kill and remove on ``node`` what a dead worker's agent left in its cage."""
@@ -326,6 +246,7 @@ class RayEngine:
             self.ray.cancel(run.gen, force=True)
             if run.node:
                 self._clean(run.node)
+            self.memory.release(run.task.id)
         self.runs.clear()
         if self._janitors:
             self.ray.wait(self._janitors, num_returns=len(self._janitors), timeout=15)
