@@ -108,6 +108,20 @@ SUPERVISOR = (
         "The supervisor's own RSS cap: above it, stop everything and exit 3.",
         "500M",
     ),
+    Field(
+        "memory_budget",
+        "size",
+        "Hard ceiling on all the fleet's agents together: they live under one parent "
+        "cage of this size (rlimit: the watchdog's sum); admission counts against it.",
+    ),
+    Field(
+        "admission",
+        "choice",
+        "What a running agent is promised: its whole cap (caps), or what its agent's "
+        "past peaks say it needs (usage; peaks.json in log_dir).",
+        "caps",
+        choices=("caps", "usage"),
+    ),
     Field("poll_interval", "duration", "Watchdog sampling interval.", "100ms"),
     Field("grace", "duration", "Time between SIGTERM and SIGKILL.", "2s"),
     Field("log_dir", "path", "Where run folders go (relative to the fleet file).", "runs"),

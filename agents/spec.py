@@ -68,6 +68,8 @@ class SupervisorSettings:
     queue_size: int = 4
     min_free_memory: int = 1 << 30
     memory_limit: int = 500 << 20
+    memory_budget: int | None = None
+    admission: str = "caps"  # or "usage"
     poll_interval: float = 0.1
     grace: float = 2.0
     log_dir: str = "runs"

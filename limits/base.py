@@ -304,6 +304,13 @@ class Backend(abc.ABC):
         """What would make this backend work here, once its probe failed."""
         return []
 
+    def budget_cage(self, limit: int) -> Cage | None:
+        """Make every cage from now on a child of one parent cage of ``limit`` bytes
+        (a fleet's ``memory_budget``), which the caller releases once its children
+        are gone; None where the kernel has no such parent (rlimit: the fleet loop
+        holds the sum to the budget instead)."""
+        return None
+
     def close(self) -> None:
         """Give back what the backend holds beyond its cages. Default: nothing."""
         return

@@ -50,6 +50,16 @@ class Cgroup2Cage(CgroupCage):
     hierarchy = ""
     threads_file = "cgroup.threads"
 
+    def hold_children(self) -> None:
+        """A budget's parent: its children get the memory (and pids) controller, and
+        an OOM kill at the budget takes one agent, not every agent (oom.group 0)."""
+        if self.fs.exists(self._file("memory.oom.group")):
+            self.write_checked("memory.oom.group", "0")
+        offered = self.fs.read(self._file("cgroup.controllers")).split()
+        self.fs.write(self._file("cgroup.subtree_control"), "+memory")
+        if "pids" in offered:
+            self.fs.write(self._file("cgroup.subtree_control"), "+pids")
+
     def configure(self) -> None:
         self.write_checked("memory.max", str(self.limit), str(page_floor(self.limit)))
         self._guarded = ["memory.max"]

@@ -83,6 +83,24 @@ class CgroupBackend(Backend):
         path = self.next_path(label)
         return self._make(path, limit, open_files=True, pids=pids)
 
+    def budget_cage(self, limit: int) -> CgroupCage:
+        """A memory cgroup of ``limit`` bytes in the cages' place, and the cages from
+        now on inside it: the kernel charges every page of theirs to it too (cgroup v1
+        and v2 are hierarchical), so together they can never pass it. At the budget it
+        reclaims, then OOM-kills one agent inside, never one outside."""
+        parent = self.parent or self.probe()
+        self._seq += 1
+        path = os.path.join(parent, cage_name(self.owner(), self._seq, "budget"))
+        cage = self._make(path, limit, open_files=False)
+        try:
+            cage.hold_children()
+        except BaseException:
+            cage.release()
+            raise
+        self.parent = path
+        cage.on_release = lambda: setattr(self, "parent", parent)
+        return cage
+
     def add_companions(self, cage: CgroupCage) -> None:
         """Cgroups in other hierarchies the agent also joins (cgroup1: pids)."""
 

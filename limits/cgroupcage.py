@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from agent_supervise.errors import CageError
 from agent_supervise.limits.base import Cage, ChildSetup, Placement
@@ -44,6 +45,9 @@ class CgroupCage(Cage):
         self.guards: list = []  # what tampered() re-reads on every tick
         self._fds: list[int] = []
         self._released = False
+        #: Called once the directory is gone (a budget cage: its backend's cages go
+        #: back to their own place).
+        self.on_release: Callable[[], None] | None = None
 
     # -- set-up ---------------------------------------------------------------
     def configure(self) -> None:
@@ -152,6 +156,10 @@ class CgroupCage(Cage):
         return True
 
     # -- teardown -------------------------------------------------------------
+    def hold_children(self) -> None:
+        """Make this cgroup a parent of cages (a fleet's budget). cgroup v1: nothing
+        to do, children are charged to it already."""
+
     def release(self) -> None:
         """Close the files and remove the directory (waiting while it drains)."""
         if self._released:
@@ -164,6 +172,8 @@ class CgroupCage(Cage):
         if self.companion is not None:
             self.companion.release()  # empty now: members() covered it too
         self._released = True
+        if self.on_release is not None:
+            self.on_release()
 
 
 def remove_when_empty(fs: CgroupFS, cage: CgroupCage | PidsLeaf) -> int:

@@ -125,6 +125,9 @@ class FakeEngine:
     def headroom(self) -> int:
         return sum(r.task.memory_limit - r.usage for r in self.runs.values())
 
+    def budget_peak(self) -> int | None:
+        return None
+
     def stop_all(self, cause, sig=15, cause_signal=None) -> None:
         for r in self.runs.values():
             r.stop_cause, r.end = cause, min(r.end, self.clock.now + 0.5)

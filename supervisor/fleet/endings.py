@@ -13,12 +13,14 @@ import threading
 from typing import TYPE_CHECKING
 
 from agent_supervise.fleet.summary import result_entry
+from agent_supervise.outcome import Reason
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from agent_supervise.agents.spec import SupervisorSettings
     from agent_supervise.checkpoint import CheckpointWatch
+    from agent_supervise.fleet.history import FleetPeaks
     from agent_supervise.fleet.policies import Policies
     from agent_supervise.fleet.retry import Backoffs
     from agent_supervise.fleet.seams import Engine
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from agent_supervise.fleet.taskqueue import TaskQueue
     from agent_supervise.outcome import Outcome
     from agent_supervise.rundir import EventLog, RunDir
+
+#: An OOM kill this far below the agent's own cap was the budget's, not its cap's.
+BUDGET_SLACK = 1 << 20
 
 #: How often running agents' checkpoint files are looked at.
 CHECKPOINT_EVERY_S = 0.5
@@ -42,6 +47,8 @@ class Endings:
     queue: TaskQueue
     policies: Policies
     backoffs: Backoffs
+    peaks: FleetPeaks
+    squeezing: dict[str, bool]  # task ids the loop evicted for the budget's sum
     checkpoints: CheckpointWatch
     last_checkpoint: dict[str, str]
     results: ResultLog
@@ -83,9 +90,14 @@ class Endings:
 
     def _ended(self, task, outcome: Outcome, lost: bool = False) -> None:
         self._checkpoint_seen(task.id)  # one written just before the end
+        squeezed = self._squeezed(task, outcome)
+        if squeezed:  # it got this far at least: expect no less of its next attempt
+            self.peaks.reached(task.agent, outcome.peak_bytes)
+        elif not lost:
+            self.peaks.observed(task.agent, outcome, task.memory_limit)
         retry = None
         if self.stopping is None:
-            retry = self.policies.ended(self.clock(), task, outcome.reason, lost)
+            retry = self.policies.ended(self.clock(), task, outcome.reason, lost, squeezed)
         if retry is None:
             self._record(task, outcome)
             return
@@ -95,12 +107,27 @@ class Endings:
             reason=outcome.reason.value,
             exit_code=outcome.exit_code,
             peak_bytes=outcome.peak_bytes,
+            limit_bytes=task.memory_limit,  # the ended attempt's cap (limit: the next's)
             attempt=retry.task.attempt,
             delay=round(retry.delay, 3),
             limit=retry.task.memory_limit,
             why=retry.why,
         )
         self.backoffs.push(self.clock() + retry.delay, retry.task)
+
+    def _squeezed(self, task, outcome: Outcome) -> bool:
+        """Stopped by the fleet's budget, not by its own cap: the loop evicted it for
+        the sum (rlimit), or the kernel OOM-killed it in the budget's parent cage
+        while its own peak stayed below its cap (by more than a page-cache's slack)."""
+        if self.settings.memory_budget is None:
+            return False
+        if self.squeezing.pop(task.id, False):
+            return True
+        return (
+            outcome.reason is Reason.OOM_KILLED
+            and outcome.peak_bytes is not None
+            and outcome.peak_bytes < task.memory_limit - BUDGET_SLACK
+        )
 
     def _record(self, task, outcome: Outcome) -> None:
         entry = result_entry(task, outcome, self.rundir)

@@ -17,6 +17,7 @@ from agent_supervise import limits
 from agent_supervise.agents.spec import SupervisorSettings, Task
 from agent_supervise.checkpoint import last_line
 from agent_supervise.creds import resolve
+from agent_supervise.errors import CageError
 from agent_supervise.fleet.pool import PooledRun
 from agent_supervise.fleet.poolkeeper import PoolKeeper
 from agent_supervise.fleet.seams import RunView
@@ -62,6 +63,12 @@ class LocalEngine:
         become_subreaper()
         raise_open_files_limit()
         self.stale = self.backend.clean_stale()
+        #: The fleet's budget as a parent cage of every agent's (cgroup1, cgroup2).
+        self.budget = (
+            None
+            if settings.memory_budget is None
+            else self.backend.budget_cage(settings.memory_budget)
+        )
         self.loop = Loop(clock=clock, on_interrupt=on_interrupt)
         self.spawner = Spawner()
         self.escape = EscapeWatch(self.loop.table)
@@ -237,6 +244,14 @@ class LocalEngine:
         for run in self.processes():
             run.interrupted(signum, now)
 
+    def budget_peak(self) -> int | None:
+        return self.budget.peak() if self.budget is not None else None
+
     def close(self) -> None:
         self.loop.close()
         self.spawner.close()
+        if self.budget is not None:  # its agents' cages are gone: rmdir it
+            try:
+                self.budget.release()
+            except CageError:  # an agent's cage was left (see finish): the next start's
+                pass

@@ -23,7 +23,12 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from agent_supervise.outcome import Outcome, Reason
+
 FILE = "peaks.json"
+#: Endings whose peak is what the agent needed (the others stopped it early: a
+#: timeout, an eviction, an interrupt), apart from kills at the cap.
+ENDED_BY_ITSELF = frozenset({Reason.OK, Reason.FAILED, Reason.SIGNALED})
 KEEP = 100  # newest observations per agent: enough for a p95, small on disk
 MIN_SAMPLES = 3  # fewer: no percentile worth the name, expect the cap
 PERCENTILE = 95
@@ -122,3 +127,38 @@ class PeakHistory:
             os.rename(tmp, path)
         finally:
             os.close(lock)
+
+
+class FleetPeaks:
+    """A fleet's view: the history its log dir had at the start, plus what this run
+    observes; at the end, this run's observations are merged into the file."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.known = PeakHistory.load(log_dir)
+        self.new = PeakHistory()
+
+    def observed(self, agent: str, outcome: Outcome, cap: int) -> None:
+        """One attempt of ``agent`` under ``cap`` ended so."""
+        killed = outcome.reason.memory_kill
+        if killed or outcome.reason in ENDED_BY_ITSELF:
+            for history in (self.known, self.new):
+                history.record(agent, outcome.peak_bytes, cap, killed)
+
+    def reached(self, agent: str, peak: int | None) -> None:
+        """An attempt stopped early (by the fleet's budget) got to ``peak``: a floor
+        of what the agent needs, kept for this run's admission only."""
+        if peak:
+            self.known.agents.setdefault(agent, AgentPeaks()).peaks.append(peak)
+
+    def expected_peak(self, agent: str, cap: int) -> int:
+        return self.known.expected_peak(agent, cap)
+
+    def save(self) -> None:
+        """Merge this run's observations into the log dir's file; a failure to write
+        it is no failure of the run (the history is an optimisation)."""
+        if self.new.agents:
+            try:
+                self.new.merge_into(self.log_dir)
+            except OSError:
+                pass

@@ -61,10 +61,14 @@ class Policies:
         """The task has ended for good: drop its retry budget."""
         self.budgets.pop(task_id, None)
 
-    def ended(self, now: float, task, reason: Reason, lost: bool = False) -> Retry | None:
-        """Record an ending; return the retry to schedule, if any."""
-        self.breaker.ended(now, task.id, reason)
+    def ended(
+        self, now: float, task, reason: Reason, lost: bool = False, squeezed: bool = False
+    ) -> Retry | None:
+        """Record an ending; return the retry to schedule, if any. An agent the fleet's
+        budget stopped (``squeezed``) is no sign of trouble: the breaker skips it."""
+        if not squeezed:
+            self.breaker.ended(now, task.id, reason)
         if task.id == self.evicting:
             self.evicting = None
         budget = self.budgets.setdefault(task.id, Budget())
-        return plan_retry(task, self.agents[task.agent], reason, budget, self.rng, lost)
+        return plan_retry(task, self.agents[task.agent], reason, budget, self.rng, lost, squeezed)

@@ -30,6 +30,12 @@ class Budget:
     failures: int = 0
     memory_kills: int = 0
     lost: int = 0  # requeues after the pool worker running it died under it
+    squeezed: int = 0  # requeues after the fleet's memory budget stopped it
+
+
+#: How often one task is requeued for free after the fleet's budget stopped it: then
+#: its end is its own (the budget is too small for it beside the others).
+SQUEEZED_REQUEUES = 3
 
 
 @dataclass(frozen=True)
@@ -46,14 +52,30 @@ def backoff_delay(agent, attempt: int, rng: random.Random) -> float:
 
 
 def plan_retry(
-    task, agent, reason: Reason, budget: Budget, rng: random.Random, lost: bool = False
+    task,
+    agent,
+    reason: Reason,
+    budget: Budget,
+    rng: random.Random,
+    lost: bool = False,
+    squeezed: bool = False,
 ) -> Retry | None:
     """The retry for a task that ended with ``reason``, or None if this is its end.
 
     A task whose pool worker died under it is requeued once for free: the worker's
     death may come from what earlier tasks left in it (as a message broker
-    redelivers a task whose worker was lost).
+    redelivers a task whose worker was lost). One that the fleet's memory budget
+    stopped (``squeezed``: the others used the room) is requeued for free too, up to
+    SQUEEZED_REQUEUES times; admission starts it again once the budget has room.
     """
+    if squeezed and budget.squeezed < SQUEEZED_REQUEUES:
+        budget.squeezed += 1
+        return Retry(
+            dataclasses.replace(task, attempt=task.attempt + 1),
+            0.0,
+            f"{reason} at the fleet's memory budget, below its own cap: requeued "
+            f"({budget.squeezed} of {SQUEEZED_REQUEUES})",
+        )
     if lost and budget.lost == 0:
         budget.lost += 1
         return Retry(

@@ -95,6 +95,10 @@ class Engine(Protocol):
     def headroom(self) -> int:
         """Memory promised to running agents and not used by them yet (admission)."""
 
+    def budget_peak(self) -> int | None:
+        """The kernel's peak of the fleet's budget cage (``memory_budget``); None
+        without one (no budget, or rlimit: the loop samples the sum itself)."""
+
     def pool_state(self, task: Task) -> str | None:
         """For a pooled task: idle, spawn or busy; None for any other."""
 

@@ -11,6 +11,7 @@ injected: the rules are unit-tested with a scripted engine, and again for real.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 
@@ -19,6 +20,7 @@ from agent_supervise.checkpoint import CheckpointWatch
 from agent_supervise.errors import BadInput
 from agent_supervise.fleet.admission import Admission
 from agent_supervise.fleet.endings import Endings
+from agent_supervise.fleet.history import FleetPeaks
 from agent_supervise.fleet.intake import Intake
 from agent_supervise.fleet.policies import Policies
 from agent_supervise.fleet.poolkeeper import PoolState
@@ -55,13 +57,16 @@ class Supervisor(Intake, Endings, Stops):
         self.max_concurrent = max_concurrent or s.max_concurrent
         self.clock = clock
         self.memory = memory or MemorySource()
-        self.admission = Admission(s.min_free_memory)
+        self.admission = Admission(s.min_free_memory, s.memory_budget, s.admission == "usage")
         self.total_memory = self.memory.total()
         self._check_fits(fleet.tasks)
         self.rundir = RunDir(
             log_dir or s.log_dir, run_id, where="--log-dir" if log_dir else "supervisor.log_dir"
         )
         self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock, self.rundir.health)
+        self.peaks = FleetPeaks(os.path.dirname(self.rundir.path))  # peaks.json beside runs
+        self.squeezing: dict[str, bool] = {}
+        self.budget_sum_peak = 0  # the largest sampled sum of the agents' usage
         self._check_users(fleet)
         self.engine: Engine = engine or self._new_engine()
         self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
@@ -136,11 +141,13 @@ class Supervisor(Intake, Endings, Stops):
             self._emergency_stop()
             raise
         finally:
+            self._budget_report()
             self.engine.close()
             self.memory.close()
         forget_stalls()  # the agents are gone: the last lines get full patience
         self.result = FleetResult.build(self._end(self.clock() - started))
         self.result.written = self.rundir.write_summary(self.result.to_json())
+        self.peaks.save()
         self.rundir.health.retry(self.events.emit)
         self.events.emit("run_ended", exit_code=self.result.exit_code, counts=self.result.counts)
         self._tick(final=True)
@@ -201,6 +208,8 @@ class Supervisor(Intake, Endings, Stops):
                 threshold=self.policies.evict_below,
             )
             self.engine.evict(victim)
+        if self.admission.budget is not None:
+            self._hold_budget()
         for task in self.queue.snapshot():
             if len(self.engine.runs) >= self.policies.concurrency(self.max_concurrent):
                 return
@@ -208,10 +217,8 @@ class Supervisor(Intake, Endings, Stops):
             if pool is PoolState.BUSY:
                 continue  # its pool's workers are all busy: let other agents' tasks by
             why = self.policies.blocked()
-            if why is None and pool is not PoolState.IDLE:  # a new process: does its cap fit?
-                why = self.admission.waiting_reason(
-                    available, self.engine.headroom(), task.memory_limit
-                )
+            if why is None and pool is not PoolState.IDLE:  # a new process: does it fit?
+                why = self._waits_for_memory(task, available)
             if why != self._waiting:
                 self._waiting = why
                 if why:
@@ -221,6 +228,49 @@ class Supervisor(Intake, Endings, Stops):
             self.queue.remove(task)
             self._start(task)
             available = self.memory.available()
+
+    def _hold_budget(self) -> None:
+        """The sum of the agents' usage, against the budget. With a cgroup backend
+        the kernel holds it (a parent cage); with rlimit this is what holds it: over
+        the budget, the youngest agent is stopped and requeued for free."""
+        runs = self.engine.runs.values()
+        in_use = sum(run.usage for run in runs)
+        self.budget_sum_peak = max(self.budget_sum_peak, in_use)
+        budget = self.admission.budget
+        if budget is None or in_use <= budget or self.squeezing:
+            return
+        victim = max(runs, key=lambda run: run.started)
+        self.squeezing[victim.task.id] = True
+        self.events.emit("evicting", task=victim.task.id, in_use=in_use, budget=budget)
+        self.engine.evict(victim)
+
+    def _budget_report(self) -> None:
+        budget = self.admission.budget
+        if budget is None:
+            return
+        kernel = self.engine.budget_peak()
+        self.events.emit(
+            "budget",
+            limit=budget,
+            peak=kernel if kernel is not None else self.budget_sum_peak,
+            peak_source="kernel" if kernel is not None else "sampled",
+        )
+
+    def _waits_for_memory(self, task, available: int) -> str | None:
+        """Admission's answer for ``task`` (fleet/admission.py): against its cap and
+        the running agents' caps, or against what their agents are expected to need."""
+        runs = self.engine.runs.values()
+        in_use = sum(run.usage for run in runs) if self.admission.budget is not None else 0
+        if not self.admission.by_use:
+            return self.admission.waiting_reason(
+                available, self.engine.headroom(), task.memory_limit, in_use
+            )
+        expect = self.peaks.expected_peak
+        growth = sum(
+            max(0, expect(run.task.agent, run.task.memory_limit) - run.usage) for run in runs
+        )
+        need = expect(task.agent, task.memory_limit)
+        return self.admission.waiting_reason(available, growth, need, in_use)
 
     def _start(self, task) -> None:
         started = self.engine.start(task, self.rundir)

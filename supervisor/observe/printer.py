@@ -50,10 +50,20 @@ class LinePrinter:
                 f"{e['task']} {e['reason']}{code}: attempt {e['attempt']} in "
                 f"{format_duration(e['delay'])}{cap} ({e['why']})"
             )
+        if kind == "evicting" and "budget" in e:
+            return (
+                f"evicting {e['task']}: the agents use {format_size(e['in_use'])}, over "
+                f"the fleet's budget of {format_size(e['budget'])}"
+            )
         if kind == "evicting":
             return (
                 f"evicting {e['task']}: only {format_size(e['available'])} available, "
                 f"below {format_size(e['threshold'])}"
+            )
+        if kind == "budget":
+            return (
+                f"the fleet's peak: {format_size(e['peak'])} of its "
+                f"{format_size(e['limit'])} budget ({e['peak_source']})"
             )
         if kind == "breaker":
             return f"circuit breaker {e['state']}: {e['reason']}"

@@ -128,7 +128,7 @@ def gather(run_dirs: list[str]) -> tuple[PeakHistory, dict[str, int]]:
                     agent_of[str(task)] = event["agent"]
                 elif kind in ("retried", "exited"):
                     agent = event.get("agent") or agent_of.get(str(task))
-                    cap = event.get("limit_bytes", event.get("limit"))
+                    cap = event.get("limit_bytes")  # the ended attempt's cap
                     if not isinstance(agent, str) or not isinstance(cap, int):
                         continue
                     try:

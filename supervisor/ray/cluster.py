@@ -212,6 +212,14 @@ def refuse_unsupported(fleet) -> None:
             "with an rlimit only",
             hint="set supervisor.ray.allow_rlimit: true, or use a cgroup backend",
         )
+    if s.memory_budget is not None or s.admission != "caps":
+        key = "memory_budget" if s.memory_budget is not None else "admission: usage"
+        raise BadInput(
+            f"supervisor.{key} with --engine ray: a fleet budget and admission by use "
+            "are for one machine so far (each Ray node caps each agent; the cluster "
+            "admits by the agents' declared caps)",
+            hint=f"drop supervisor.{key.split(':')[0]} for this fleet, or use --engine local",
+        )
     for agent in fleet.agents.values():
         if agent.pool is not None:
             raise BadInput(

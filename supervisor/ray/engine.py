@@ -127,6 +127,9 @@ class RayEngine:
         self.memory.reserve(task.id, request)
         return run
 
+    def budget_peak(self) -> int | None:
+        return None  # no fleet budget under Ray (refused up front)
+
     def headroom(self) -> int:
         return 0  # whole requests are subtracted from the cluster's budget already
 
