@@ -64,6 +64,7 @@ SELECTION = (
     "tests/test_isolation.py",
     "tests/test_faults.py",
     "tests/test_hostile2.py",
+    "tests/test_budget.py",
     "-k",
     f"(cgroup2 and not ({' or '.join(TWINS)})) or doctor_",
 )
