@@ -36,6 +36,9 @@ INIT = os.path.join(os.path.dirname(os.path.abspath(_package_file)), "_nsinit")
 ENV_SWITCH = "AGENT_SUPERVISE_NAMESPACES"
 #: The SysV message queue size a new IPC namespace starts with (msgmnb).
 MSGMNB = 16384
+#: The most message queues an IPC namespace may have (the kernel's IPCMNI): a larger
+#: msgmni is EINVAL. At it, full queues hold 512 MiB, within any cap this large.
+IPCMNI = 32768
 
 
 def unavailable() -> str | None:
@@ -134,7 +137,7 @@ class Plan:
             sysctls=(
                 (b"/proc/sys/kernel/shmmax", str(limit).encode()),
                 (b"/proc/sys/kernel/shmall", str(pages).encode()),
-                (b"/proc/sys/kernel/msgmni", str(max(1, limit // MSGMNB)).encode()),
+                (b"/proc/sys/kernel/msgmni", str(max(1, min(IPCMNI, limit // MSGMNB))).encode()),
             ),
         )
 

@@ -177,6 +177,15 @@ def test_exit_zero_and_three(backend):
     assert failed["reason"] == "failed" and failed["exit_code"] == 3 and failed["status"] == 3
 
 
+@pytest.mark.parametrize("cap", ["1M", "511M", "512M", "600M", "1G", "64G", "1T"])
+def test_every_cap_a_user_may_give_runs(backend, cap):
+    """A cap is a cap, small or huge (a cap of 512M or more once failed to start any
+    agent as root: the IPC namespace's msgmni, sized by the cap, passed the kernel's
+    IPCMNI and clone refused it, exit 125)."""
+    out, _ = supervise(backend, "true", memory=cap)
+    assert out["reason"] == "ok" and out["exit_code"] == 0, out
+
+
 def test_killed_by_foreign_signal(backend):
     out, _ = supervise(backend, "sh", "-c", "kill -SEGV $$")
     assert out["reason"] == "signaled" and out["exit_code"] == 128 + signal.SIGSEGV
