@@ -168,6 +168,12 @@ AGENT = (
         "memory_limit", "cap", "Hard cap on the agent's whole process tree (at least 1M).", "50M"
     ),
     Field(
+        "memory_high",
+        "cap",
+        "Soft limit below memory_limit: above it the kernel reclaims the agent's memory "
+        "and slows it (cgroup2 memory.high) before the hard cap kills it; a throttled event.",
+    ),
+    Field(
         "pids_limit",
         "int",
         "Process cap: at most this many tasks (processes and "

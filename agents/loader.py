@@ -192,6 +192,9 @@ def _agent_problem(merged: dict) -> tuple[str, str] | None:
     except BadInput as err:
         return (err.message, err.hint or "")
     limit = merged.get("memory_limit", AgentSpec.memory_limit)
+    high = merged.get("memory_high")
+    if high is not None and high >= limit:
+        return ("memory_high must be below memory_limit", "lower memory_high, or drop it")
     if merged.get("on_memory_kill") == "grow":
         top = merged.get("max_memory_limit")
         if top is None:

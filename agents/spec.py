@@ -94,6 +94,7 @@ class AgentSpec:
     name: str
     cmd: tuple[str, ...]
     memory_limit: int = 50 << 20
+    memory_high: int | None = None  # the soft limit (cgroup2 memory.high)
     pids_limit: int = 4096  # limits.base.DEFAULT_PIDS_LIMIT; 0: no process cap
     timeout: float | None = None
     grace: float | None = None
@@ -150,6 +151,7 @@ class Task:
     user: str | None = None
     group: str | None = None
     pids_limit: int = 4096
+    memory_high: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,4 +190,5 @@ def make_task(agent: AgentSpec, spec: TaskSpec, n: int, default_grace: float) ->
         user=agent.user,
         group=agent.group,
         pids_limit=agent.pids_limit,
+        memory_high=agent.memory_high,
     )

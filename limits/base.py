@@ -179,6 +179,8 @@ class Cage(abc.ABC):
     pid: int | None = None
     #: The process cap it was made with (0: none).
     pids_limit: int = 0
+    #: The soft limit in bytes (set_high), None: none.
+    high: int | None = None
 
     @functools.cached_property
     def orphans(self) -> set[int]:
@@ -241,6 +243,22 @@ class Cage(abc.ABC):
 
     @abc.abstractmethod
     def members(self) -> list[int]: ...
+
+    def set_high(self, high: int) -> None:
+        """A soft limit below the cap (an agent's ``memory_high``). Here: none from the
+        kernel, only :meth:`throttled` (the rlimit watchdog's samples). cgroup v2:
+        memory.high, where the kernel reclaims and slows the agent; cgroup v1:
+        memory.soft_limit_in_bytes, what reclaim takes back first when the machine is
+        short (it slows nothing by itself)."""
+        self.high = high
+        self.notes.append(
+            f"memory_high {high} bytes: no kernel soft limit under rlimit (a throttled event only)"
+        )
+
+    def throttled(self, usage: int) -> bool:
+        """Whether the agent has reached its soft limit; ``usage``: the watchdog's
+        last sample of it."""
+        return self.high is not None and usage >= self.high
 
     def tampered(self) -> str | None:
         """What changed in the cage's own limits since they were set (the agent wrote

@@ -59,6 +59,13 @@ class Cgroup1Cage(CgroupCage):
                 self.write_checked("memory.use_hierarchy", "1")
             self._guarded.append("memory.use_hierarchy")
 
+    def set_high(self, high: int) -> None:
+        """memory.soft_limit_in_bytes: under memory pressure on the machine, reclaim
+        takes from groups over their soft limit first. It slows nothing by itself;
+        :meth:`throttled` is the watchdog's sample against it."""
+        self.write_checked("memory.soft_limit_in_bytes", str(high), str(page_floor(high)))
+        self.high = high
+
     def open_files(self) -> None:
         super().open_files()
         self._oom_fd = self._keep_open("memory.oom_control")

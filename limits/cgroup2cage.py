@@ -50,6 +50,20 @@ class Cgroup2Cage(CgroupCage):
     hierarchy = ""
     threads_file = "cgroup.threads"
 
+    def set_high(self, high: int) -> None:
+        """memory.high: above it the kernel reclaims the agent's pages and throttles
+        its allocations, before memory.max kills it."""
+        self.write_checked("memory.high", str(high), str(page_floor(high)))
+        self.high = high
+
+    def throttled(self, usage: int) -> bool:
+        """memory.events counts each time the agent went over memory.high (the
+        kernel holds its usage near memory.high, so a sample may never show it)."""
+        if self.high is None:
+            return False
+        events = parse_flat_keyed(self.fs.read(self._file("memory.events")))
+        return events.get("high", 0) > 0
+
     def hold_children(self) -> None:
         """A budget's parent: its children get the memory (and pids) controller, and
         an OOM kill at the budget takes one agent, not every agent (oom.group 0)."""

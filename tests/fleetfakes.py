@@ -38,6 +38,7 @@ class FakeRun:
 
     node = None
     lost = False
+    throttled = False
     state = "running"
     backend = "fake"
 

@@ -157,6 +157,7 @@ class LocalEngine:
             stdio=stdio,
             task=task,
             agent=task.id,
+            memory_high=task.memory_high,
         )
         return launch(
             req,

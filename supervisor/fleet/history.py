@@ -9,8 +9,9 @@ one observation:
   so the observation is a floor, kept apart (``killed_at``).
 
 The file is ``peaks.json`` in the fleet's ``log_dir`` (next to the run folders),
-the newest ``KEEP`` observations of each agent, merged under an exclusive lock, so
-that two fleets sharing a log dir both add theirs::
+written by fleets with ``admission: usage`` only (the others leave the log dir as it
+was): the newest ``KEEP`` observations of each agent, merged under an exclusive lock
+of the log dir, so that two fleets sharing it both add theirs::
 
     {"version": 1, "agents": {"researcher": {"peaks": [...], "killed_at": [...]}}}
 """
@@ -113,7 +114,9 @@ class PeakHistory:
         """Add these observations to ``log_dir``'s file, under its lock (another
         fleet may be writing its own), and replace it whole (rename)."""
         path = os.path.join(log_dir, FILE)
-        lock = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # The lock is the log dir's own (flock works on a directory's fd): no lock
+        # file beside the run folders, and the file itself is replaced by rename.
+        lock = os.open(log_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             merged = PeakHistory.load(log_dir)

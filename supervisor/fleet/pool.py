@@ -90,6 +90,10 @@ class PooledRun:
     def usage(self) -> int:
         return self.worker.run.watchdog.last_usage
 
+    @property
+    def throttled(self) -> bool:
+        return self.worker.run.throttled
+
 
 def task_line(task) -> bytes:
     return (

@@ -62,6 +62,10 @@ class RunView(Protocol):
         """The highest usage sampled so far."""
 
     @property
+    def throttled(self) -> bool:
+        """Whether it has reached its agent's ``memory_high`` (the soft limit)."""
+
+    @property
     def cage_name(self) -> str:
         """The cage's name, as the ``started`` event gives it."""
 

@@ -66,6 +66,7 @@ class Supervisor(Intake, Endings, Stops):
         self.events = EventLog(f"{self.rundir.path}/events.jsonl", clock, self.rundir.health)
         self.peaks = FleetPeaks(os.path.dirname(self.rundir.path))  # peaks.json beside runs
         self.squeezing: dict[str, bool] = {}
+        self.throttled: set[tuple[str, int]] = set()  # (task, attempt) said throttled
         self.budget_sum_peak = 0  # the largest sampled sum of the agents' usage
         self._check_users(fleet)
         self.engine: Engine = engine or self._new_engine()
@@ -147,7 +148,8 @@ class Supervisor(Intake, Endings, Stops):
         forget_stalls()  # the agents are gone: the last lines get full patience
         self.result = FleetResult.build(self._end(self.clock() - started))
         self.result.written = self.rundir.write_summary(self.result.to_json())
-        self.peaks.save()
+        if self.admission.by_use:  # the history its next run will expect from
+            self.peaks.save()
         self.rundir.health.retry(self.events.emit)
         self.events.emit("run_ended", exit_code=self.result.exit_code, counts=self.result.counts)
         self._tick(final=True)
@@ -210,6 +212,7 @@ class Supervisor(Intake, Endings, Stops):
             self.engine.evict(victim)
         if self.admission.budget is not None:
             self._hold_budget()
+        self._note_throttled()
         for task in self.queue.snapshot():
             if len(self.engine.runs) >= self.policies.concurrency(self.max_concurrent):
                 return
@@ -243,6 +246,18 @@ class Supervisor(Intake, Endings, Stops):
         self.squeezing[victim.task.id] = True
         self.events.emit("evicting", task=victim.task.id, in_use=in_use, budget=budget)
         self.engine.evict(victim)
+
+    def _note_throttled(self) -> None:
+        """One ``throttled`` event per attempt that reached its agent's memory_high."""
+        for run in self.engine.runs.values():
+            task = run.task
+            if task.memory_high is None or (task.id, task.attempt) in self.throttled:
+                continue
+            if run.throttled:
+                self.throttled.add((task.id, task.attempt))
+                self.events.emit(
+                    "throttled", task=task.id, usage=run.usage, memory_high=task.memory_high
+                )
 
     def _budget_report(self) -> None:
         budget = self.admission.budget

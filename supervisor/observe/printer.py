@@ -60,6 +60,11 @@ class LinePrinter:
                 f"evicting {e['task']}: only {format_size(e['available'])} available, "
                 f"below {format_size(e['threshold'])}"
             )
+        if kind == "throttled":
+            return (
+                f"{e['task']} throttled: at {format_size(e['usage'])}, its memory_high is "
+                f"{format_size(e['memory_high'])}"
+            )
         if kind == "budget":
             return (
                 f"the fleet's peak: {format_size(e['peak'])} of its "

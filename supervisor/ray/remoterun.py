@@ -33,6 +33,8 @@ class RemoteRun:
     #: It ends by its own doing or its worker's death, which the fleet retries as
     #: any failure: never lost.
     lost = False
+    #: memory_high is not passed to the nodes (yet): never throttled here.
+    throttled = False
 
     def __init__(self, task, gen, key: str, rundir, now: float) -> None:
         self.task, self.gen, self.key = task, gen, key

@@ -67,6 +67,7 @@ class Request:
     foreground_tty: int | None = None  # `run` in a terminal: the agent's job gets it
     task: Task | None = None  # the fleet's task, kept on the run
     agent: str | None = None  # named in a never-started outcome
+    memory_high: int | None = None  # the soft limit, below ``memory``
 
 
 def launch(
@@ -92,6 +93,12 @@ def launch(
         cage = backend.create(
             req.label, req.memory, pids=req.pids, uid=req.creds.uid if req.creds else None
         )
+        if req.memory_high is not None and req.memory_high < req.memory:
+            try:
+                cage.set_high(req.memory_high)
+            except BaseException:
+                cage.release()
+                raise
     except CageError as err:
         if cage_errors:
             raise

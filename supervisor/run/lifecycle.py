@@ -276,6 +276,10 @@ class AgentRun:
         return self.watchdog.last_usage
 
     @property
+    def throttled(self) -> bool:
+        return self.cage.throttled(self.watchdog.last_usage)
+
+    @property
     def peak(self) -> int:
         return self.watchdog.peak
 

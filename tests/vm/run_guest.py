@@ -65,6 +65,7 @@ SELECTION = (
     "tests/test_faults.py",
     "tests/test_hostile2.py",
     "tests/test_budget.py",
+    "tests/test_memory_high.py",
     "-k",
     f"(cgroup2 and not ({' or '.join(TWINS)})) or doctor_",
 )
