@@ -29,6 +29,7 @@ SECTIONS = (
     "headline",
     "output",
     "startup",
+    "packing",
 )
 
 
