@@ -22,6 +22,7 @@ from agent_supervise.fleet.admission import Admission
 from agent_supervise.fleet.endings import Endings
 from agent_supervise.fleet.history import FleetPeaks
 from agent_supervise.fleet.intake import Intake
+from agent_supervise.fleet.packing import Packing
 from agent_supervise.fleet.policies import Policies
 from agent_supervise.fleet.poolkeeper import PoolState
 from agent_supervise.fleet.retry import Backoffs
@@ -35,7 +36,7 @@ from agent_supervise.rundir import EventLog, RunDir
 from agent_supervise.stdio import forget_stalls
 
 
-class Supervisor(Intake, Endings, Stops):
+class Supervisor(Intake, Endings, Stops, Packing):
     """Runs a fleet. CLI: ``close()`` then ``run()``. API: ``start()``, ``submit()``,
     ``close()``, ``wait()``."""
 
@@ -231,61 +232,6 @@ class Supervisor(Intake, Endings, Stops):
             self.queue.remove(task)
             self._start(task)
             available = self.memory.available()
-
-    def _hold_budget(self) -> None:
-        """The sum of the agents' usage, against the budget. With a cgroup backend
-        the kernel holds it (a parent cage); with rlimit this is what holds it: over
-        the budget, the youngest agent is stopped and requeued for free."""
-        runs = self.engine.runs.values()
-        in_use = sum(run.usage for run in runs)
-        self.budget_sum_peak = max(self.budget_sum_peak, in_use)
-        budget = self.admission.budget
-        if budget is None or in_use <= budget or self.squeezing:
-            return
-        victim = max(runs, key=lambda run: run.started)
-        self.squeezing[victim.task.id] = True
-        self.events.emit("evicting", task=victim.task.id, in_use=in_use, budget=budget)
-        self.engine.evict(victim)
-
-    def _note_throttled(self) -> None:
-        """One ``throttled`` event per attempt that reached its agent's memory_high."""
-        for run in self.engine.runs.values():
-            task = run.task
-            if task.memory_high is None or (task.id, task.attempt) in self.throttled:
-                continue
-            if run.throttled:
-                self.throttled.add((task.id, task.attempt))
-                self.events.emit(
-                    "throttled", task=task.id, usage=run.usage, memory_high=task.memory_high
-                )
-
-    def _budget_report(self) -> None:
-        budget = self.admission.budget
-        if budget is None:
-            return
-        kernel = self.engine.budget_peak()
-        self.events.emit(
-            "budget",
-            limit=budget,
-            peak=kernel if kernel is not None else self.budget_sum_peak,
-            peak_source="kernel" if kernel is not None else "sampled",
-        )
-
-    def _waits_for_memory(self, task, available: int) -> str | None:
-        """Admission's answer for ``task`` (fleet/admission.py): against its cap and
-        the running agents' caps, or against what their agents are expected to need."""
-        runs = self.engine.runs.values()
-        in_use = sum(run.usage for run in runs) if self.admission.budget is not None else 0
-        if not self.admission.by_use:
-            return self.admission.waiting_reason(
-                available, self.engine.headroom(), task.memory_limit, in_use
-            )
-        expect = self.peaks.expected_peak
-        growth = sum(
-            max(0, expect(run.task.agent, run.task.memory_limit) - run.usage) for run in runs
-        )
-        need = expect(task.agent, task.memory_limit)
-        return self.admission.waiting_reason(available, growth, need, in_use)
 
     def _start(self, task) -> None:
         started = self.engine.start(task, self.rundir)
