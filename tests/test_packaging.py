@@ -41,7 +41,9 @@ def test_wheel_has_only_agent_supervise(tmp_path):
     for sub in (
         "agent_supervise/limits/cgroup2.py",
         "agent_supervise/agents/__init__.py",
-        "agent_supervise/cli.py",
+        "agent_supervise/cli/__init__.py",
+        "agent_supervise/cli/runargs.py",
+        "agent_supervise/_spawn.pyi",
         "agent_supervise/__main__.py",
         "agent_supervise/py.typed",
     ):
