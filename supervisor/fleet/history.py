@@ -59,20 +59,38 @@ def percentile(values: list[int], pct: float) -> int:
 @dataclass
 class PeakHistory:
     agents: dict[str, AgentPeaks] = field(default_factory=dict)
+    #: agent -> (its high percentile with the margin, its largest kill cap), or None
+    #: with too few peaks: admission asks for every running agent on every pass, the
+    #: peaks change only when an attempt ends.
+    _expected: dict[str, tuple[int, int] | None] = field(default_factory=dict, repr=False)
 
     def record(self, agent: str, peak: int | None, cap: int, killed: bool) -> None:
         self.agents.setdefault(agent, AgentPeaks()).add(peak, cap, killed)
+        self._expected.pop(agent, None)
+
+    def reached(self, agent: str, peak: int) -> None:
+        """An attempt stopped early got to ``peak``: a floor of what it needs."""
+        self.agents.setdefault(agent, AgentPeaks()).peaks.append(peak)
+        self._expected.pop(agent, None)
 
     def expected_peak(self, agent: str, cap: int) -> int:
         """What an attempt of ``agent`` under ``cap`` is expected to need at most: the
         high percentile of its peaks with a margin, never above the cap; the cap itself
         with too few observations, or when it was ever killed at a cap this large."""
-        seen = self.agents.get(agent)
-        if seen is None or len(seen.peaks) < MIN_SAMPLES:
+        if agent not in self._expected:
+            seen = self.agents.get(agent)
+            self._expected[agent] = (
+                None
+                if seen is None or len(seen.peaks) < MIN_SAMPLES
+                else (
+                    int(percentile(seen.peaks, PERCENTILE) * MARGIN),
+                    max(seen.killed_at, default=0),
+                )
+            )
+        known = self._expected[agent]
+        if known is None or known[1] >= cap:  # too few peaks, or killed at a cap this large
             return cap
-        if any(killed >= cap for killed in seen.killed_at):
-            return cap
-        return min(cap, int(percentile(seen.peaks, PERCENTILE) * MARGIN))
+        return min(cap, known[0])
 
     # -- the file --------------------------------------------------------------------
     @classmethod
@@ -152,7 +170,7 @@ class FleetPeaks:
         """An attempt stopped early (by the fleet's budget) got to ``peak``: a floor
         of what the agent needs, kept for this run's admission only."""
         if peak:
-            self.known.agents.setdefault(agent, AgentPeaks()).peaks.append(peak)
+            self.known.reached(agent, peak)
 
     def expected_peak(self, agent: str, cap: int) -> int:
         return self.known.expected_peak(agent, cap)

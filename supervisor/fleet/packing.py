@@ -67,18 +67,26 @@ class Packing:
             peak_source="kernel" if kernel is not None else "sampled",
         )
 
-    def _waits_for_memory(self, task, available: int) -> str | None:
-        """Admission's answer for ``task`` (fleet/admission.py): against its cap and
-        the running agents' caps, or against what their agents are expected to need."""
+    def _promises(self) -> tuple[int, int]:
+        """(what the running agents use now, what they were promised beyond it): by
+        caps, or by what their agents are expected to need. Once per dispatch pass,
+        and again after each start."""
         runs = self.engine.runs.values()
         in_use = sum(run.usage for run in runs) if self.admission.budget is not None else 0
         if not self.admission.by_use:
-            return self.admission.waiting_reason(
-                available, self.engine.headroom(), task.memory_limit, in_use
-            )
+            return in_use, self.engine.headroom()
         expect = self.peaks.expected_peak
         growth = sum(
             max(0, expect(run.task.agent, run.task.memory_limit) - run.usage) for run in runs
         )
-        need = expect(task.agent, task.memory_limit)
-        return self.admission.waiting_reason(available, growth, need, in_use)
+        return in_use, growth
+
+    def _waits_for_memory(self, task, available: int, promises: tuple[int, int]) -> str | None:
+        """Admission's answer for ``task`` (fleet/admission.py)."""
+        in_use, headroom = promises
+        need = (
+            self.peaks.expected_peak(task.agent, task.memory_limit)
+            if self.admission.by_use
+            else task.memory_limit
+        )
+        return self.admission.waiting_reason(available, headroom, need, in_use)

@@ -214,6 +214,7 @@ class Supervisor(Intake, Endings, Stops, Packing):
         if self.admission.budget is not None:
             self._hold_budget()
         self._note_throttled()
+        promises = None
         for task in self.queue.snapshot():
             if len(self.engine.runs) >= self.policies.concurrency(self.max_concurrent):
                 return
@@ -222,7 +223,8 @@ class Supervisor(Intake, Endings, Stops, Packing):
                 continue  # its pool's workers are all busy: let other agents' tasks by
             why = self.policies.blocked()
             if why is None and pool is not PoolState.IDLE:  # a new process: does it fit?
-                why = self._waits_for_memory(task, available)
+                promises = promises or self._promises()
+                why = self._waits_for_memory(task, available, promises)
             if why != self._waiting:
                 self._waiting = why
                 if why:
@@ -231,7 +233,7 @@ class Supervisor(Intake, Endings, Stops, Packing):
                 return
             self.queue.remove(task)
             self._start(task)
-            available = self.memory.available()
+            available, promises = self.memory.available(), None
 
     def _start(self, task) -> None:
         started = self.engine.start(task, self.rundir)
