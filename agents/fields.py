@@ -132,6 +132,13 @@ SUPERVISOR = (
     Field("cgroup_root", "path", "Create agents' cgroups under this directory."),
     Field("run_timeout", "duration", "Stop the whole run after this long."),
     Field(
+        "freeze_below",
+        "size0",
+        "Below this much available memory freeze the youngest agent (it keeps its "
+        "memory, stops growing) and thaw it when memory returns (default: "
+        "min_free_memory; 0 disables).",
+    ),
+    Field(
         "evict_below",
         "size0",
         "Below this much available memory kill the youngest "

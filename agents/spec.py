@@ -78,6 +78,7 @@ class SupervisorSettings:
     cgroup_root: str | None = None
     run_timeout: float | None = None
     evict_below: int | None = None  # None: half of min_free_memory
+    freeze_below: int | None = None  # None: min_free_memory
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     degradation: DegradationSettings = field(default_factory=DegradationSettings)
     ray: RaySettings = field(default_factory=RaySettings)
@@ -85,6 +86,10 @@ class SupervisorSettings:
     @property
     def eviction_threshold(self) -> int:
         return self.min_free_memory // 2 if self.evict_below is None else self.evict_below
+
+    @property
+    def freeze_threshold(self) -> int:
+        return self.min_free_memory if self.freeze_below is None else self.freeze_below
 
 
 @dataclass(frozen=True)

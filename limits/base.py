@@ -260,6 +260,24 @@ class Cage(abc.ABC):
         last sample of it."""
         return self.high is not None and usage >= self.high
 
+    #: Whether freeze() holds it now (limits/freezer.py).
+    frozen = False
+
+    def freeze(self) -> None:
+        """Stop every process inside from running, memory kept (the pressure
+        ladder). Here: SIGSTOP to the tree; the cgroup cages use the kernel's freezer."""
+        import signal
+
+        self.frozen = True
+        self.signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen agent run on where it was."""
+        import signal
+
+        self.frozen = False
+        self.signal(signal.SIGCONT)
+
     def tampered(self) -> str | None:
         """What changed in the cage's own limits since they were set (the agent wrote
         to them), or None. Called on every watchdog tick: kept-open fds and pread."""

@@ -20,7 +20,8 @@ and measured on the project's machines, see ../shared/NOTES.md):
 * ``memory.oom_control`` ``oom_kill_disable 1`` would make the agent hang at its cap
   instead of being killed; it is guarded like the limits (guard.py).
 * The pids controller is its own hierarchy: the process cap is a companion leaf
-  there (pids.py), joined by the child with the memory cage.
+  there (pids.py), joined by the child with the memory cage. So is the freezer: a
+  leaf there is made when the cage is first frozen (freezer.py).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from agent_supervise.limits.base import Unavailable
 from agent_supervise.limits.cgroupbackend import CgroupBackend
 from agent_supervise.limits.cgroupcage import CgroupCage, page_floor
 from agent_supervise.limits.cgroupfs import cgroup_dir, cgroup_mounts, own_cgroups, parse_flat_keyed
+from agent_supervise.limits.freezer import FreezerHierarchy, FreezerLeaf
 from agent_supervise.limits.guard import Guard, PeakGuard
 from agent_supervise.limits.pids import PidsHierarchy
 
@@ -41,6 +43,29 @@ class Cgroup1Cage(CgroupCage):
     usage_file = "memory.usage_in_bytes"
     hierarchy = "memory"
     threads_file = "tasks"
+    #: Its leaf in the v1 freezer hierarchy (made on first freeze); None without one:
+    #: the base class's SIGSTOP then.
+    freezer: FreezerLeaf | None = None
+
+    def freeze(self) -> None:
+        if self.freezer is None:
+            super().freeze()
+        else:
+            self.freezer.freeze(self.members)
+            self.frozen = True
+
+    def thaw(self) -> None:
+        if self.freezer is None:
+            super().thaw()
+        else:
+            self.freezer.thaw()
+            self.frozen = False
+
+    def release(self) -> None:
+        super().release()
+        if self.freezer is not None:
+            self.freezer.release()  # its processes left with the cage
+            self.freezer = None
 
     def configure(self) -> None:
         rounded = str(page_floor(self.limit))
@@ -116,9 +141,16 @@ class Cgroup1Backend(CgroupBackend):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.pids = PidsHierarchy(self.fs, self.mountinfo, self.cgroup_file)
+        self.freezers = FreezerHierarchy(self.fs, self.mountinfo, self.cgroup_file)
 
     def add_companions(self, cage: CgroupCage) -> None:
-        """The process cap: a leaf of the same name in the v1 pids hierarchy."""
+        """Where its freezer leaf would go, and the process cap: a leaf of the same
+        name in the v1 pids hierarchy."""
+        if isinstance(cage, Cgroup1Cage):
+            try:
+                cage.freezer = self.freezers.leaf(cage.name)
+            except Unavailable:
+                pass  # frozen by SIGSTOP instead (the base cage's freeze)
         if cage.pids_limit <= 0:
             return
         try:
@@ -132,7 +164,11 @@ class Cgroup1Backend(CgroupBackend):
         cage.companion = self.pids.create(cage.name, cage.pids_limit)
 
     def clean_stale(self):
-        return super().clean_stale() + self.pids.clean_stale()
+        """A dead supervisor's cages; its frozen agents thawed first (a frozen v1
+        task does not die until thawed), their freezer leaves removed last."""
+        frozen = self.freezers.thaw_stale()
+        found = super().clean_stale() + self.pids.clean_stale()
+        return found + self.freezers.remove(frozen)
 
     def probe(self) -> str:
         if self.parent is not None:

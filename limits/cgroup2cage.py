@@ -177,6 +177,16 @@ class Cgroup2Cage(CgroupCage):
         finally:
             os.close(fd)
 
+    def freeze(self) -> None:
+        """The kernel's freezer (limits/freezer.py); ``frozen 1`` in cgroup.events
+        follows once every task has stopped."""
+        self.fs.write(self._file("cgroup.freeze"), "1")
+        self.frozen = True
+
+    def thaw(self) -> None:
+        self.fs.write(self._file("cgroup.freeze"), "0")
+        self.frozen = False
+
     def kill(self) -> int:
         inside = len(self.members())
         if self.fs.exists(self._file("cgroup.kill")):

@@ -157,6 +157,27 @@ def cgroup_dir(mount: Mount, cgroup_path: str) -> str | None:
     return os.path.join(mount.point, rel) if rel else mount.point
 
 
+def own_v1_dir(fs: CgroupFS, controller: str, mountinfo: str, cgroup_file: str) -> str:
+    """This process's directory in the v1 hierarchy of ``controller``; Unavailable
+    (with the reason) where there is none, it is not visible, or it is not ours."""
+    from agent_supervise.limits.base import Unavailable
+
+    mounts = [
+        m for m in cgroup_mounts(mountinfo) if m.fstype == "cgroup" and controller in m.options
+    ]
+    if not mounts:
+        raise Unavailable(f"no cgroup v1 hierarchy has the {controller} controller")
+    own = own_cgroups(cgroup_file).get(controller)
+    parent = cgroup_dir(mounts[0], own) if own else None
+    if parent is None or not fs.exists(os.path.join(parent, "cgroup.procs")):
+        raise Unavailable(
+            f"this process's {controller} cgroup is not visible under {mounts[0].point}"
+        )
+    if not fs.writable(parent):
+        raise Unavailable(f"{parent} is not writable by uid {os.getuid()}")
+    return parent
+
+
 def kernel_path(directory: str, mounts: list[Mount]) -> str | None:
     """The cgroup path that /proc/PID/cgroup shows for the cgroup at ``directory``
     (the inverse of :func:`cgroup_dir`), or None if no mount holds it."""

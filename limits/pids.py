@@ -39,10 +39,9 @@ from agent_supervise.limits.base import (
 )
 from agent_supervise.limits.cgroupfs import (
     CgroupFS,
-    cgroup_dir,
     cgroup_mounts,
     kernel_path,
-    own_cgroups,
+    own_v1_dir,
     parse_flat_keyed,
 )
 from agent_supervise.limits.guard import Guard
@@ -193,17 +192,7 @@ class PidsHierarchy:
         return self.parent
 
     def _find(self) -> str:
-        mounts = [
-            m for m in cgroup_mounts(self.mountinfo) if m.fstype == "cgroup" and "pids" in m.options
-        ]
-        if not mounts:
-            raise Unavailable("no cgroup v1 hierarchy has the pids controller")
-        own = own_cgroups(self.cgroup_file).get("pids")
-        parent = cgroup_dir(mounts[0], own) if own else None
-        if parent is None or not self.fs.exists(os.path.join(parent, "cgroup.procs")):
-            raise Unavailable(f"this process's pids cgroup is not visible under {mounts[0].point}")
-        if not self.fs.writable(parent):
-            raise Unavailable(f"{parent} is not writable by uid {os.getuid()}")
+        parent = own_v1_dir(self.fs, "pids", self.mountinfo, self.cgroup_file)
         probe = os.path.join(parent, cage_name(owner_tag(), 0, "pids-probe"))
         try:
             PidsLeaf.create(self.fs, probe, 64).release()

@@ -89,10 +89,11 @@ def subreaper() -> None:
 
 def cage_dirs() -> set[str]:
     """Every cage directory (ours, by name) in the memory-capable hierarchies, and
-    the pids companions of cgroup1 and rlimit cages (limits/pids.py)."""
+    the pids companions of cgroup1 and rlimit cages (limits/pids.py), and cgroup1's
+    freezer leaves (limits/freezer.py)."""
     found = set()
     for mount in cgroup_mounts():
-        if mount.fstype == "cgroup" and not {"memory", "pids"} & set(mount.options):
+        if mount.fstype == "cgroup" and not {"memory", "pids", "freezer"} & set(mount.options):
             continue
         for top, dirs, _ in os.walk(mount.point):
             for d in list(dirs):

@@ -39,6 +39,7 @@ class FakeRun:
     node = None
     lost = False
     throttled = False
+    frozen = False
     state = "running"
     backend = "fake"
 
@@ -117,6 +118,17 @@ class FakeEngine:
 
     def pool_state(self, task):
         return None
+
+    def freeze(self, run) -> bool:
+        """Its scripted clock stops while frozen."""
+        if run.frozen:
+            return False
+        run.frozen, run.left, run.end = True, run.end - self.clock.now, float("inf")
+        return True
+
+    def thaw(self, run) -> float:
+        run.frozen, run.end = False, self.clock.now + run.left
+        return 0.0
 
     def evict(self, run) -> None:
         from agent_supervise.outcome import Reason

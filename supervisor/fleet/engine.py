@@ -229,6 +229,14 @@ class LocalEngine:
         self.pools.retire_all(why)
         return bool(self.pools.all())
 
+    def freeze(self, run: RunView) -> bool:
+        own = self.runs[run.task.id]
+        return isinstance(own, AgentRun) and own.freeze(self.clock())
+
+    def thaw(self, run: RunView) -> float:
+        own = self.runs.get(run.task.id)
+        return own.thaw(self.clock()) if isinstance(own, AgentRun) else 0.0
+
     def evict(self, run: RunView) -> None:
         """The pressure rule: stop this agent to free memory (SIGTERM, grace, SIGKILL)."""
         own = self.runs[run.task.id]

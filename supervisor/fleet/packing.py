@@ -28,20 +28,21 @@ class Packing:
     throttled: set[tuple[str, int]]
     budget_sum_peak: int
 
-    def _hold_budget(self) -> None:
-        """The sum of the agents' usage, against the budget. With a cgroup backend
-        the kernel holds it (a parent cage); with rlimit this is what holds it: over
-        the budget, the youngest agent is stopped and requeued for free."""
+    def _hold_budget(self) -> int:
+        """The sum of the agents' usage (returned), against the budget. With a cgroup
+        backend the kernel holds it (a parent cage); with rlimit this is what holds
+        it: over the budget, the youngest agent is stopped and requeued for free."""
         runs = self.engine.runs.values()
         in_use = sum(run.usage for run in runs)
         self.budget_sum_peak = max(self.budget_sum_peak, in_use)
         budget = self.admission.budget
         if budget is None or in_use <= budget or self.squeezing:
-            return
+            return in_use
         victim = max(runs, key=lambda run: run.started)
         self.squeezing[victim.task.id] = True
         self.events.emit("evicting", task=victim.task.id, in_use=in_use, budget=budget)
         self.engine.evict(victim)
+        return in_use
 
     def _note_throttled(self) -> None:
         """One ``throttled`` event per attempt that reached its agent's memory_high."""

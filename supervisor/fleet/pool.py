@@ -69,6 +69,7 @@ class PooledRun:
     result_path: str = ""
     fields: dict = field(default_factory=dict)
     node: str | None = None  # a pool is local
+    frozen = False  # its worker serves the pool's other tasks too: never frozen
 
     @property
     def pid(self) -> int:

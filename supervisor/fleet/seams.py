@@ -62,6 +62,10 @@ class RunView(Protocol):
         """The highest usage sampled so far."""
 
     @property
+    def frozen(self) -> bool:
+        """Frozen by the pressure ladder (fleet/ladder.py): the dashboard's ``frozen``."""
+
+    @property
     def throttled(self) -> bool:
         """Whether it has reached its agent's ``memory_high`` (the soft limit)."""
 
@@ -105,6 +109,13 @@ class Engine(Protocol):
 
     def pool_state(self, task: Task) -> str | None:
         """For a pooled task: idle, spawn or busy; None for any other."""
+
+    def freeze(self, run: RunView) -> bool:
+        """Freeze this run's processes, memory kept (the pressure ladder); False
+        where it cannot be (a pooled or remote task, one already ending)."""
+
+    def thaw(self, run: RunView) -> float:
+        """Let a frozen run go on; the seconds it was frozen (0.0: it was not)."""
 
     def evict(self, run: RunView) -> None:
         """Stop this run to free memory (SIGTERM, grace, SIGKILL), as ``evicted``."""

@@ -22,6 +22,7 @@ from agent_supervise.fleet.admission import Admission
 from agent_supervise.fleet.endings import Endings
 from agent_supervise.fleet.history import FleetPeaks
 from agent_supervise.fleet.intake import Intake
+from agent_supervise.fleet.ladder import Ladder
 from agent_supervise.fleet.packing import Packing
 from agent_supervise.fleet.policies import Policies
 from agent_supervise.fleet.poolkeeper import PoolState
@@ -74,6 +75,7 @@ class Supervisor(Intake, Endings, Stops, Packing):
         self.queue = TaskQueue(s.queue_size, on_put=self.engine.wake)
         extra = {} if psi == "auto" else {"psi": psi}
         self.policies = Policies(s, fleet.agents, self.events.emit, rng, **extra)
+        self.ladder = Ladder(s.freeze_threshold, s.memory_budget, self.events.emit)
         self.backoffs = Backoffs()  # retries waiting out their delay
         self.checkpoints = CheckpointWatch(self.rundir.checkpoint_path)
         self._checkpoint_due = 0.0
@@ -211,8 +213,9 @@ class Supervisor(Intake, Endings, Stops, Packing):
                 threshold=self.policies.evict_below,
             )
             self.engine.evict(victim)
-        if self.admission.budget is not None:
-            self._hold_budget()
+        in_use = self._hold_budget() if self.admission.budget is not None else 0
+        if victim is None and not self.squeezing and self.policies.evicting not in self.engine.runs:
+            self.ladder.step(now, available, in_use, self.engine)  # one move at a time
         self._note_throttled()
         promises = None
         for task in self.queue.snapshot():
@@ -221,7 +224,7 @@ class Supervisor(Intake, Endings, Stops, Packing):
             pool = self.engine.pool_state(task)
             if pool is PoolState.BUSY:
                 continue  # its pool's workers are all busy: let other agents' tasks by
-            why = self.policies.blocked()
+            why = self.policies.blocked() or self.ladder.waiting()
             if why is None and pool is not PoolState.IDLE:  # a new process: does it fit?
                 promises = promises or self._promises()
                 why = self._waits_for_memory(task, available, promises)

@@ -73,7 +73,7 @@ class Snapshotter:
             "task": run.task.id,
             "agent": run.task.agent,
             "pid": run.pid,
-            "state": run.state,
+            "state": "frozen" if run.frozen else run.state,
             "usage": run.usage,
             "limit": run.task.memory_limit,
             "peak": run.peak,

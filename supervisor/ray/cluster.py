@@ -197,6 +197,7 @@ def for_ray(settings):
         settings,
         min_free_memory=0,
         evict_below=0,
+        freeze_below=0,
         breaker=dataclasses.replace(settings.breaker, min_available=0),
         degradation=dataclasses.replace(
             settings.degradation, sequential_below=0, limited_below=0, margin=0, psi_some_avg10=0

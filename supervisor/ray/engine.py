@@ -230,6 +230,12 @@ class RayEngine:
     def processes(self) -> list[RemoteRun]:
         return list(self.runs.values())
 
+    def freeze(self, run) -> bool:
+        return False  # the nodes' memory is theirs: the ladder evicts instead
+
+    def thaw(self, run) -> float:
+        return 0.0
+
     def evict(self, run) -> None:
         self._order(run, Reason.EVICTED, signal.SIGTERM)
 

@@ -35,6 +35,8 @@ class RemoteRun:
     lost = False
     #: memory_high is not passed to the nodes (yet): never throttled here.
     throttled = False
+    #: The driver's ladder does not reach into the nodes: never frozen.
+    frozen = False
 
     def __init__(self, task, gen, key: str, rundir, now: float) -> None:
         self.task, self.gen, self.key = task, gen, key

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
 from agent_supervise.run.escape import CONFIRM_AFTER_S, EscapeState
 from agent_supervise.run.watchdog import ThrashDetector, Watchdog
-from agent_supervise.units import format_size
+from agent_supervise.units import format_duration, format_size
 
 # typing.TYPE_CHECKING, without importing typing on every start (type checkers
 # read any name TYPE_CHECKING as true).
@@ -121,6 +121,9 @@ class AgentRun:
         self.thrash = ThrashDetector(spec.limit)
         self.detail = ""
         self.deadline = now + spec.timeout if spec.timeout else None
+        self.frozen_at: float | None = None  # frozen by the pressure ladder since
+        self.frozen_s = 0.0  # time frozen before, in all
+        self._timeout_left: float | None = None  # the deadline, paused while frozen
 
     # -- events ---------------------------------------------------------------
     def sample(self, now: float) -> None:
@@ -170,6 +173,7 @@ class AgentRun:
     def root_exited(self, status: int, now: float, leftovers: int = 0) -> None:
         """The root exited at ``now``. ``leftovers``: processes it left that its
         namespace's init has already stopped (see limits/isolation.py)."""
+        self.thaw(now)  # (the kernel's OOM killer ended it frozen): the rest must drain
         self.status = status
         self.ended = now
         if self.cause is None and self.state is RunState.RUNNING:
@@ -245,9 +249,38 @@ class AgentRun:
             return True  # the second look is not due yet
         return self._check_escape(now)
 
+    # -- the pressure ladder (fleet/ladder.py) ---------------------------------
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_at is not None
+
+    def freeze(self, now: float) -> bool:
+        """Freeze the tree (limits/freezer.py). Its timeout pauses: a frozen agent
+        cannot work towards it, so the time frozen does not count. False: not now
+        (already frozen, stopping, or its main process has exited)."""
+        if self.frozen or self.cause is not None or self.state is not RunState.RUNNING:
+            return False
+        self.cage.freeze()
+        self.frozen_at = now
+        if self.deadline is not None:
+            self._timeout_left, self.deadline = max(0.0, self.deadline - now), None
+        return True
+
+    def thaw(self, now: float) -> float:
+        """Let it run on; the time it was frozen (0.0: it was not)."""
+        if self.frozen_at is None:
+            return 0.0
+        self.cage.thaw()
+        took, self.frozen_at = now - self.frozen_at, None
+        self.frozen_s += took
+        if self._timeout_left is not None:
+            self.deadline, self._timeout_left = now + self._timeout_left, None
+        return took
+
     def stop(self, cause: Reason, sig: int, now: float, cause_signal: int | None = None) -> None:
         if self.cause is not None or self.state in (RunState.KILLING, RunState.DONE):
             return
+        self.thaw(now)  # a frozen task takes no signal but SIGKILL (v1: not even that)
         self.cause, self.cause_signal = cause, cause_signal
         if sig == signal.SIGKILL:
             self._kill(now)
@@ -262,6 +295,7 @@ class AgentRun:
         self.state, self.kill_at = RunState.STOPPING, now + self.spec.grace
 
     def _kill(self, now: float) -> None:
+        self.thaw(now)
         self.cage.kill()
         self.state, self.kill_at = RunState.KILLING, None
         self.killed_at = self.killed_at or now
@@ -334,6 +368,11 @@ class AgentRun:
         oom = self.cage.oom_kills()
         kernel_peak = self.cage.peak()
         notes = list(self.cage.notes)
+        if self.frozen_s:
+            notes.append(
+                f"frozen {format_duration(self.frozen_s)} for memory pressure "
+                "(not counted toward its timeout)"
+            )
         remaining = [] if self.emptied else self.cage.members()
         if remaining:
             notes.append(
