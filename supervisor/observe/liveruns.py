@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import stat
 import time
-from dataclasses import dataclass
 
 from agent_supervise.limits.base import owner_alive, owner_tag
 from agent_supervise.proctree import ProcessTable
@@ -49,19 +48,32 @@ def _private_dir(path: str) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
-@dataclass(frozen=True)
 class LiveRun:
-    """One registered ``run``: the supervisor's pid, its agent, its cage."""
+    """One registered ``run``, read back from its entry's ``key=value`` lines. (A
+    plain class: a dataclass would cost every ``run`` a millisecond at import.)"""
 
-    pid: int
-    owner: str  # PID-STARTTIME of the supervisor (limits.base.owner_tag)
-    agent_pid: int
-    started: float  # wall clock (time.time())
-    backend: str
-    limit_bytes: int
-    cap: str  # the cap as the user wrote it (50M, 10%)
-    usage_file: str  # the cage's kernel counter; "" under rlimit
-    cmd: str  # for display only: the words joined by spaces
+    __slots__ = (
+        "agent_pid",
+        "backend",
+        "cap",
+        "cmd",
+        "limit_bytes",
+        "owner",
+        "pid",
+        "started",
+        "usage_file",
+    )
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.pid = int(fields["pid"])  # the supervisor's
+        self.owner = fields["owner"]  # PID-STARTTIME of it (limits.base.owner_tag)
+        self.agent_pid = int(fields["agent_pid"])
+        self.started = float(fields["started"])  # wall clock (time.time())
+        self.backend = fields["backend"]
+        self.limit_bytes = int(fields["limit_bytes"])
+        self.cap = fields["cap"]  # as the user wrote it (50M, 10%)
+        self.usage_file = fields["usage_file"]  # the cage's kernel counter; "" under rlimit
+        self.cmd = fields["cmd"]  # for display only: the words joined by spaces
 
     def usage(self) -> int | None:
         """What the cage counts now: the cgroup's counter, or under rlimit the summed
@@ -155,18 +167,7 @@ def live_runs(folder: str | None = None) -> list[LiveRun]:
 def _read(path: str) -> LiveRun | None:
     try:
         with open(path) as f:
-            fields = dict(line.rstrip("\n").partition("=")[::2] for line in f)
-        return LiveRun(
-            pid=int(fields["pid"]),
-            owner=fields["owner"],
-            agent_pid=int(fields["agent_pid"]),
-            started=float(fields["started"]),
-            backend=fields["backend"],
-            limit_bytes=int(fields["limit_bytes"]),
-            cap=fields["cap"],
-            usage_file=fields["usage_file"],
-            cmd=fields["cmd"],
-        )
+            return LiveRun(dict(line.rstrip("\n").partition("=")[::2] for line in f))
     except (OSError, KeyError, ValueError):
         return None  # gone meanwhile, or not one of ours: treated as stale
 
