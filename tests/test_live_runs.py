@@ -19,7 +19,7 @@ from agent_supervise.memsource import read_meminfo
 from agent_supervise.observe import liveruns
 from agent_supervise.units import format_size
 
-from conftest import PY
+from conftest import PY, reap_orphans
 
 TOTAL = read_meminfo()["MemTotal"]
 
@@ -87,6 +87,28 @@ def test_status_lists_a_live_run_until_it_ends(backend, runtime, tmp_path):
     assert list(folder.iterdir()) == []
 
 
+def test_the_entry_of_a_killed_run_is_removed_by_status(backend, runtime, tmp_path):
+    env, folder = runtime
+    proc = subprocess.Popen(
+        [PY, "-m", "agent_supervise", "run", "--backend", backend, "--", "sleep", "3"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not list(folder.glob("*.run")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.kill()  # no chance to remove its entry
+    proc.wait(timeout=10)
+    assert [p.name for p in folder.iterdir()] == [f"{proc.pid}.run"]
+    assert live(env, tmp_path) == []
+    assert list(folder.iterdir()) == []
+    reap_orphans(timeout=10)  # its agent, reparented to pytest, ends within 3 s
+    cli("run", "--backend", backend, "--", "true", env=env, cwd=tmp_path)  # clean its cage
+
+
 def _fake_run(pid: int):
     """What register() reads of a launched run: the cage's figures and the agent's pid."""
     cage = SimpleNamespace(backend="rlimit-data", limit=50 << 20, path="", usage_file="")
@@ -140,8 +162,8 @@ tasks:
 """
 
 
-def test_logs_finds_the_newest_run_folder_with_the_task(backend, tmp_path):
-    env = dict(os.environ)
+def test_logs_finds_the_newest_run_folder_with_the_task(backend, runtime, tmp_path):
+    env, _ = runtime
     for name, text in (("a", "first"), ("a", "second"), ("b", "other")):
         path = tmp_path / f"{name}-{text}.yaml"
         path.write_text(FLEET.format(name=name, text=text))
@@ -160,6 +182,8 @@ def test_logs_finds_the_newest_run_folder_with_the_task(backend, tmp_path):
     ):
         got = cli("logs", *args, env=env, cwd=tmp_path, timeout=30)
         assert (got.returncode, got.stdout) == (0, out), (args, got.stderr)
+    snap = json.loads(cli("status", "--json", env=env, cwd=tmp_path).stdout)
+    assert snap["live_runs"] == [] and snap["finished"]  # no run live; the newest fleet
     missing = cli("logs", "nobody", env=env, cwd=tmp_path)
     assert missing.returncode == 2
     assert b"no run folder under runs/ has a log for 'nobody'" in missing.stderr
