@@ -143,10 +143,10 @@ def unregister(path: str | None) -> None:
             pass
 
 
-def live_runs(folder: str | None = None) -> list[LiveRun]:
+def live_runs() -> list[LiveRun]:
     """The registered runs whose supervisor still lives, oldest first; stale entries
     are removed on the way."""
-    folder = folder or registry_dir()
+    folder = registry_dir()
     try:
         names = os.listdir(folder)
     except OSError:
