@@ -110,7 +110,7 @@ SUPERVISOR = (
     ),
     Field(
         "memory_budget",
-        "size",
+        "cap",
         "Hard ceiling on all the fleet's agents together: they live under one parent "
         "cage of this size (rlimit: the watchdog's sum); admission counts against it.",
     ),
@@ -172,7 +172,11 @@ AGENT = (
         required=True,
     ),
     Field(
-        "memory_limit", "cap", "Hard cap on the agent's whole process tree (at least 1M).", "50M"
+        "memory_limit",
+        "cap",
+        "Hard cap on the agent's whole process tree (at least 1M, or a share of the "
+        "machine's memory such as 10%).",
+        "50M",
     ),
     Field(
         "memory_high",

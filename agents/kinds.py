@@ -21,6 +21,8 @@ from agent_supervise.units import parse_cap, parse_duration, parse_size
 _UNIT = r"([KMGTkmgt]([Ii][Bb])?|[Bb])?"
 #: The JSON Schema patterns of a size and a duration (agents/schema.py).
 SIZE_RE = rf"^(?!0+(\.0+)?{_UNIT}$)[0-9]+(\.[0-9]+)?{_UNIT}$"  # not zero
+#: A cap as a share of MemTotal (units.parse_cap): above 0%, at most 100%.
+PERCENT_RE = r"^(?!0+(\.0+)?%$)(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)%$"
 DURATION_RE = r"^([0-9]+(\.[0-9]+)?(us|ms|sec|min|s|m|h|d))+$|^[0-9]+(\.[0-9]+)?$"
 
 

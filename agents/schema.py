@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from agent_supervise.agents import bounds as B
 from agent_supervise.agents import fields as F
-from agent_supervise.agents.kinds import _UNIT, DURATION_RE, SIZE_RE
+from agent_supervise.agents.kinds import _UNIT, DURATION_RE, PERCENT_RE, SIZE_RE
 from agent_supervise.units import MAX_SIZE
 
 
@@ -77,6 +77,7 @@ def field_schema(f) -> dict:
             "oneOf": [
                 {"type": "integer", "minimum": B.MIN_CAP, "maximum": MAX_SIZE},
                 {"type": "string", "pattern": SIZE_RE},
+                {"type": "string", "pattern": PERCENT_RE},
             ]
         },
         "int": {

@@ -5,6 +5,13 @@ Sizes: ``50M``, ``1.5G``, ``512MiB``, ``52428800``. K, M, G and T are powers of
 guessed: whether it means 10**6 or 2**20 is exactly the ambiguity a memory cap
 must not have.
 
+A cap may also be a percentage of the machine's memory, as systemd's
+``MemoryMax=10%``: ``10%``, ``12.5%`` of MemTotal (the RAM /proc/meminfo and
+``free`` report), resolved once when the command line or fleet file is read. Recent
+systemd also takes the minimum with its cgroup namespace root's limit; we do not:
+the same ``10%`` then means the same bytes on every backend (rlimit has no cgroup
+to read), and :func:`size_note` says what it resolved to.
+
 Durations: ``100ms``, ``2s``, ``10m``, ``1h``, combinations such as ``1h30m``, and
 a bare number meaning seconds (as ``timeout 10`` and ``sleep 10`` do).
 """
@@ -20,6 +27,7 @@ _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)(iB|B)?", re.IGNORECASE)
 #: The kernel stores limits as a count of pages in a signed 64-bit counter; anything
 #: above 8 EiB is a typo, not a limit.
 MAX_SIZE = (1 << 63) - 1
+_PERCENT_RE = re.compile(r"(\d+(?:\.\d+)?)%")
 
 _DURATION_UNITS = {
     "us": 1e-6,
@@ -34,16 +42,21 @@ _DURATION_UNITS = {
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|sec|min|s|m|h|d)")
 
 
-def parse_size(text: str | int, *, what: str = "size", allow_zero: bool = False) -> int:
+def parse_size(
+    text: str | int, *, what: str = "size", allow_zero: bool = False, percent: bool = False
+) -> int:
     """Return a byte count from ``text``; raise :class:`BadInput` naming the value.
 
     Zero and negative sizes are refused (a zero cap is never what anyone meant)
-    unless ``allow_zero`` (a reserve of 0 disables it).
+    unless ``allow_zero`` (a reserve of 0 disables it). ``percent``: ``10%`` is that
+    share of MemTotal.
     """
     if isinstance(text, bool):
         raise BadInput(f"{what}: {text!r} is not a size", hint="try 50M")
     value: float
-    if isinstance(text, int):
+    if percent and isinstance(text, str) and text.strip().endswith("%"):
+        value = int(_parse_percent(text.strip(), what) * memory_total() // 100)
+    elif isinstance(text, int):
         value = text
     else:
         raw = str(text).strip()
@@ -67,10 +80,11 @@ def parse_size(text: str | int, *, what: str = "size", allow_zero: bool = False)
 
 def parse_cap(text: str | int, *, what: str = "--memory") -> int:
     """An agent's memory cap: a size of at least :data:`~.agents.bounds.MIN_CAP`
-    (below it nothing can start, and a bare ``1`` almost surely meant ``1M``)."""
+    (below it nothing can start, and a bare ``1`` almost surely meant ``1M``), or a
+    percentage of the machine's memory."""
     from agent_supervise.agents.bounds import MIN_CAP
 
-    value = parse_size(text, what=what)
+    value = parse_size(text, what=what, percent=True)
     if value < MIN_CAP:
         bare = isinstance(text, int) or str(text).strip().isdigit()
         hint = (
@@ -78,6 +92,43 @@ def parse_cap(text: str | int, *, what: str = "--memory") -> int:
         )
         raise BadInput(f"{what}: {text!r} is below the smallest cap, 1M", hint=hint)
     return value
+
+
+def _parse_percent(raw: str, what: str) -> float:
+    """``12.5%`` -> 12.5: above 0 and at most 100, as systemd takes them."""
+    match = _PERCENT_RE.fullmatch(raw)
+    if not match:
+        raise BadInput(
+            f"{what}: {raw!r} is not a percentage",
+            hint="write a number from 0 to 100 then %, such as 10% or 12.5%",
+        )
+    share = float(match.group(1))
+    if not 0 < share <= 100:
+        raise BadInput(
+            f"{what}: {raw!r} must be above 0% and at most 100% (of the machine's memory)",
+            hint="try 10%, or a size such as 500M",
+        )
+    return share
+
+
+def memory_total(path: str = "/proc/meminfo") -> int:
+    """MemTotal in bytes: what a percentage cap is a share of."""
+    from agent_supervise.memsource import read_meminfo
+
+    total = read_meminfo(path).get("MemTotal")
+    if not total:
+        raise BadInput(
+            f"cannot read MemTotal from {path} for a percentage", hint="give a size such as 500M"
+        )
+    return total
+
+
+def size_note(text: str | int, value: int, *, what: str) -> str | None:
+    """``--memory 10% of 7.8 GiB = 799.4 MiB`` for a percentage (so the text the user
+    wrote is not lost once it is bytes); None for a plain size."""
+    if not (isinstance(text, str) and text.strip().endswith("%")):
+        return None
+    return f"{what} {text.strip()} of {format_size(memory_total())} = {format_size(value)}"
 
 
 def _size_example(raw: str) -> str:

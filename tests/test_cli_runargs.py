@@ -45,6 +45,9 @@ TYPICAL = [
     ["run", "-", "x"],  # '-' is a command to click too
     ["run", "sleep", "--", "1"],  # '--' after the command belongs to it
     ["run", "--memory=", "--", "true"],  # empty value: passed on, refused later
+    ["run", "--memory", "10%", "--", "true"],  # a share of MemTotal
+    ["run", "-m12.5%", "--json", "true"],
+    ["run", "--memory=150%", "--", "true"],  # passed on, refused later
 ]
 EDGES = [
     ["run"],
@@ -154,6 +157,8 @@ SAME_AS_CLICK = [
     ["--", ""],
     ["sleep", "--memory", "1G"],
     ["--memory", "0", "--", "true"],
+    ["--memory", "150%", "--", "true"],
+    ["--memory", "5%", "--", "sh", "-c", "echo hi"],
     ["--pids-limit", "x", "--", "true"],
     ["--memory", "30M", "--", sys.executable, "-c", "x = bytearray(300 << 20)"],
 ]

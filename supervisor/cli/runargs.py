@@ -41,7 +41,7 @@ class Option:
 OPTIONS = (
     Option(
         "--memory",
-        "Hard cap on the agent's whole process tree (50M, 1.5G, 512MiB).",
+        "Hard cap on the agent's whole process tree (50M, 1.5G, 512MiB, 10% of RAM).",
         short="-m",
         default="50M",
     ),

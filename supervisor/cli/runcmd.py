@@ -42,14 +42,14 @@ def run_command(
     require_linux()  # before the run path's imports, which are Linux-only
     from agent_supervise.agents.bounds import check_command
     from agent_supervise.run.single import RunOptions, prepare_backend, run_agent
-    from agent_supervise.units import parse_cap
+    from agent_supervise.units import parse_cap, size_note
 
     if not dashdash:
         check_dashdash(cmd)
     check_command(cmd)  # '' or what execve refuses: bad input, not exit 126 or 125
-    parse_cap(memory, what="--memory")  # at least 1M
+    cap = parse_cap(memory, what="--memory")  # at least 1M; 10% resolved here, once
     opts = RunOptions.parse(
-        memory=memory,
+        memory=cap,
         backend=backend,
         rlimit=rlimit_kind,
         cgroup_root=cgroup_root,
@@ -66,10 +66,25 @@ def run_command(
             f"agent-supervise: cleaned up after dead supervisor pid "
             f"{stale.owner_pid}: {stale.path} (killed {stale.killed} processes)"
         )
+    from agent_supervise.observe import liveruns
     from agent_supervise.run.terminal import Terminal
 
     terminal = Terminal.attach()  # in a terminal's foreground: the agent's job now
-    outcome = run_agent(cmd, opts, backend=chosen, terminal=terminal)
+    entry: list[str | None] = []  # for `status`: registered once the agent runs
+    try:
+        outcome = run_agent(
+            cmd,
+            opts,
+            backend=chosen,
+            terminal=terminal,
+            on_started=lambda run: entry.append(liveruns.register(run, cmd, str(memory))),
+        )
+    finally:
+        for path in entry:
+            liveruns.unregister(path)
+    note = size_note(memory, cap, what="--memory")
+    if note:
+        outcome.notes.insert(0, note)
     if as_json:
         import json
 

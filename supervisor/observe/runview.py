@@ -21,14 +21,36 @@ def find_run(run_dir: str | None, log_dir: str = "runs") -> str:
         if not os.path.isdir(run_dir):
             raise BadInput(f"{run_dir}: no such run folder", hint="see the runs/ folder")
         return run_dir
+    runs = run_folders(log_dir)
+    if not runs:
+        raise BadInput(f"no run folder under {log_dir}/", hint="give the run folder")
+    return runs[0]
+
+
+def run_folders(log_dir: str = "runs") -> list[str]:
+    """The run folders under ``log_dir`` (fleet's default ``log_dir``), newest first:
+    by their event log, which the fleet appends to while it runs."""
     runs = [
         d
         for d in glob.glob(os.path.join(log_dir, "*"))
         if os.path.exists(os.path.join(d, "events.jsonl"))
     ]
-    if not runs:
-        raise BadInput(f"no run folder under {log_dir}/", hint="give the run folder")
-    return max(runs, key=lambda d: os.path.getmtime(os.path.join(d, "events.jsonl")))
+    return sorted(runs, key=lambda d: os.path.getmtime(os.path.join(d, "events.jsonl")))[::-1]
+
+
+def run_with_task(task: str, stream: str, log_dir: str = "runs") -> str:
+    """The newest run folder under ``log_dir`` with a log of ``task`` (a task id or an
+    agent name), for ``logs TASK`` without a run folder."""
+    for run_dir in run_folders(log_dir):
+        try:
+            log_files(run_dir, task, stream)
+        except BadInput:
+            continue
+        return run_dir
+    raise BadInput(
+        f"no run folder under {log_dir}/ has a log for {task!r}",
+        hint="give the run folder first (logs RUN_DIR TASK), or a task id such as researcher-1",
+    )
 
 
 def load_state(run_dir: str) -> dict:
