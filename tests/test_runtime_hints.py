@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from test_fleet_real import write_fleet
+from test_slurm import branches, export
 
 from agent_supervise.run.hints import runtime_hints
 
-from conftest import CHILDREN, MiB, require_tool, run_cli, supervise
+from conftest import CHILDREN, PY, MiB, require_tool, run_cli, supervise
 
 NODE_STRINGS = str(CHILDREN / "node_strings.js")
 SHOW = 'echo "$NODE_OPTIONS|$GOMEMLIMIT|$JAVA_TOOL_OPTIONS"'
@@ -111,3 +112,35 @@ def test_fleet_agents_get_hints_unless_they_opt_out(tmp_path, backend):
     told = Path(by_task["told-1"]["stdout"]).read_text()
     assert told.startswith("--max-old-space-size=30|36MiB|-XX:MaxRAM=")
     assert Path(by_task["quiet-1"]["stdout"]).read_text() == "||\n"
+
+
+def test_pool_workers_get_them_too(tmp_path, backend):
+    worker = (
+        "import json, os, sys\n"
+        "for line in sys.stdin:\n"
+        "    t = json.loads(line)\n"
+        "    hint = os.environ.get('GOMEMLIMIT')\n"
+        "    print(json.dumps({'task': t['task'], 'ok': True, 'result': hint}), flush=True)\n"
+    )
+    (tmp_path / "worker.py").write_text(worker)
+    fleet = write_fleet(
+        tmp_path,
+        f"agents:\n  w: {{cmd: ['{PY}', '{tmp_path / 'worker.py'}'], memory_limit: 80M, "
+        "pool: {size: 1}}\ntasks:\n  - {agent: w, repeat: 2}\n",
+        f"  backend: {backend}\n",
+    )
+    proc = run_cli("fleet", "--json", str(fleet))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for task in json.loads(proc.stdout)["tasks"]:
+        assert json.loads(Path(task["stdout"]).read_text())["result"] == "72MiB"
+
+
+@pytest.mark.unit
+def test_a_slurm_export_keeps_the_opt_out(tmp_path):
+    fleet = write_fleet(
+        tmp_path,
+        "agents:\n  told: {cmd: ['true']}\n  quiet: {cmd: ['true'], runtime_hints: false}\n"
+        "tasks:\n  - {agent: told}\n  - {agent: quiet}\n",
+    )
+    told, quiet = (cmd[: cmd.index("--")] for _, cmd in sorted(branches(export(fleet)).items()))
+    assert "--no-runtime-hints" not in told and "--no-runtime-hints" in quiet
