@@ -30,6 +30,9 @@ BACKENDS = ("cgroup1", "cgroup2", "rlimit")
 TOLERANCE, QUICK_TOLERANCE = 0.05, 0.25
 LOW_MIB = 24  # below any Node program's start (node -e '' alone takes ~40M)
 HIGH_MIB, QUICK_HIGH_MIB = 1024, 384
+#: .bench/npm's TypeScripts (bench/install.sh): 5 is JavaScript on Node; 7 is a Go
+#: binary that a Node shim runs as its child (so GOMEMLIMIT is what tells it the cap).
+TYPESCRIPTS = {"typescript5": "TypeScript 5 (JavaScript)", "typescript": "TypeScript 7 (Go)"}
 HINTED = ("NODE_OPTIONS", "GOMEMLIMIT", "JAVA_TOOL_OPTIONS")
 
 #: A moderate Node program: a live set of small objects (2000 per round, ~15 MiB
@@ -76,6 +79,27 @@ def smallest_cap(fits: Callable[[int], bool], lo: int, hi: int, tolerance: float
     return hi
 
 
+def ts_project(proj: Path, package: str) -> Path:
+    """A small strict TypeScript project whose ``npx tsc`` is ``package``'s (from
+    .bench/npm, linked: npx finds it without the network)."""
+    (proj / "src").mkdir(parents=True)
+    (proj / "node_modules" / ".bin").mkdir(parents=True)
+    os.symlink(NPM_BIN / package, proj / "node_modules" / "typescript")
+    os.symlink("../typescript/bin/tsc", proj / "node_modules" / ".bin" / "tsc")
+    options = '"strict": true, "target": "es2020", "rootDir": "src", "outDir": "out"'
+    (proj / "tsconfig.json").write_text(f'{{"compilerOptions": {{{options}}}}}')
+    for n in range(30):
+        (proj / "src" / f"m{n}.ts").write_text(
+            f"export interface R{n} {{ id: number; tags: string[] }}\n"
+            f"export class C{n}<T extends R{n}> {{\n"
+            "  private items: T[] = [];\n"
+            "  add(x: T): this { this.items.push(x); return this; }\n"
+            "  byTag(t: string): T[] { return this.items.filter(i => i.tags.includes(t)); }\n"
+            "}\n"
+        )
+    return proj
+
+
 def programs(work: Path, quick: bool) -> dict[str, tuple[list[str], Path]]:
     """name -> (command, folder it runs in)."""
     rounds = 15 if quick else 60
@@ -83,24 +107,12 @@ def programs(work: Path, quick: bool) -> dict[str, tuple[list[str], Path]]:
     found = {f"node -e ({rounds} rounds of garbage)": (["node", "-e", script], work)}
     if quick:
         return found
-    if (NPM_BIN / ".bin" / "tsc").exists():
-        proj = work / "ts"
-        (proj / "src").mkdir(parents=True)
-        os.symlink(NPM_BIN, proj / "node_modules")  # npx finds tsc here: no network
-        (proj / "tsconfig.json").write_text(
-            '{"compilerOptions": {"strict": true, "target": "es2020", "outDir": "out"}}'
-        )
-        for n in range(30):
-            (proj / "src" / f"m{n}.ts").write_text(
-                f"export interface R{n} {{ id: number; tags: string[] }}\n"
-                f"export class C{n}<T extends R{n}> {{\n"
-                f"  private items: T[] = [];\n"
-                f"  add(x: T): this {{ this.items.push(x); return this; }}\n"
-                f"  byTag(t: string): T[] {{ return this.items.filter(i => i.tags.includes(t)); }}"
-                "\n"
-                "}\n"
+    for package, what in TYPESCRIPTS.items():
+        if (NPM_BIN / package / "bin" / "tsc").exists():
+            found[f"npx tsc: {what}, 30 small modules"] = (
+                ["npx", "tsc", "-p", "."],
+                ts_project(work / package, package),
             )
-        found["npx tsc (30 small modules)"] = (["npx", "tsc", "-p", "."], proj)
     if shutil.which("npm"):
         pkg, proj = work / "tiny", work / "app"
         pkg.mkdir()
