@@ -28,8 +28,9 @@ from agent_supervise.units import format_size
 NODE_OLD_SPACE = 0.75
 #: GOMEMLIMIT as a fraction of the cap. It is a soft limit on all the memory the Go
 #: runtime manages (heap, stacks, its own structures), so it needs less headroom
-#: than Node's old space; cgo's allocations are outside it. Go's guide suggests
-#: leaving 5-10%: not measured here (no Go toolchain on this machine).
+#: than Node's old space; cgo's allocations are outside it (Go's guide suggests
+#: leaving 5-10%). With TypeScript 7's tsc (a Go program) the smallest cap it
+#: compiles in was the same with and without it: the hint cost nothing there.
 GO_LIMIT = 0.90
 #: The user's own settings these hints give way to.
 _NODE_OWN = "--max-old-space-size"
