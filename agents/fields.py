@@ -193,6 +193,13 @@ AGENT = (
         4096,
         minimum=0,
     ),
+    Field(
+        "runtime_hints",
+        "bool",
+        "Tell the agent's runtimes its cap: Node's --max-old-space-size (75% of it) "
+        "appended to NODE_OPTIONS, GOMEMLIMIT (90%), -XX:MaxRAM in JAVA_TOOL_OPTIONS.",
+        True,
+    ),
     Field("timeout", "duration", "Stop the agent after this long (reason timeout)."),
     Field("grace", "duration", "Time between SIGTERM and SIGKILL for this agent."),
     Field("env", "env", "Extra environment variables."),

@@ -101,6 +101,7 @@ class AgentSpec:
     memory_limit: int = 50 << 20
     memory_high: int | None = None  # the soft limit (cgroup2 memory.high)
     pids_limit: int = 4096  # limits.base.DEFAULT_PIDS_LIMIT; 0: no process cap
+    runtime_hints: bool = True  # tell Node, Go and the JVM the cap (run/hints.py)
     timeout: float | None = None
     grace: float | None = None
     env: Mapping[str, str] = field(default_factory=lambda: EMPTY)
@@ -157,6 +158,7 @@ class Task:
     group: str | None = None
     pids_limit: int = 4096
     memory_high: int | None = None
+    runtime_hints: bool = True
 
 
 @dataclass(frozen=True)
@@ -196,4 +198,5 @@ def make_task(agent: AgentSpec, spec: TaskSpec, n: int, default_grace: float) ->
         group=agent.group,
         pids_limit=agent.pids_limit,
         memory_high=agent.memory_high,
+        runtime_hints=agent.runtime_hints,
     )

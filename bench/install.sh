@@ -30,6 +30,13 @@ if [ ! -x .bench/npm/node_modules/.bin/pm2 ]; then
     echo "bench/install.sh: npm missing: the pm2 rows of the reaction benchmark will be skipped" >&2
   fi
 fi
+# TypeScript 5 (JavaScript) and 7 (Go) for the runtime hints' `npx tsc` (bench/hints.py),
+# local to .bench/npm too.
+if [ ! -x .bench/npm/node_modules/typescript5/bin/tsc ] && command -v npm >/dev/null 2>&1; then
+  mkdir -p .bench/npm
+  npm install --silent --no-audit --no-fund --prefix .bench/npm \
+    typescript5@npm:typescript@5 typescript@7
+fi
 if ! .bench/venv/bin/python -I -c 'import supervisor.supervisord, superlance.memmon, circus' >/dev/null 2>&1; then
   python3 -m venv .bench/venv
   .bench/venv/bin/python -m pip install -q supervisor superlance circus

@@ -59,6 +59,8 @@ def run_command(task, settings, exe: str) -> list[str]:
         cmd += ["--user", task.user]
     if task.group is not None:
         cmd += ["--group", task.group]
+    if not task.runtime_hints:
+        cmd.append("--no-runtime-hints")
     return [*cmd, "--", *task.cmd]
 
 

@@ -40,6 +40,7 @@ TYPICAL = [
     ["run", "--memory=512MiB", "--backend=rlimit", "--json", "--", "sh", "-c", "exit 3"],
     ["run", "--backend", "cgroup1", "--rlimit", "as", "--grace", "1s", "--", "x"],
     ["run", "--pids-limit", "0", "--poll", "50ms", "--user", "nobody", "--", "id"],
+    ["run", "--no-runtime-hints", "-m", "1G", "--", "node", "cli.js"],
     ["run", "--cgroup-root", "/sys/fs/cgroup/x", "--group", "g", "--", "id"],
     ["run", "--json", "--json", "--memory", "1M", "--memory", "2M", "--", "a"],
     ["run", "-", "x"],  # '-' is a command to click too

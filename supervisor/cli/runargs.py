@@ -75,6 +75,12 @@ OPTIONS = (
         "refused at it stops the agent, exit 137. 0: none.",
         default="4096",
     ),
+    Option(
+        "--no-runtime-hints",
+        "Do not tell the agent's runtimes its cap (NODE_OPTIONS' "
+        "--max-old-space-size, GOMEMLIMIT, JAVA_TOOL_OPTIONS' -XX:MaxRAM).",
+        is_flag=True,
+    ),
 )
 
 #: The long names: after the command, without '--', one of these is a mistake.

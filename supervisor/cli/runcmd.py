@@ -33,6 +33,7 @@ def run_command(
     user,
     group,
     pids_limit,
+    no_runtime_hints,
     cmd,
     dashdash: bool,
 ) -> int:
@@ -59,6 +60,7 @@ def run_command(
         user=user,
         group=group,
         pids_limit=pids_limit,
+        runtime_hints=not no_runtime_hints,
     )
     chosen = prepare_backend(opts)
     for stale in opts.stale_cleaned:

@@ -158,6 +158,7 @@ class LocalEngine:
             task=task,
             agent=task.id,
             memory_high=task.memory_high,
+            runtime_hints=task.runtime_hints,
         )
         return launch(
             req,

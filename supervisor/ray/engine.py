@@ -113,6 +113,7 @@ class RayEngine:
             allow_rlimit=r.allow_rlimit,
             log_tail=r.log_tail,
             checkpoint_seed=checkpoint_tail(rundir.checkpoint_path(task.id)),
+            runtime_hints=task.runtime_hints,
         )
         gen = self._task.options(
             memory=request,

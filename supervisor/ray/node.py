@@ -62,6 +62,7 @@ class Job:
     allow_rlimit: bool = False
     log_tail: int = 8 << 20
     checkpoint_seed: bytes = b""  # the task's checkpoint so far (bounded tail)
+    runtime_hints: bool = True  # tell Node, Go and the JVM the cap (run/hints.py)
 
 
 _BACKENDS: dict = {}  # per worker process: probed once, reused by its next tasks
@@ -200,6 +201,7 @@ def _supervise(job, backend, creds, scratch, orders, where):
             stdin=subprocess.DEVNULL,
             stdio=stdio,
             agent=job.task_id,
+            runtime_hints=job.runtime_hints,
         )
         with Spawner() as spawner:
             started = launch(

@@ -1,5 +1,5 @@
-"""The launch sequence, written once: cage -> environment -> spawn -> (on failure:
-release the cage) -> attach -> watch.
+"""The launch sequence, written once: cage -> environment (with the runtime hints)
+-> spawn -> (on failure: release the cage) -> attach -> watch.
 
 This is the only place an agent is spawned, and the rule it keeps is the project's
 promise: no agent runs outside a cage. The cage exists before the child does, the
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from agent_supervise.errors import CageError
 from agent_supervise.outcome import Outcome, Reason
+from agent_supervise.run.hints import runtime_hints
 from agent_supervise.run.lifecycle import AgentRun, RunSpec
 from agent_supervise.run.reaper import CAGE_ENV
 from agent_supervise.run.spawn import SpawnFailed
@@ -68,6 +69,7 @@ class Request:
     task: Task | None = None  # the fleet's task, kept on the run
     agent: str | None = None  # named in a never-started outcome
     memory_high: int | None = None  # the soft limit, below ``memory``
+    runtime_hints: bool = True  # tell Node, Go and the JVM the cap (run/hints.py)
 
 
 def launch(
@@ -104,6 +106,10 @@ def launch(
             raise
         return _never(req, Reason.SETUP_FAILED, str(err), backend.name, clock() - t0)
     env = {**req.env, CAGE_ENV: cage.name}
+    if req.runtime_hints:
+        hints, note = runtime_hints(env, req.memory)
+        env.update(hints)
+        cage.notes.append(note)
     stdout, stderr = req.stdout, req.stderr
     close: tuple[int, ...] = ()
     started = clock()

@@ -38,6 +38,7 @@ class RunOptions:
     creds: Credentials | None = None
     stale_cleaned: list = field(default_factory=list)
     pids_limit: int = limits.DEFAULT_PIDS_LIMIT  # 0: no process cap
+    runtime_hints: bool = True  # tell Node, Go and the JVM the cap (run/hints.py)
 
     @classmethod
     def parse(
@@ -55,6 +56,7 @@ class RunOptions:
         user=None,
         group=None,
         pids_limit=limits.DEFAULT_PIDS_LIMIT,
+        runtime_hints=True,
     ) -> RunOptions:
         """Parse sizes and durations like systemd, resolve the user; raise BadInput
         naming the value."""
@@ -79,6 +81,7 @@ class RunOptions:
             cwd=cwd,
             creds=creds,
             pids_limit=_parse_pids_limit(pids_limit),
+            runtime_hints=runtime_hints,
         )
 
 
@@ -154,6 +157,7 @@ def run_agent(
             stdout=stdout,
             stderr=stderr,
             foreground_tty=terminal.fd if terminal else None,
+            runtime_hints=opts.runtime_hints,
         )
         with Spawner() as spawner:
             run = launch(
