@@ -4,12 +4,13 @@ and python programs on every backend here, and the stuck rule on a fake cage."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from agent_supervise.run.stuck import NEAR_RLIMIT, STUCK_S, AllocationWatch
 
-from conftest import PY, MiB, run_cli, supervise
+from conftest import PY, MiB, require_tool, run_cli, supervise
 from fakes import FakeCage
 
 #: Allocates forever: under RLIMIT_DATA 40M V8's next 8 MiB chunk is refused and
@@ -28,6 +29,15 @@ def test_node_stuck_at_its_rlimit_ends_with_a_memory_reason(backend):
         assert out["reason"] == "memory_exceeded"
         assert "allocations refused at its rlimit of 40.0 MiB" in out["detail"]
         assert "no progress for 2 s" in out["detail"]
+
+
+def test_npm_at_a_tight_cap_does_not_hang(backend):
+    """npm's node, under RLIMIT_DATA 30M, is refused at start and waits forever."""
+    require_tool(shutil.which("npm") is not None, "npm")
+    out, _ = supervise(backend, "npm", "--version", memory="30M", extra=("--timeout", "30"))
+    assert out["reason"] in ("ok", *MEMORY_KILLS) and out["duration_s"] < 10, out
+    if backend == "rlimit":  # cgroup1 charges what it uses: npm --version fits
+        assert out["reason"] == "memory_exceeded" and "refused" in out["detail"], out
 
 
 @pytest.mark.parametrize(
