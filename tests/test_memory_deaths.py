@@ -31,6 +31,17 @@ def test_node_stuck_at_its_rlimit_ends_with_a_memory_reason(backend):
         assert "no progress for 2 s" in out["detail"]
 
 
+def test_node_under_rlimit_as_does_not_hang(backend):
+    """``node -e 0`` reserves ~700 MiB: under RLIMIT_AS 100M it waits forever."""
+    if backend != "rlimit":
+        pytest.skip("--rlimit as is the rlimit backend's")
+    extra = ("--rlimit", "as", "--timeout", "30")
+    out, _ = supervise(backend, "node", "-e", "0", memory="100M", extra=extra)
+    assert (out["reason"], out["backend"]) == ("memory_exceeded", "rlimit-as"), out
+    assert "allocations refused at its rlimit of 100.0 MiB" in out["detail"]
+    assert out["duration_s"] < 8
+
+
 def test_npm_at_a_tight_cap_does_not_hang(backend):
     """npm's node, under RLIMIT_DATA 30M, is refused at start and waits forever."""
     require_tool(shutil.which("npm") is not None, "npm")
