@@ -233,6 +233,22 @@ class Cage(abc.ABC):
         shows as a high rate). None when the mechanism cannot tell."""
         return None
 
+    #: The per-process limit past which the kernel refuses allocations (an
+    #: rlimit's value), None where the kernel reclaims or kills instead.
+    refuse_limit: int | None = None
+    #: What that limit is called in messages ("RLIMIT_DATA").
+    refuse_name = ""
+
+    def allocations(self) -> dict[int, int]:
+        """Bytes each process of the tree has that ``refuse_limit`` counts."""
+        return {}
+
+    def progress(self, pid: int) -> tuple[int, bool] | None:
+        """(CPU ticks used, its main thread waits on another thread) of a process,
+        None if it is gone: the facts that tell an agent stuck at a refused
+        allocation from one idle on its input (run/stuck.py)."""
+        return None
+
     def notify_fd(self) -> tuple[int, int] | None:
         """(fd, epoll event mask) that becomes ready when an OOM may have happened."""
         return None

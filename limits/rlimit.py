@@ -32,7 +32,7 @@ from agent_supervise.limits.base import (
 )
 from agent_supervise.limits.cgroupfs import CgroupFS
 from agent_supervise.limits.pids import PidsHierarchy, PidsLeaf
-from agent_supervise.proctree import ProcessTable
+from agent_supervise.proctree import PAGE_SIZE, ProcessTable
 
 KINDS = {"data": resource.RLIMIT_DATA, "as": resource.RLIMIT_AS}
 
@@ -59,6 +59,8 @@ class RlimitCage(Cage):
         _soft, hard = resource.getrlimit(KINDS[kind])
         # Raising a hard limit needs CAP_SYS_RESOURCE; a lower one is already stricter.
         self._value = limit if hard == resource.RLIM_INFINITY or hard >= limit else hard
+        self.refuse_limit = self._value
+        self.refuse_name = f"RLIMIT_{kind.upper()}"
 
     def child_setup(self) -> ChildSetup:
         rlimits: tuple[tuple[int, int], ...] = ((KINDS[self.kind], self._value),)
@@ -124,6 +126,26 @@ class RlimitCage(Cage):
         if self.shared is None:
             return rss
         return rss + self.shared.bytes(pids, time.monotonic())
+
+    def allocations(self) -> dict[int, int]:
+        """statm's data (RLIMIT_DATA: brk, private writable mappings and the stack)
+        or size (RLIMIT_AS: all address space) per process. A second walk of the
+        tree next to usage(): ~10 us a process each sample."""
+        roots = ([self.pid] if self.pid else []) + sorted(self.orphans)
+        tree = self.table.descendants(roots)
+        field = 5 if self.kind == "data" else 0
+        sizes = {}
+        for pid in tree + self._outside_tree(tree):
+            pages = self.table.statm(pid)
+            if pages:
+                sizes[pid] = pages[field] * PAGE_SIZE
+        return sizes
+
+    def progress(self, pid: int) -> tuple[int, bool] | None:
+        st = self.table.stat(pid)
+        if st is None or st.state == "Z":
+            return None
+        return st.cpu, self.table.main_thread_in(pid, b"futex")
 
     def peak(self) -> int | None:
         return None

@@ -201,13 +201,9 @@ class Outcome:
             Reason.ESCAPED: f"{cmd} broke out of its cage: stopped",
             Reason.CANCELLED: f"{cmd} never started",
         }[self.reason]
-        if self.reason is Reason.FAILED and self.backend.startswith("rlimit"):
-            # An rlimit never kills: allocations past it fail inside the program,
-            # which then usually exits non-zero. Say so, since it looks like a crash.
-            text += (
-                f" (under an rlimit of {limit} allocations past the limit fail "
-                f"inside the program; {facts})"
-            )
+        if self.reason in (Reason.FAILED, Reason.SIGNALED) and self.detail:
+            # Its own end with a memory note (run/stuck.py): show the cage's facts.
+            text += f" ({facts})"
         if self.detail and self.reason is not Reason.NOT_EXECUTABLE:
             text += f"; {self.detail}"
         return text

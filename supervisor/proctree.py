@@ -53,6 +53,7 @@ class ProcStat:
     pgrp: int
     session: int
     starttime: int  # clock ticks since boot; with pid, identifies a process uniquely
+    cpu: int = 0  # utime + stime of all its threads, in clock ticks
 
 
 class ProcessTable:
@@ -69,7 +70,13 @@ class ProcessTable:
         # The command name is in parentheses and may itself contain spaces and ')'.
         rest = data[data.rindex(b")") + 2 :].split()
         return ProcStat(
-            pid, rest[0].decode(), int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19])
+            pid,
+            rest[0].decode(),
+            int(rest[1]),
+            int(rest[2]),
+            int(rest[3]),
+            int(rest[19]),
+            int(rest[11]) + int(rest[12]),
         )
 
     def children(self, pid: int) -> list[int]:
@@ -111,6 +118,24 @@ class ProcessTable:
             return int(read_proc(f"{self.proc}/{pid}/statm").split()[1]) * PAGE_SIZE
         except (FileNotFoundError, ProcessLookupError, IndexError):
             return 0
+
+    def statm(self, pid: int) -> list[int]:
+        """/proc/PID/statm in pages: size, resident, shared, text, lib, data (data
+        and stack: the writable private mappings RLIMIT_DATA counts), dt; [] if gone."""
+        try:
+            return [int(f) for f in read_proc(f"{self.proc}/{pid}/statm").split()]
+        except (FileNotFoundError, ProcessLookupError):
+            return []
+
+    def main_thread_in(self, pid: int, word: bytes) -> bool:
+        """Whether the main thread of ``pid`` sleeps in a kernel function named with
+        ``word`` (its wchan; b"futex": waiting on another thread, not on input, a
+        timer or a child). False when it cannot be read (the kernel shows "0" to
+        those who may not ptrace the process)."""
+        try:
+            return word in read_proc(f"{self.proc}/{pid}/wchan")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return False
 
     def environ_has(self, pid: int, entry: bytes) -> bool:
         """Whether ``KEY=value`` is in the process's initial environment."""

@@ -88,6 +88,8 @@ def test_node_allocator(backend):
             assert_memory_kill(backend, out, cap=150 * MiB)
         else:
             assert out["signal"] == "SIGABRT" and out["exit_code"] == 134
+            # Its own abort, with the cage's facts: the data reached the rlimit.
+            assert "probably out of memory: its allocations reached" in out["detail"]
 
 
 def test_node_thrashing_at_a_tight_cap(backend):

@@ -151,7 +151,7 @@ def test_message_and_json():
     }
 
 
-def test_rlimit_failure_message_says_why_it_looks_like_a_crash():
+def test_failure_message_shows_the_memory_note_with_the_cage_facts():
     out = Outcome(
         Reason.FAILED,
         1,
@@ -159,7 +159,11 @@ def test_rlimit_failure_message_says_why_it_looks_like_a_crash():
         "rlimit-data",
         50 * MiB,
         status=1,
-        peak_bytes=40 * MiB,
+        peak_bytes=45 * MiB,
         peak_source="sampled",
+        detail="probably out of memory: peak 45.0 MiB of its 50.0 MiB cap",
     )
-    assert "allocations past the limit fail inside the program" in out.message()
+    text = out.message()
+    assert "(peak 45.0 MiB sampled, backend rlimit-data); probably out of memory" in text
+    out.detail = ""
+    assert out.message() == "'tail /dev/zero' exited with status 1"

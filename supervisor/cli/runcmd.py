@@ -91,9 +91,10 @@ def run_command(
         import json
 
         say(json.dumps(outcome.to_json()))
-    elif outcome.reason not in QUIET_REASONS:
+    elif outcome.reason not in QUIET_REASONS or outcome.detail:
         # Only when agent-supervise acted (or the command never ran), as timeout(1)
-        # adds nothing to a command's own failure.
+        # adds nothing to a command's own failure, unless the cage knows more about
+        # that failure (memory ran out, leftovers were stopped: the detail).
         start = Terminal.clean_line() if terminal else ""
         say(f"{start}agent-supervise: {outcome.message()}")
     return outcome.exit_code or 0

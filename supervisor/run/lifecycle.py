@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
 from agent_supervise.run.escape import CONFIRM_AFTER_S, EscapeState
+from agent_supervise.run.stuck import AllocationWatch
 from agent_supervise.run.watchdog import ThrashDetector, Watchdog
 from agent_supervise.units import format_duration, format_size
 
@@ -119,6 +120,7 @@ class AgentRun:
         self.watchdog = Watchdog(spec.limit, spec.poll, adaptive=not cage.kernel_enforced)
         self.watchdog.start(now)
         self.thrash = ThrashDetector(spec.limit)
+        self.allocs = AllocationWatch(cage.refuse_limit, cage.refuse_name)
         self.detail = ""
         self.deadline = now + spec.timeout if spec.timeout else None
         self.frozen_at: float | None = None  # frozen by the pressure ladder since
@@ -140,6 +142,9 @@ class AgentRun:
                 f"{format_size(int(self.thrash.rate))}/s for "
                 f"{self.thrash.window:g}s"
             )
+            self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
+        elif self.cause is None and (stuck := self.allocs.observe(now, self.cage)):
+            self.detail = stuck  # an rlimit refused it and it waits forever (stuck.py)
             self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
         elif (
             self.cause is Reason.MEMORY_EXCEEDED
@@ -385,6 +390,10 @@ class AgentRun:
         detail = self.detail
         if self.leftovers and self.cause is None:
             detail = f"{self.leftovers} leftover processes were stopped"
+        peak = kernel_peak if kernel_peak is not None else self.watchdog.peak
+        if reason in (Reason.FAILED, Reason.SIGNALED):  # its own end: was it memory?
+            note = self.allocs.death_note(peak, self.spec.limit)
+            detail = "; ".join(d for d in (detail, note) if d)
         self.state = RunState.DONE
         self.outcome = Outcome(
             reason=reason,
@@ -392,7 +401,7 @@ class AgentRun:
             cmd=self.spec.cmd,
             backend=self.cage.backend,
             limit_bytes=self.spec.limit,
-            peak_bytes=kernel_peak if kernel_peak is not None else self.watchdog.peak,
+            peak_bytes=peak,
             duration_s=(self.ended or now) - self.started,
             pid=self.pid,
             status=status,
