@@ -30,6 +30,7 @@ SECTIONS = (
     "output",
     "startup",
     "packing",
+    "capfit",
 )
 
 

@@ -8,16 +8,16 @@ per process that maps it, and counts the program's own binary and libraries, whi
 the page cache charged to whoever read them first. Measured on the project's
 machine against the cgroup1 charge of the same tree (MiB):
 
-=============================================  ======  ========  =============  =====
-tree                                           cgroup  summed    RssAnon        PSS
-                                               1       RSS       (+RssShmem)    anon+shmem
-=============================================  ======  ========  =============  =====
-python, 50 MiB                                 55      60        54             54
-python, 50 MiB, forks 10 children (1 MiB each)  69      642       612            67
-same, 49 children                              125     2910      2789           114
-10 children reading a 50 MiB shared file map   18      642       62             17
-10 children touching 50 MiB of shared memory   70      173       144            67
-=============================================  ======  ========  =============  =====
+=======================================  ======  ======  =========  ==========
+tree                                     cgroup  summed  RssAnon    PSS
+                                         1       RSS     +RssShmem  anon+shmem
+=======================================  ======  ======  =========  ==========
+python, 50 MiB                           55      60      54         54
+forks 10 children (1 MiB each)           69      642     612        67
+the same, 49 children                    125     2910    2789       114
+10 children read a 50 MiB shared file    18      642     62         17
+10 children touch 50 MiB of shmem        70      173     144        67
+=======================================  ======  ======  =========  ==========
 
 Only PSS (``Pss_Anon + Pss_Shmem`` from smaps_rollup) follows the cgroup: a page
 shared by n processes counts 1/n in each. Its price is a walk of the page tables:
@@ -27,12 +27,13 @@ or sooner when the sharing changes (a new process, or one whose shared pages gre
 by ``SHARED_STEP``: a fork or a fault on a shared mapping moves every sharer's
 PSS), but never more than ``BUDGET`` of a core, averaged over bursts of up to
 ``BURST_S`` of reading (a fork storm of ten is read in full at every fork); when
-that budget holds a full reading back, only the processes that changed are read. Between two readings a
-process counts its last PSS plus the growth of its anonymous pages since, in full:
-a new page is private, so a hog racing to its cap is seen on the cheap read. Where
-the estimate strays it errs upwards (a sharer's stale PSS; an unreadable process
-counts its whole RSS), except for one case: a child writing to pages it shares
-copy-on-write with its parent, unseen until the next reading (``REFRESH_S`` at most).
+that budget holds a full reading back, only the processes that changed are read.
+Between two readings a process counts its last PSS plus the growth of its anonymous
+pages since, in full: a new page is private, so a hog racing to its cap is seen on
+the cheap read. Where the estimate strays it errs upwards (a sharer's stale PSS; an
+unreadable process counts its whole RSS), except for one case: a child writing to
+pages it shares copy-on-write with its parent, unseen until the next reading
+(``REFRESH_S`` at most).
 Kernel memory (page tables, stacks, task structs) adds 0.2 MiB a process measured,
 counted as ``KERNEL_PER_PROCESS``. Page cache the agent reads or writes is not
 counted: a cgroup reclaims it at the cap rather than kill for it.
@@ -77,7 +78,9 @@ class TreeCharge:
         # A pid that left the tree is forgotten, so a reused one starts afresh.
         self._read = {pid: got for pid, got in self._read.items() if pid in pages}
         self._unreadable.intersection_update(pages)
-        changed = [pid for pid, (rss, shared) in pages.items() if rss and self._changed(pid, shared)]
+        changed = [
+            pid for pid, (rss, shared) in pages.items() if rss and self._changed(pid, shared)
+        ]
         if (now >= self._due or changed) and self._credit > 0:
             self._reread(pages, list(pages))
             spent = self.clock() - now

@@ -12,10 +12,10 @@ import os
 
 import pytest
 
-from conftest import CHILDREN, PY, MiB, require_backend, supervise
-
 from agent_supervise.limits.charge import KERNEL_PER_PROCESS, TreeCharge
 from agent_supervise.proctree import ProcessTable
+
+from conftest import CHILDREN, PY, MiB, require_backend, supervise
 
 SHARED_TREE = str(CHILDREN / "sharedtree.py")
 #: How far the rlimit reading may stray from the cgroup1 charge, either way.
@@ -62,9 +62,11 @@ def test_meter_counts_new_pages_before_the_next_reading():
     one counts nothing."""
 
     class Table(ProcessTable):
-        pages = {1: (100 * MiB, 10 * MiB), 2: (30 * MiB, 10 * MiB)}
-        pss = {1: 40 * MiB, 2: 10 * MiB}
-        reads = 0
+        def __init__(self):
+            super().__init__()
+            self.pages = {1: (100 * MiB, 10 * MiB), 2: (30 * MiB, 10 * MiB)}
+            self.pss = {1: 40 * MiB, 2: 10 * MiB}
+            self.reads = 0
 
         def resident(self, pid):
             return self.pages.get(pid, (0, 0))
