@@ -43,7 +43,7 @@ async def main(run, folder):
             assert (await session.list_tools()).tools
             await session.call_tool("list_directory", {"path": folder})
             got = await session.call_tool("read_text_file", {"path": folder + "/a.txt"})
-            assert not got.isError, got
+            assert "hello" in str(got.content), got
 
 asyncio.run(main(sys.argv[2:], sys.argv[1]))
 """
@@ -83,7 +83,8 @@ def programs(work: Path, quick: bool) -> dict[str, list[str]]:
                 f"export function make{i}(n: number): Item{i}[] {{\n"
                 "  return Array.from({ length: n }, (_, id) => ({ id, name: `x${id}` }));\n}\n"
             )
-        found["tsc (20 modules)"] = ["node", str(tsc), "--strict", "--outDir", str(work / "out"),
+        found["tsc (20 modules)"] = ["node", str(tsc), "--strict", "--target", "es2020",
+                                     "--outDir", str(work / "out"),
                                      *map(str, sorted(project.glob("*.ts")))]  # fmt: skip
     server = MODULES / "@modelcontextprotocol" / "server-filesystem" / "dist" / "index.js"
     if server.exists() and CLIENT_PY.exists():
