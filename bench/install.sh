@@ -41,3 +41,16 @@ if ! .bench/venv/bin/python -I -c 'import supervisor.supervisord, superlance.mem
   python3 -m venv .bench/venv
   .bench/venv/bin/python -m pip install -q supervisor superlance circus
 fi
+
+# -- Real programs for the cap-meaning measure (bench/capfit.py), in .bench/capfit:
+# typescript and an MCP stdio server from npm, a package tarball for an offline
+# `npm install`, and the Python `mcp` client in a venv of its own.
+if [ ! -d .bench/capfit/node_modules/@modelcontextprotocol/server-filesystem ] && command -v npm >/dev/null 2>&1; then
+  mkdir -p .bench/capfit
+  npm install --silent --no-audit --no-fund --prefix .bench/capfit typescript@5 @modelcontextprotocol/server-filesystem
+  (cd .bench/capfit && npm pack --silent ms@2.1.3 >/dev/null)
+fi
+if ! .bench/capfit/venv/bin/python -I -c 'import mcp' >/dev/null 2>&1; then
+  python3 -m venv .bench/capfit/venv
+  .bench/capfit/venv/bin/python -m pip install -q mcp
+fi

@@ -31,6 +31,7 @@ SECTIONS = (
     "startup",
     "packing",
     "hints",
+    "capfit",
 )
 
 

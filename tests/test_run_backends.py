@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from agent_supervise.limits.rlimit import DATA_EXTRA, DATA_FACTOR
+
 from conftest import ALLOC, ESCAPE, NODE_ALLOC, PY, MiB, reap_orphans, run_cli, supervise
 
 KERNEL = ("cgroup1", "cgroup2")
@@ -339,7 +341,8 @@ def test_nothing_runs_uncapped(backend):
     if backend in KERNEL:
         assert "agent-supervise." in text
     else:
-        assert f"({CAP}, {CAP})" in text
+        data = CAP * DATA_FACTOR + DATA_EXTRA  # the backstop above the watchdog's cap
+        assert f"({data}, {data})" in text
     assert os.environ.get("AGENT_SUPERVISE_CAGE") is None
 
 
