@@ -143,7 +143,11 @@ class AgentRun:
                 f"{self.thrash.window:g}s"
             )
             self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
-        elif self.cause is None and (stuck := self.allocs.observe(now, self.cage)):
+        elif (
+            self.cause is None
+            and not self.frozen
+            and (stuck := self.allocs.observe(now, self.cage))
+        ):
             self.detail = stuck  # an rlimit refused it and it waits forever (stuck.py)
             self.stop(Reason.MEMORY_EXCEEDED, signal.SIGTERM, now)
         elif (
