@@ -116,3 +116,17 @@ def test_a_cap_larger_than_the_budget_is_refused_up_front(tmp_path):
     assert proc.returncode == 2
     assert "larger than supervisor.memory_budget" in proc.stderr.decode()
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.unit
+def test_memory_budget_on_the_command_line_overrides_the_file(tmp_path):
+    """``fleet --memory-budget`` replaces supervisor.memory_budget (a size or a
+    percentage): here one too small for the agents' caps, refused before any start;
+    a bad value is exit 2 naming the option."""
+    path = fleet_file(tmp_path, "auto", "caps")
+    proc = run_cli("fleet", "--memory-budget", "50M", str(path))
+    assert proc.returncode == 2
+    assert "larger than supervisor.memory_budget" in proc.stderr.decode()
+    proc = run_cli("fleet", "--memory-budget", "150%", str(path))
+    assert proc.returncode == 2 and "--memory-budget" in proc.stderr.decode()
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -55,6 +55,10 @@ from agent_supervise.limits import BACKEND_CHOICES
 )
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), help="Override supervisor.backend.")
 @click.option(
+    "--memory-budget",
+    help="Override supervisor.memory_budget: a size, or a share of the machine (25%).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -76,6 +80,7 @@ def fleet(
     log_interval,
     junit_path,
     backend,
+    memory_budget,
     engine,
     address,
 ):
@@ -84,13 +89,16 @@ def fleet(
     from agent_supervise.agents.loader import load_fleet
     from agent_supervise.fleet.supervisor import Supervisor
     from agent_supervise.fleet.taskfeed import TaskFeed
-    from agent_supervise.units import parse_duration
+    from agent_supervise.units import parse_cap, parse_duration
 
     interval = parse_duration(log_interval, what="--log-interval")
+    budget = None if memory_budget is None else parse_cap(memory_budget, what="--memory-budget")
     spec = load_fleet(file)
-    if backend:
+    overrides = {"backend": backend, "memory_budget": budget}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
         spec = dataclasses.replace(
-            spec, supervisor=dataclasses.replace(spec.supervisor, backend=backend)
+            spec, supervisor=dataclasses.replace(spec.supervisor, **overrides)
         )
     if not spec.tasks and tasks_from is None:
         raise BadInput(
