@@ -37,6 +37,8 @@ LINUX_UML = os.environ.get("AGENT_SUPERVISE_LINUX_UML", "/usr/bin/linux.uml")
 #: there too (the same program on cgroup2, in a fleet), and what does not depend on
 #: the kernel. UML makes every process start cost ~0.5 s: the stage must fit 60 s.
 TWINS = {
+    "test_a_frozen_agent_is_evicted": "the same cgroup.freeze as the two other "
+    "freeze cases, which run there; eviction itself is the host's",
     "test_python_allocator": "hostile python-allocation-loop",
     "test_tail_dev_zero": "hostile tail-dev-zero",
     "test_hog_ignoring_sigterm": "hostile ignores-sigterm",
@@ -71,6 +73,7 @@ SELECTION = (
     "tests/test_hostile2.py",
     "tests/test_budget.py",
     "tests/test_memory_high.py",
+    "tests/test_freeze.py",
     "-k",
     f"(cgroup2 and not ({' or '.join(TWINS)})) or doctor_",
 )
@@ -82,6 +85,8 @@ SHARDS = 2
 SLOW = {
     "agents_together_never_get_more_than_the_budget": 15.0,
     "soft_limit_reaches_the_kernel": 5.0,
+    "frozen_then_thawed": 8.0,
+    "frozen_agent_stops": 5.0,
     "node": 5.0,
     "signal_is_forwarded": 3.0,
     "escapee": 2.5,
