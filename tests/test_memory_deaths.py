@@ -16,19 +16,18 @@ from fakes import FakeCage
 #: Allocates forever: under RLIMIT_DATA 40M V8's next 8 MiB chunk is refused and
 #: node waits on a futex at 0% CPU (measured: forever without the stuck rule).
 NODE_HOG = "let a=[]; for(;;) a.push('x'.repeat(1e5))"
-#: Holds 24 MiB for a moment (a sample sees it), then asks for 24 more at once.
-PY_MEMORY_ERROR = "import time; a=bytearray(24<<20); time.sleep(0.5); b=bytearray(24<<20)"
+#: Holds 30 MiB for a moment (a sample sees ~85% of a 40M cap), then asks for 200 at
+#: once: past rlimit's RLIMIT_DATA backstop (2 x cap + 64M, limits/rlimit.py), refused.
+PY_MEMORY_ERROR = "import time; a=bytearray(30<<20); time.sleep(0.5); b=bytearray(200<<20)"
 MEMORY_KILLS = ("oom_killed", "memory_exceeded")
 
 
 def test_node_stuck_at_its_rlimit_ends_with_a_memory_reason(backend):
-    out, _ = supervise(backend, "node", "-e", NODE_HOG, memory="40M", extra=("--timeout", "30"))
+    # Without the runtime hints, which make V8 abort by itself first (test_runtime_hints).
+    extra = ("--timeout", "30", "--no-runtime-hints")
+    out, _ = supervise(backend, "node", "-e", NODE_HOG, memory="40M", extra=extra)
     assert out["reason"] in MEMORY_KILLS and out["exit_code"] == 137, out
-    assert out["duration_s"] < 8, out  # stuck for STUCK_S, then SIGTERM: not the timeout
-    if backend == "rlimit":
-        assert out["reason"] == "memory_exceeded"
-        assert "allocations refused at its rlimit of 40.0 MiB" in out["detail"]
-        assert "no progress for 2 s" in out["detail"]
+    assert out["duration_s"] < 8, out  # the watchdog, or stuck for STUCK_S: not the timeout
 
 
 def test_node_under_rlimit_as_does_not_hang(backend):
@@ -46,9 +45,9 @@ def test_npm_at_a_tight_cap_does_not_hang(backend):
     """npm's node, under RLIMIT_DATA 30M, is refused at start and waits forever."""
     require_tool(shutil.which("npm") is not None, "npm")
     out, _ = supervise(backend, "npm", "--version", memory="30M", extra=("--timeout", "30"))
+    # It fits (a cgroup, and rlimit's charge, count what it uses), or it is stopped:
+    # never the timeout.
     assert out["reason"] in ("ok", *MEMORY_KILLS) and out["duration_s"] < 10, out
-    if backend == "rlimit":  # cgroup1 charges what it uses: npm --version fits
-        assert out["reason"] == "memory_exceeded" and "refused" in out["detail"], out
 
 
 @pytest.mark.parametrize(

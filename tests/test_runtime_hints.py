@@ -83,6 +83,11 @@ def test_node_told_its_cap_stops_at_its_own_heap_limit(backend):
     require_tool(shutil.which("node") is not None, "node")
     out, proc = _run(backend, "node", NODE_STRINGS, timeout=30)
     assert out["duration_s"] < 10, out
+    # rlimit's watchdog counts V8's other spaces too (limits/charge.py): at the cap it
+    # may stop node a moment before V8's own abort. Either way: quickly, for memory.
+    if backend == "rlimit" and out["reason"] == "memory_exceeded":
+        assert out["exit_code"] == 137, out
+        return
     assert (out["signal"], out["exit_code"]) == ("SIGABRT", 134), out
     assert b"JavaScript heap out of memory" in proc.stderr or backend == "rlimit", proc.stderr
     if backend != "rlimit":  # the kernel's charge never reached the cap
