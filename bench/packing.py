@@ -40,6 +40,7 @@ HEADERS = [
     "tasks lost",
     "thrown away s",
     "stops",
+    "freezes",
 ]
 
 
@@ -109,7 +110,8 @@ def timed(cmd: list[str], **kw) -> tuple[float, float, subprocess.CompletedProce
 
 def ours(work: Path, todo, admission: str) -> dict:
     """One fleet run: makespan, peaks (machine; the budget cage's, kernel), lost tasks,
-    work thrown away by budget stops (agent-seconds), and those stops."""
+    work thrown away by budget stops (agent-seconds), those stops, and the ladder's
+    freezes."""
     path = fleet_yaml(work, todo, admission)
     wall, machine_peak, proc = timed(
         [AGENT_SUPERVISE, "fleet", "--no-dashboard", "--json", str(path)]
@@ -119,6 +121,7 @@ def ours(work: Path, todo, admission: str) -> dict:
     events = [json.loads(line) for line in text.splitlines()]
     budget = next(e for e in events if e["event"] == "budget")
     started, wasted, stops = {}, 0.0, 0
+    freezes = sum(1 for e in events if e["event"] == "frozen")
     for e in events:
         if e["event"] == "started":
             started[e["task"]] = e["t"]
@@ -132,6 +135,7 @@ def ours(work: Path, todo, admission: str) -> dict:
         "lost": len(todo) - summary["counts"].get("ok", 0),
         "wasted": wasted,
         "stops": stops,
+        "freezes": freezes,
     }
 
 
@@ -193,8 +197,9 @@ def run(quick: bool) -> Section:
             f"{max(r['lost'] for r in got[name])}",
             "-" if med(name, "wasted") is None else f"{med(name, 'wasted'):.1f}",
             "-" if med(name, "stops") is None else f"{med(name, 'stops'):.0f}",
+            "-" if med(name, "freezes") is None else f"{med(name, 'freezes'):.0f}",
         ])  # fmt: skip
-    rows.append(["oracle lower bound", f"{oracle:.1f}", "1.00×", "-", "-", "-", "-", "-"])
+    rows.append(["oracle lower bound", f"{oracle:.1f}", "1.00×", *["-"] * 6])
     with_history = med("usage, previous run's history", "wall")
     caps = med("caps", "wall")
     peak_ok = all(
@@ -220,7 +225,8 @@ def run(quick: bool) -> Section:
         "*machine peak*: memory in use on the machine above its idle level, sampled "
         "every 20 ms (every tool alike); *budget peak*: the kernel's peak of the budget's "
         "parent cage; *thrown away*: agent-seconds of attempts the budget stopped "
-        "(requeued); *stops*: those attempts. The oracle: max(Σ peak × duration / "
+        "(requeued); *stops*: those attempts; *freezes*: agents the pressure ladder froze "
+        "(`frozen` events). The oracle: max(Σ peak × duration / "
         "budget, the longest task). GNU parallel has no caps and no budget: its "
         "`--memfree` is set so that it starts jobs while they hold less than 2G.",
         HEADERS,
