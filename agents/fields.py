@@ -91,6 +91,20 @@ RAY = (
         "last bytes) comes back to the run folder.",
         "8M",
     ),
+    Field(
+        "node_wait",
+        "duration",
+        "A task whose cap fit only on nodes that have left waits this long for "
+        "one that can hold it to join, then ends setup_failed.",
+        "60s",
+    ),
+    Field(
+        "head_lost_after",
+        "duration",
+        "The head (GCS) unreachable this long in a row: the fleet stops (exit 5) "
+        "and its running tasks end lost.",
+        "10s",
+    ),
 )
 SUPERVISOR = (
     Field("max_concurrent", "int", "Agents running at once (seed: MAX_CONCURRENT_AGENTS).", 2),

@@ -58,6 +58,8 @@ class RaySettings:
     memory_overhead: int = 100 << 20
     cpus: float = 1.0
     log_tail: int = 8 << 20
+    node_wait: float = 60.0  # a task that fit only on nodes that left waits this long
+    head_lost_after: float = 10.0  # the head unreachable this long: the fleet stops
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Reason(TextEnum):
     EVICTED = "evicted"  # stopped to free memory (pressure rule)
     ESCAPED = "escaped"  # left its cage, or changed the cage's limits
     CANCELLED = "cancelled"  # never started: the fleet was stopped first
+    LOST = "lost"  # its node died under it (Ray): how the agent itself ended is unknown
 
     # -- categories: what the policies and reports ask of a reason (one home) -------
     @property
@@ -60,7 +61,8 @@ class Reason(TextEnum):
     @property
     def ordinary_failure(self) -> bool:
         """A failure another try may not repeat: non-zero exit, a signal, a timeout,
-        eviction. Counts against ``retries``."""
+        eviction, a lost node (after its one free requeue). Counts against
+        ``retries``."""
         return self in _ORDINARY_FAILURES
 
     @property
@@ -72,7 +74,9 @@ class Reason(TextEnum):
 
 _MEMORY_KILLS = frozenset({Reason.OOM_KILLED, Reason.MEMORY_EXCEEDED})
 _MEMORY_ENDINGS = _MEMORY_KILLS | {Reason.EVICTED}
-_ORDINARY_FAILURES = frozenset({Reason.FAILED, Reason.SIGNALED, Reason.TIMEOUT, Reason.EVICTED})
+_ORDINARY_FAILURES = frozenset(
+    {Reason.FAILED, Reason.SIGNALED, Reason.TIMEOUT, Reason.EVICTED, Reason.LOST}
+)
 
 
 #: Fixed codes; FAILED, SIGNALED and INTERRUPTED depend on the status or signal.
@@ -100,8 +104,8 @@ def exit_code_for(
     """
     if reason in FIXED_CODES:
         return FIXED_CODES[reason]
-    if reason is Reason.CANCELLED:
-        return None  # it never ran: there is no status to report
+    if reason in (Reason.CANCELLED, Reason.LOST):
+        return None  # it never ran, or its end was never seen: no status to report
     if reason is Reason.FAILED:
         return status or 1
     return 128 + (signum or signal.SIGKILL)

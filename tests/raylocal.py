@@ -50,7 +50,9 @@ def ray_importable() -> bool:
 
 
 class LocalRayCluster:
-    def __init__(self) -> None:
+    def __init__(self, **config: str) -> None:
+        """``config``: Ray system settings for every process of the cluster (as
+        RAY_<name> environment variables)."""
         self.temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths: short
         token = secrets.token_hex(16)
         self.env = {
@@ -59,6 +61,7 @@ class LocalRayCluster:
             "RAY_AUTH_TOKEN": token,
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_BACKEND_LOG_LEVEL": "error",
+            **{f"RAY_{k}": v for k, v in config.items()},
         }
         self.keeper = subprocess.Popen(
             ["unshare", "--net", sys.executable, "-c", KEEPER],
@@ -76,6 +79,7 @@ class LocalRayCluster:
         self.enter = ["nsenter", f"--net=/proc/{self.keeper.pid}/ns/net"]
         self.address = f"127.0.0.1:{PORT}"
         self.nodes: dict[str, dict] = {}  # node id -> its resources
+        self.daemons: dict[str, set[int]] = {}  # node name -> its Ray daemons' pids
 
     # -- starting ---------------------------------------------------------------------
     def ray_start(self, *args: str, name: str) -> None:
@@ -100,6 +104,11 @@ class LocalRayCluster:
             raise RuntimeError(f"ray start ({name}) failed:\n{Path(log).read_text()[-2000:]}")
 
     def start_head(self, **resources) -> None:
+        before = set(self.members())
+        self._start_head(**resources)
+        self.daemons["head"] = set(self.members()) - before
+
+    def _start_head(self, **resources) -> None:
         self.ray_start(
             "--head",
             f"--port={PORT}",
@@ -112,6 +121,32 @@ class LocalRayCluster:
         )
 
     def add_worker(self, name: str, memory: int, cpus: int, **resources) -> None:
+        before = set(self.members())
+        self._add_worker(name, memory, cpus, **resources)
+        self.daemons[name] = set(self.members()) - before
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL a node as a crash would: its daemons (raylet and company) and the
+        Ray workers under them; its agents and their guards are left to what the
+        node-side code does when its worker dies."""
+        victims = set()
+        for pid in self.daemons.pop(name):
+            victims.add(pid)
+            try:
+                victims |= {
+                    c.pid
+                    for c in psutil.Process(pid).children(recursive=True)
+                    if self.is_ray(c.pid)
+                }
+            except psutil.NoSuchProcess:
+                pass
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _add_worker(self, name: str, memory: int, cpus: int, **resources) -> None:
         self.ray_start(
             f"--address={self.address}",
             f"--num-cpus={cpus}",

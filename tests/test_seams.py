@@ -124,7 +124,9 @@ def test_cluster_memory_counts_what_the_ray_engine_reserved():
         assert memory.available() == 449 * MiB
     finally:
         memory.close()
-    assert not re.search(r"engine\.\w+\s*=[^=]", (ROOT / "supervisor/ray/cluster.py").read_text())
+    for module in ("cluster", "fleet"):
+        text = (ROOT / f"supervisor/ray/{module}.py").read_text()
+        assert not re.search(r"engine\.\w+\s*=[^=]", text), module
 
 
 def test_the_fleet_rules_fakes_keep_to_the_protocols():

@@ -117,10 +117,20 @@ def fleet(
                 f"--tasks {shown}: {problem}",
                 hint="give a file or a pipe of JSON lines, or '-' for stdin",
             )
+    own_stdout = sys.stdout
     if engine == "ray":
-        from agent_supervise.ray.cluster import RaySupervisor
+        from agent_supervise.ray.fleet import RaySupervisor
 
-        sup = RaySupervisor(spec, address=address, max_concurrent=max_concurrent, log_dir=log_dir)
+        # Ray prints the cluster's error messages ("(raylet) The node with node id
+        # ... has been marked dead") to sys.stdout: ours is the result's (--json).
+        sys.stdout = sys.stderr
+        try:
+            sup = RaySupervisor(
+                spec, address=address, max_concurrent=max_concurrent, log_dir=log_dir
+            )
+        except BaseException:
+            sys.stdout = own_stdout
+            raise
     else:
         sup = Supervisor(spec, max_concurrent=max_concurrent, log_dir=log_dir)
     live = _watch(sup, dashboard, interval)
@@ -129,7 +139,10 @@ def fleet(
             tasks_from, sup, "stdin" if tasks_from.name == "<stdin>" else tasks_from.name
         ).start()
     sup.close()
-    result = sup.run()
+    try:
+        result = sup.run()
+    finally:
+        sys.stdout = own_stdout
     if junit_path:
         from agent_supervise.observe.junit import junit_xml
 
@@ -144,6 +157,11 @@ def fleet(
         out.print(result.table())
     if result.stopping:
         click.echo(f"agent-supervise: stopped: {result.message}", err=True)
+    if result.stopping == "cluster_lost":
+        # Everything is written; Ray's exit handlers would wait for the lost head.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result.exit_code)
     return result.exit_code
 
 

@@ -62,11 +62,12 @@ def plan_retry(
 ) -> Retry | None:
     """The retry for a task that ended with ``reason``, or None if this is its end.
 
-    A task whose pool worker died under it is requeued once for free: the worker's
-    death may come from what earlier tasks left in it (as a message broker
-    redelivers a task whose worker was lost). One that the fleet's memory budget
-    stopped (``squeezed``: the others used the room) is requeued for free too, up to
-    SQUEEZED_REQUEUES times; admission starts it again once the budget has room.
+    A task whose pool worker or Ray node died under it is requeued once for free:
+    the worker's death may come from what earlier tasks left in it, a node's from
+    the machine (as a message broker redelivers a task whose worker was lost). One
+    that the fleet's memory budget stopped (``squeezed``: the others used the room)
+    is requeued for free too, up to SQUEEZED_REQUEUES times; admission starts it
+    again once the budget has room.
     """
     if squeezed and budget.squeezed < SQUEEZED_REQUEUES:
         budget.squeezed += 1
@@ -81,7 +82,8 @@ def plan_retry(
         return Retry(
             dataclasses.replace(task, attempt=task.attempt + 1),
             0.0,
-            f"{reason}: its pool worker died under it; requeued",
+            f"{reason}: its {'node' if reason is Reason.LOST else 'pool worker'} died "
+            "under it; requeued (once, not counted against its retries)",
         )
     if reason.ordinary_failure and budget.failures < agent.retries:
         budget.failures += 1

@@ -15,6 +15,8 @@ from agent_supervise.spool import Budget, Spool
 from agent_supervise.units import format_duration, format_size
 
 EXIT_SELF_GUARD = 3
+#: The driver lost the Ray cluster's head (ray/faults.py): the fleet stopped.
+EXIT_CLUSTER_LOST = 5
 #: The run folder could not take a write at some point (full, read-only): agents'
 #: own logs may be cut short and the folder may lack lines; the summary (in
 #: summary.json, or on stderr when even that could not be written) has every task.
@@ -92,7 +94,7 @@ class FleetEnd:
     run_id: str
     run_dir: str
     duration_s: float
-    stopping: str | None  # interrupted, self_guard, run_timeout
+    stopping: str | None  # interrupted, self_guard, run_timeout, cluster_lost
     message: str | None  # what the stop said
     stop_signal: int | None  # the signal that interrupted it
     rejected: list[dict]  # input lines refused
@@ -124,6 +126,8 @@ class FleetResult:
             code = 128 + end.stop_signal
         elif end.stopping == "self_guard":
             code = EXIT_SELF_GUARD
+        elif end.stopping == "cluster_lost":
+            code = EXIT_CLUSTER_LOST
         elif end.folder_failed:
             code = EXIT_RUN_FOLDER
         else:

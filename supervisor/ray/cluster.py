@@ -1,5 +1,6 @@
-"""``--engine ray``: connecting to the cluster, checking caps against its nodes, and
-the :class:`RaySupervisor` that runs a fleet on it.
+"""``--engine ray``: connecting to the cluster and checking caps against its nodes
+(the :class:`~agent_supervise.ray.fleet.RaySupervisor` that runs a fleet on it is in
+ray/fleet.py).
 
 Ray accepts any ``memory=`` request (``10**15`` bytes is scheduled and then waits
 forever), so every cap is checked here against the nodes' memory budgets before
@@ -15,20 +16,15 @@ is the reserve, and each agent's cage enforces its cap on its node.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import socket
 import time
-from typing import TYPE_CHECKING
 
 from agent_supervise.errors import BadInput
-from agent_supervise.fleet.supervisor import Supervisor
 from agent_supervise.memsource import MemorySource
+from agent_supervise.ray.faults import HeadWatch
 from agent_supervise.units import format_size
-
-if TYPE_CHECKING:
-    from agent_supervise.ray.engine import RayEngine
 
 ADDRESS_RE = re.compile(r"^(auto|local|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5})$")
 NODES_TTL_S = 5.0  # how long the node table is trusted before asking Ray again
@@ -102,25 +98,57 @@ class Cluster:
                     hint="is a cluster running there? ray status shows it",
                 ) from None
         self._nodes: list[dict] = []
+        self._every: list[dict] = []
         self._nodes_at = float("-inf")
+        #: Ray's calls block while the GCS is down: the head is looked at first.
+        self.head = HeadWatch(ray.get_runtime_context().gcs_address, settings.head_lost_after)
+        #: The largest memory budget any usable node has offered during the run: a
+        #: cap above it never fit; one below it fit on a node that may come back.
+        self.largest_seen = 0
+        #: Nodes the driver found dead before Ray says so (ray/faults.py): a node id
+        #: is never reused, so they stay out of the table.
+        self.dead: set[str] = set()
 
-    def nodes(self) -> list[dict]:
+    def nodes(self, fresh: bool = False) -> list[dict]:
         """Alive nodes that offer what each agent asks for (CPUs, custom resources)."""
         now = time.monotonic()
-        if now - self._nodes_at > NODES_TTL_S:
-            r = self.settings
-            need = {**r.resources, "CPU": r.cpus}
-            self._nodes = [
-                n
-                for n in self.ray.nodes()
-                if n.get("Alive")
-                and all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)
-            ]
-            self._nodes_at = now
+        if fresh or now - self._nodes_at > NODES_TTL_S:
+            self._read(now)
         return self._nodes
+
+    def forget(self, node_id: str) -> None:
+        """The node is dead: no task is placed by its budget any more."""
+        self.dead.add(node_id)
+        self._nodes = [n for n in self._nodes if n["NodeID"] != node_id]
+
+    def table(self) -> dict[str, dict]:
+        """Every node Ray knows, alive or dead, by id, read now (and the cache too)."""
+        return {n["NodeID"]: n for n in self._read(time.monotonic())}
+
+    def _read(self, now: float) -> list[dict]:
+        self.head.lost()
+        if self.head.unreachable_since is not None:
+            return self._every  # the last table: asking Ray now would block
+        r = self.settings
+        need = {**r.resources, "CPU": r.cpus}
+        every = self._every = self.ray.nodes()
+        self._nodes = [
+            n
+            for n in every
+            if n.get("Alive")
+            and n["NodeID"] not in self.dead
+            and all(n["Resources"].get(k, 0) >= v for k, v in need.items() if v)
+        ]
+        self._nodes_at = now
+        self.largest_seen = max([self.largest_seen, *self.budgets()])
+        return every
 
     def budgets(self) -> list[int]:
         return [int(n["Resources"].get("memory", 0)) for n in self.nodes()]
+
+    def fit_before(self, cap: int) -> bool:
+        """The cap fit on a node seen earlier in the run (one that may come back)."""
+        return cap + self.settings.memory_overhead <= self.largest_seen
 
     def unfit(self, cap: int) -> str | None:
         """Why an agent with this cap could run on no node, or None."""
@@ -155,8 +183,11 @@ class Cluster:
                     hint="lower memory_limit, or start nodes with a larger --memory (ray start)",
                 )
 
-    def close(self) -> None:
-        if self.owns and self.ray.is_initialized():
+    def close(self, head_lost: bool = False) -> None:
+        """Disconnect. With the head lost, Ray's shutdown would block on the GCS for
+        as long as Ray keeps retrying it: the connection is left to the process's exit
+        (the CLI ends with os._exit once everything is written)."""
+        if self.owns and self.ray.is_initialized() and not head_lost:
             self.ray.shutdown()
 
 
@@ -189,78 +220,3 @@ class ClusterMemory:
 
     def close(self) -> None:
         self._own.close()
-
-
-def for_ray(settings):
-    """The supervisor settings with the single-machine memory rules switched off."""
-    return dataclasses.replace(
-        settings,
-        min_free_memory=0,
-        evict_below=0,
-        freeze_below=0,
-        breaker=dataclasses.replace(settings.breaker, min_available=0),
-        degradation=dataclasses.replace(
-            settings.degradation, sequential_below=0, limited_below=0, margin=0, psi_some_avg10=0
-        ),
-    )
-
-
-def refuse_unsupported(fleet) -> None:
-    s = fleet.supervisor
-    if s.backend == "rlimit" and not s.ray.allow_rlimit:
-        raise BadInput(
-            "supervisor.backend rlimit with --engine ray: nodes would cap agents "
-            "with an rlimit only",
-            hint="set supervisor.ray.allow_rlimit: true, or use a cgroup backend",
-        )
-    if s.memory_budget is not None or s.admission != "caps":
-        key = "memory_budget" if s.memory_budget is not None else "admission: usage"
-        raise BadInput(
-            f"supervisor.{key} with --engine ray: a fleet budget and admission by use "
-            "are for one machine so far (each Ray node caps each agent; the cluster "
-            "admits by the agents' declared caps)",
-            hint=f"drop supervisor.{key.split(':')[0]} for this fleet, or use --engine local",
-        )
-    for agent in fleet.agents.values():
-        if agent.pool is not None:
-            raise BadInput(
-                f"agents.{agent.name}.pool: warm pools do not run on Ray",
-                hint="drop pool: for this fleet, or run it with --engine local",
-            )
-
-
-class RaySupervisor(Supervisor):
-    """A :class:`Supervisor` whose agents run on a Ray cluster's nodes."""
-
-    def __init__(
-        self, fleet, *, address: str | None = None, clock=time.monotonic, **kwargs
-    ) -> None:
-        refuse_unsupported(fleet)
-        fleet = dataclasses.replace(fleet, supervisor=for_ray(fleet.supervisor))
-        self.cluster = Cluster(fleet.supervisor.ray, address)
-        self.cluster_memory = ClusterMemory(self.cluster)
-        try:
-            self.cluster.check_fits(fleet.tasks, fleet.agents)  # before anything starts
-            super().__init__(fleet, memory=self.cluster_memory, clock=clock, psi=None, **kwargs)
-        except BaseException:
-            self.cluster.close()
-            raise
-
-    def _new_engine(self) -> RayEngine:
-        from agent_supervise.ray.engine import RayEngine
-
-        return RayEngine(
-            self.settings,
-            self.cluster,
-            self.cluster_memory,
-            on_interrupt=self._on_interrupt,
-            emit=self.events.emit,
-            clock=self.clock,
-        )
-
-    def _check_fits(self, specs) -> None:
-        self.cluster.check_fits(specs, self.fleet.agents)
-
-    @staticmethod
-    def _check_users(fleet) -> None:
-        """Users and groups are looked up on the nodes (a node without them refuses)."""

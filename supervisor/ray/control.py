@@ -13,6 +13,9 @@ from __future__ import annotations
 import signal
 
 POLL_S = 0.25  # how often a node fetches its orders
+#: What a node says when it stopped its agent because the orders actor died (with the
+#: driver, or with the node it lives on: the head, usually). The driver reads it.
+ORDERS_GONE = "its node lost the driver's orders channel (the driver or its node died)"
 
 
 class Control:
@@ -51,5 +54,5 @@ class Orders:
         ref, self.ref, self.next_at = self.ref, None, now + POLL_S
         try:
             return ray.get(ref)
-        except ray.exceptions.RayError:  # the actor died with its owner, the driver
-            return [("stopped", signal.SIGKILL, None, "the driver is gone")]
+        except ray.exceptions.RayError as err:  # the actor died with the driver
+            return [("stopped", signal.SIGKILL, None, f"{ORDERS_GONE}: {type(err).__name__}")]

@@ -25,7 +25,8 @@ from agent_supervise.fleet.engine import agent_env
 from agent_supervise.fleet.seams import RunView
 from agent_supervise.limits.base import StaleCage
 from agent_supervise.outcome import Reason
-from agent_supervise.ray.control import Control
+from agent_supervise.ray.control import ORDERS_GONE, Control
+from agent_supervise.ray.faults import CHECK_S, Faults, node_gone
 from agent_supervise.ray.files import checkpoint_tail
 from agent_supervise.ray.node import Job, janitor, run_on_node
 from agent_supervise.ray.remoterun import RemoteRun, ray_outcome
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from agent_supervise.ray.cluster import ClusterMemory
 
 
-class RayEngine:
+class RayEngine(Faults):
     backend_name = "ray"
     stale: tuple[StaleCage, ...] = ()  # each node cleans its own cages (ray.node.janitor)
 
@@ -48,10 +49,12 @@ class RayEngine:
         *,
         on_interrupt,
         emit,
+        on_lost=None,
         clock=time.monotonic,
     ) -> None:
         """``memory`` is told every request it must count as reserved; the driver's
-        signals go to ``on_interrupt``; ``placed`` events to ``emit``."""
+        signals go to ``on_interrupt``; ``placed`` events to ``emit``; a lost head
+        to ``on_lost`` (its message) before the running tasks end ``lost``."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -71,6 +74,11 @@ class RayEngine:
         )
         self._task = ray.remote(run_on_node)
         self._janitors: list = []
+        self.on_lost = on_lost or (lambda message: None)
+        self.head = cluster.head
+        self.head_lost = False
+        self.orders_gone = False
+        self._next_look = 0.0
 
     # -- starting ---------------------------------------------------------------------
     def wake(self) -> None:
@@ -92,7 +100,12 @@ class RayEngine:
         r, s = self.settings.ray, self.settings
         request = task.memory_limit + r.memory_overhead
         why = self.cluster.unfit(task.memory_limit)
-        if why:  # a cap grown by a retry may no longer fit anywhere: never hand it to Ray
+        if why:  # a grown cap, or the nodes it fit on left: never hand it to Ray
+            if self.cluster.fit_before(task.memory_limit):
+                why += (
+                    f"; the nodes that could hold it left and none came back within "
+                    f"supervisor.ray.node_wait ({r.node_wait:g}s)"
+                )
             return ray_outcome(task, Reason.SETUP_FAILED, why)
         env = {**task.env, **agent_env(task, rundir)}
         job = Job(
@@ -140,13 +153,16 @@ class RayEngine:
         ended. Ray's wait cannot be woken by another thread, so waits stay short."""
         self._signals()
         wait = 0.1 if max_wait is None else max_wait
+        ended: list[RunView] = self._look()
+        if ended or self.head_lost:
+            return self._ended(ended)
+        wait = min(wait, CHECK_S)  # the cluster is looked at every CHECK_S
         gens = {id(run.gen): run for run in self.runs.values()}
         if not gens:
             self._wake.wait(wait)
             self._wake.clear()
             self._signals()
             return []
-        ended: list[RunView] = []
         want = 1  # first: until any record is ready; then: whatever else is ready now
         for _ in range(1000):
             pending = [r.gen for r in gens.values()]
@@ -164,10 +180,15 @@ class RayEngine:
                     ended.append(gens.pop(id(gen)))
             if not gens:
                 break
+        if self.orders_gone:  # before these ends are taken as the fleet's last
+            ended += self._look()
+        self._signals()
+        return self._ended(ended)
+
+    def _ended(self, ended: list[RunView]) -> list[RunView]:
         for done in ended:
             self.runs.pop(done.task.id, None)
             self.memory.release(done.task.id)
-        self._signals()
         return ended
 
     def _signals(self) -> None:
@@ -176,6 +197,7 @@ class RayEngine:
 
     def _consume(self, run: RemoteRun) -> bool:
         """Handle the run's next record; True when the run has ended."""
+        run.heard = self.clock()
         try:
             record = self.ray.get(next(run.gen), timeout=60)
         except StopIteration:
@@ -199,6 +221,8 @@ class RayEngine:
                 run.rundir.append(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
         else:
             run.finished(record)
+            if ORDERS_GONE in (run.outcome.detail if run.outcome else ""):
+                self.orders_gone = True  # the head too? _look() asks at once
             return True
         return False
 
@@ -208,7 +232,12 @@ class RayEngine:
         if type(err) is self.ray.exceptions.RayTaskError and err.cause is not None:
             name = type(err.cause).__name__  # what the node-side code raised
         text = (str(err).strip().splitlines() or [name])[-1][:300]
-        node = run.failed(name, text)
+        alive = True
+        if run.node and run.cause is None:  # did its node die, or only its worker?
+            alive = node_gone(self.cluster.table(), run.node) is None
+        node = run.failed(name, text, node_alive=alive)
+        if run.lost and run.node:  # its node died: place nothing by its budget any more
+            self.cluster.forget(run.node)
         if node:
             self._clean(node)
         return True
@@ -229,7 +258,7 @@ class RayEngine:
             self.ray.cancel(run.gen)
 
     def processes(self) -> list[RemoteRun]:
-        return list(self.runs.values())
+        return [] if self.head_lost else list(self.runs.values())
 
     def freeze(self, run) -> bool:
         return False  # the nodes' memory is theirs: the ladder evicts instead
@@ -251,7 +280,15 @@ class RayEngine:
 
     def close(self) -> None:
         """Nothing may outlive the run: force-cancel what is left (the worker dies, the
-        agent with it), clean those nodes, then let the control actor go."""
+        agent with it), clean those nodes, then let the control actor go. With the
+        head lost nothing is asked of Ray: its calls would block."""
+        if self.head_lost:
+            self.runs.clear()
+            if self._inbox:
+                self._inbox.close()
+                self._inbox = None
+            self.cluster.close(head_lost=True)
+            return
         for run in list(self.runs.values()):
             self.ray.cancel(run.gen, force=True)
             if run.node:

@@ -15,6 +15,8 @@ from agent_supervise.outcome import Outcome, Reason, exit_code_for
 from agent_supervise.run.lifecycle import RunState
 from agent_supervise.units import format_size
 
+#: Ray errors meaning the node under the task died (its raylet, or the machine).
+NODE_DIED = ("NodeDiedError", "LocalRayletDiedError")
 #: Ray errors meaning the worker process (and with it the agent) died.
 WORKER_DIED = (
     "WorkerCrashedError",
@@ -30,9 +32,6 @@ class RemoteRun:
     """One task handed to Ray: pending until a node reports it started; its usage
     and peak are the node's samples."""
 
-    #: It ends by its own doing or its worker's death, which the fleet retries as
-    #: any failure: never lost.
-    lost = False
     #: memory_high is not passed to the nodes (yet): never throttled here.
     throttled = False
     #: The driver's ladder does not reach into the nodes: never frozen.
@@ -50,6 +49,12 @@ class RemoteRun:
         self.usage = self.peak = 0
         self.outcome: Outcome | None = None
         self.cause: Reason | None = None
+        self.cause_detail = ""  # why we took it back from Ray's queue, if we did
+        #: Its node died under it (fleet/retry.py: requeued once, not counted).
+        self.lost = False
+        #: When its node last reported (placed, a sample): silence means trouble.
+        self.heard = now
+        self.unfit_since: float | None = None  # queued in Ray, fitting on no alive node
 
     def placed(self, record: dict) -> None:
         """The node started the agent in its cage."""
@@ -81,15 +86,18 @@ class RemoteRun:
         out.agent = self.task.id
         self.outcome = out
 
-    def failed(self, name: str, text: str) -> str | None:
-        """Its Ray task failed with the error ``name`` (``text``: its last line): the
-        worker died (and the agent with it: parent-death signal), it was cancelled,
-        or the node-side code itself failed. Returns the node whose worker died
-        under the agent, which has a cage left to clean; else None."""
+    def failed(self, name: str, text: str, node_alive: bool = True) -> str | None:
+        """Its Ray task failed with the error ``name`` (``text``: its last line): its
+        node died, the worker died (and the agent with it: parent-death signal), it
+        was cancelled, or the node-side code itself failed. ``node_alive``: whether
+        its node is still among the cluster's alive nodes. Returns the node whose
+        worker died under the agent, which has a cage left to clean; else None."""
         if self.state is RunState.PENDING and name == "TaskCancelledError":
-            self.outcome = ray_outcome(
-                self.task, Reason.CANCELLED, "cancelled before it reached a node"
-            )
+            why = self.cause_detail or "cancelled before it reached a node"
+            self.outcome = ray_outcome(self.task, self.cause or Reason.CANCELLED, why)
+            return None
+        if self.cause is None and self.node and (name in NODE_DIED or not node_alive):
+            self.lose(f"{self.where} died under it ({name})")
             return None
         died = name in WORKER_DIED
         if died:
@@ -102,6 +110,19 @@ class RemoteRun:
             reason, detail = self.cause or Reason.SETUP_FAILED, f"{self.where}: {text}"
         self.outcome = ray_outcome(self.task, reason, detail, pid=self.pid, signum=signal.SIGKILL)
         return self.node if died else None
+
+    def lose(self, why: str) -> None:
+        """Its node is gone (or the driver lost the cluster): how the agent ended is
+        not known. A node that is down took the agent with it; one whose raylet alone
+        died lost its workers, and each agent's guard kills what is left of it."""
+        self.lost = True
+        self.outcome = ray_outcome(
+            self.task,
+            Reason.LOST,
+            f"{why}; how the agent itself ended is not known (pid {self.pid} there); "
+            "its node's guard kills what is left of it if the machine is up",
+            pid=self.pid,
+        )
 
 
 def ray_outcome(task, reason: Reason, detail: str, pid=None, signum=None) -> Outcome:
