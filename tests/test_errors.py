@@ -72,7 +72,12 @@ def test_reason_categories_are_what_the_policies_use():
         Reason.SIGNALED,
         Reason.TIMEOUT,
         Reason.EVICTED,
+        Reason.LOST,  # after its one free requeue (fleet/retry.py)
     }
+    # a lost attempt's end was never seen: no status to report, as for cancelled
+    from agent_supervise.outcome import exit_code_for
+
+    assert exit_code_for(Reason.LOST) is None and exit_code_for(Reason.CANCELLED) is None
     final = {r for r in Reason if r.final}
     assert Reason.OK in final and Reason.NOT_FOUND in final and Reason.CANCELLED in final
     assert not final & (memory | {Reason.FAILED, Reason.EVICTED})

@@ -314,3 +314,19 @@ def test_last_line_reads_a_bounded_tail(tmp_path):
     assert last_line(str(path), limit=1024) == "last"
     path.write_bytes(b"b" * 200_000 + b"\n")
     assert last_line(str(path), limit=1024) is None  # a line longer than the window
+
+
+def test_a_lost_node_requeues_once_for_free_then_counts_against_retries():
+    """Ray: a task whose node died under it (reason lost) is requeued at once without
+    using a retry; a second loss is an ordinary failure under ``retries``."""
+    budget, rng = Budget(), random.Random(0)
+    first = plan_retry(task(), AgentSpec("a", ("x",), retries=0), Reason.LOST, budget, rng, True)
+    assert first is not None and first.delay == 0 and budget.failures == 0
+    assert "its node died under it; requeued (once" in first.why
+    again = plan_retry(
+        first.task, AgentSpec("a", ("x",), retries=0), Reason.LOST, budget, rng, True
+    )
+    assert again is None  # no retries left, and the free requeue is spent
+    budget = Budget(lost=1)
+    third = plan_retry(task(), AgentSpec("a", ("x",), retries=1), Reason.LOST, budget, rng, True)
+    assert third is not None and budget.failures == 1 and "retry 1 of 1" in third.why

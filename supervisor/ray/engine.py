@@ -68,7 +68,7 @@ class RayEngine(Faults):
         self.control = (
             ray.remote(Control)
             .options(
-                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
             )
             .remote()
         )
