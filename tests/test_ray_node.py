@@ -5,7 +5,11 @@ cleans up when a Ray worker dies under its agent. These need no cluster."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+
+import pytest
 
 from agent_supervise import limits
 from agent_supervise.limits.rlimit import RlimitBackend
@@ -140,3 +144,31 @@ def _marked(name: str) -> list[int]:
         if marked and not zombie:
             found.append(int(pid))
     return found
+
+
+@pytest.mark.parametrize(
+    "extra, agent_extra, names",
+    [
+        ("", "    pool: {size: 2}\n", "agents.w.pool: warm pools do not run on Ray"),
+        ("  memory_budget: 1G\n", "", "supervisor.memory_budget with --engine ray"),
+        ("  admission: usage\n", "", "supervisor.admission: usage with --engine ray"),
+    ],
+)
+def test_what_ray_does_not_run_is_refused_up_front(tmp_path, extra, agent_extra, names):
+    """Warm pools, a fleet budget and admission by use are refused up front under
+    --engine ray: exit 2, the key named, nothing started, no cluster contacted (the
+    address below has nothing listening)."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        f"supervisor:\n  log_dir: {tmp_path / 'runs'}\n{extra}"
+        f"agents:\n  w:\n    cmd: ['true']\n    memory_limit: 20M\n{agent_extra}"
+        "tasks:\n  - {agent: w}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent_supervise", "fleet", "--engine", "ray",
+         "--address", "127.0.0.1:9", "--no-dashboard", str(fleet)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert names in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs").exists()
