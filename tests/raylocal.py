@@ -172,6 +172,20 @@ class LocalRayCluster:
         """``agent-supervise ARGS`` as a driver inside the namespace."""
         return [*self.enter, sys.executable, "-m", "agent_supervise", *args]
 
+    def fleet(self, fleet, *args: str, json_out: bool = True) -> list[str]:
+        """``agent-supervise fleet --engine ray`` of ``fleet`` on this cluster."""
+        return self.command(
+            "fleet",
+            "--engine",
+            "ray",
+            "--address",
+            self.address,
+            *(["--json"] if json_out else []),
+            "--no-dashboard",
+            *args,
+            str(fleet),
+        )
+
     def run(self, cmd, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, env=self.env, timeout=timeout, **kwargs)
 
@@ -246,6 +260,57 @@ class LocalRayCluster:
             reap_zombie_children()
             time.sleep(0.05)
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def assert_nothing_left(cluster: LocalRayCluster, cages_before: set, patience: float) -> None:
+    """After a test: no agent, guard or driver left in the cluster (killed if found),
+    and no cage or scratch folder of a process of the cluster, or of one now dead,
+    that appeared since ``cages_before``. Ray's own daemons and workers stay."""
+    from conftest import cage_dirs
+
+    deadline = time.monotonic() + patience
+    while cluster.strangers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leaked = cluster.strangers()
+    for entry in leaked:
+        try:
+            os.kill(int(entry.split()[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    reap_zombie_children()  # adopted guards and exited Ray workers are ours to reap
+    members = set(cluster.members())
+
+    def ours(name: str) -> bool:
+        owner = int(os.path.basename(name).split(".")[1].split("-")[0])
+        return owner in members or not os.path.exists(f"/proc/{owner}")
+
+    cages = [p for p in cage_dirs() - cages_before if ours(p)]
+    scratch = [n for n in os.listdir("/tmp") if n.startswith("agent-supervise-ray.") and ours(n)]
+    problems = (
+        [f"leaked processes: {leaked}"] * bool(leaked)
+        + [f"leaked cages: {cages}"] * bool(cages)
+        + [f"leaked scratch: {scratch}"] * bool(scratch)
+    )
+    assert not problems, "; ".join(problems)
+
+
+def run_events(tmp_path: Path) -> list[dict]:
+    """The events so far of the one run under ``tmp_path/runs`` ([] before it exists)."""
+    from agent_supervise.rundir import read_events
+
+    runs = list((tmp_path / "runs").glob("*/events.jsonl"))
+    return read_events(str(runs[0])) if runs else []
+
+
+def wait_for_event(tmp_path: Path, test, what: str, timeout: float = 60) -> list[dict]:
+    """The run's events that pass ``test``, once there is one; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in run_events(tmp_path) if test(e)]
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout}s: {run_events(tmp_path)[-10:]}")
 
 
 def _zombie(pid: int) -> bool:

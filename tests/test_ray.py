@@ -10,16 +10,14 @@ folder. Skipped where Ray is not installed, except under CI=true.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from raylocal import LocalRayCluster, ray_importable, reap_zombie_children
+from raylocal import LocalRayCluster, assert_nothing_left, ray_importable, run_events
 
 from agent_supervise.limits import probe_all
-from agent_supervise.rundir import read_events
 
 from conftest import ALLOC, LEAK_PATIENCE_S, PY, cage_dirs, require_tool
 
@@ -84,38 +82,7 @@ def no_leaks(cluster):
     their guards, their cages and scratch folders."""
     cages_before = cage_dirs()
     yield
-    deadline = time.monotonic() + LEAK_PATIENCE_S
-    while cluster.strangers() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    leaked = cluster.strangers()
-    for entry in leaked:
-        try:
-            os.kill(int(entry.split()[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    reap_zombie_children()  # adopted guards and exited Ray workers are ours to reap
-    members = set(cluster.members())
-    cages = [
-        p
-        for p in cage_dirs() - cages_before
-        if _owner(p) in members or not os.path.exists(f"/proc/{_owner(p)}")
-    ]
-    scratch = [
-        n
-        for n in os.listdir("/tmp")
-        if n.startswith("agent-supervise-ray.")
-        and (_owner(n) in members or not os.path.exists(f"/proc/{_owner(n)}"))
-    ]
-    problems = (
-        [f"leaked processes: {leaked}"] * bool(leaked)
-        + [f"leaked cages: {cages}"] * bool(cages)
-        + [f"leaked scratch: {scratch}"] * bool(scratch)
-    )
-    assert not problems, "; ".join(problems)
-
-
-def _owner(path: str) -> int:
-    return int(os.path.basename(path).split(".")[1].split("-")[0])
+    assert_nothing_left(cluster, cages_before, LEAK_PATIENCE_S)
 
 
 def fleet_file(tmp_path: Path, agents: str, tasks: str, extra: str = "") -> Path:
@@ -129,36 +96,16 @@ def fleet_file(tmp_path: Path, agents: str, tasks: str, extra: str = "") -> Path
 
 
 def drive(cluster, fleet: Path, *args: str, timeout: float = 120):
-    proc = cluster.run(
-        cluster.command(
-            "fleet",
-            "--engine",
-            "ray",
-            "--address",
-            cluster.address,
-            "--json",
-            "--no-dashboard",
-            *args,
-            str(fleet),
-        ),
-        timeout=timeout,
-    )
+    proc = cluster.run(cluster.fleet(fleet, *args), timeout=timeout)
     return proc, (json.loads(proc.stdout) if proc.stdout.strip() else None)
-
-
-def events_of(tmp_path: Path) -> list[dict]:
-    (run,) = (tmp_path / "runs").iterdir()
-    return read_events(str(run / "events.jsonl"))
 
 
 def wait_placed(tmp_path: Path, count: int, timeout: float = 30) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = list((tmp_path / "runs").glob("*/events.jsonl"))
-        if runs:
-            placed = [e for e in read_events(str(runs[0])) if e["event"] == "placed"]
-            if len(placed) >= count:
-                return placed
+        placed = [e for e in run_events(tmp_path) if e["event"] == "placed"]
+        if len(placed) >= count:
+            return placed
         time.sleep(0.05)
     raise AssertionError(f"fewer than {count} agents reached a node in {timeout}s")
 
@@ -189,7 +136,7 @@ def test_fleet_spreads_over_both_nodes_and_the_hog_dies_on_its_node(cluster, tmp
         assert task["checkpoint"] == "step 1"
         assert task["backend"] in ("cgroup2", "cgroup1")
 
-    events = events_of(tmp_path)
+    events = run_events(tmp_path)
     kinds = {e["event"] for e in events}
     assert {
         "run_started",
@@ -228,18 +175,7 @@ def test_sigint_to_the_driver_interrupts_the_remote_agents(cluster, tmp_path):
         "  nap:\n    cmd: [sleep, '30']\n    memory_limit: 20M\n",
         "  - {agent: nap, repeat: 6}\n",
     )
-    driver = cluster.popen(
-        cluster.command(
-            "fleet",
-            "--engine",
-            "ray",
-            "--address",
-            cluster.address,
-            "--json",
-            "--no-dashboard",
-            str(fleet),
-        )
-    )
+    driver = cluster.popen(cluster.fleet(fleet))
     try:
         wait_placed(tmp_path, 4)
         t0 = time.monotonic()
@@ -256,7 +192,7 @@ def test_sigint_to_the_driver_interrupts_the_remote_agents(cluster, tmp_path):
     assert {t["exit_code"] for t in summary["tasks"] if t["reason"] == "interrupted"} == {130}
     # The agents got the SIGINT itself (Ray blocks it in its workers; it must not stay
     # blocked in agents), so they ended well before the 2 s grace and its SIGKILL.
-    events = events_of(tmp_path)
+    events = run_events(tmp_path)
     (stop,) = [e["t"] for e in events if e["event"] == "stopping"]
     ends = [
         e["t"] - stop for e in events if e["event"] == "exited" and e["reason"] == "interrupted"
@@ -277,11 +213,7 @@ def test_a_killed_driver_leaves_nothing_on_the_nodes(cluster, tmp_path):
         f"  tree:\n    cmd: ['{tree}']\n    memory_limit: 20M\n",
         "  - {agent: tree, repeat: 4}\n",
     )
-    driver = cluster.popen(
-        cluster.command(
-            "fleet", "--engine", "ray", "--address", cluster.address, "--no-dashboard", str(fleet)
-        )
-    )
+    driver = cluster.popen(cluster.fleet(fleet, json_out=False))
     try:
         wait_placed(tmp_path, 4)
         deadline = time.monotonic() + 10

@@ -13,17 +13,19 @@ installed, except under CI=true.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
-from raylocal import LocalRayCluster, ray_importable, reap_zombie_children
+from raylocal import (
+    LocalRayCluster,
+    assert_nothing_left,
+    ray_importable,
+    run_events,
+    wait_for_event,
+)
 
-from agent_supervise.rundir import read_events
-
-from conftest import require_tool
+from conftest import cage_dirs, require_tool
 
 MB = 10**6
 GIVE_UP_S = 10  # the raylets' gcs_rpc_server_reconnect_timeout_s here
@@ -51,19 +53,11 @@ def cluster():
 @pytest.fixture(autouse=True)
 def no_leaks(cluster):
     """Replaces conftest's check for this module (Ray's daemons live for the whole
-    module): after each test no agent, guard or driver of it is left in the cluster."""
+    module): after each test no agent, guard, cage or scratch folder of it is left.
+    After a lost head the raylets take GIVE_UP_S to stop their agents."""
+    cages_before = cage_dirs()
     yield
-    deadline = time.monotonic() + GIVE_UP_S + 20
-    while cluster.strangers() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    leaked = cluster.strangers()
-    for entry in leaked:
-        try:
-            os.kill(int(entry.split()[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    reap_zombie_children()
-    assert not leaked, f"leaked processes: {leaked}"
+    assert_nothing_left(cluster, cages_before, GIVE_UP_S + 20)
 
 
 def fleet_file(tmp_path: Path, agents: str, tasks: str, ray: str = "") -> Path:
@@ -77,33 +71,7 @@ def fleet_file(tmp_path: Path, agents: str, tasks: str, ray: str = "") -> Path:
 
 
 def start(cluster, fleet: Path):
-    return cluster.popen(
-        cluster.command(
-            "fleet",
-            "--engine",
-            "ray",
-            "--address",
-            cluster.address,
-            "--json",
-            "--no-dashboard",
-            str(fleet),
-        )
-    )
-
-
-def events(tmp_path: Path) -> list[dict]:
-    runs = list((tmp_path / "runs").glob("*/events.jsonl"))
-    return read_events(str(runs[0])) if runs else []
-
-
-def wait_for(tmp_path: Path, test, what: str, timeout: float = 60) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [e for e in events(tmp_path) if test(e)]
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} within {timeout}s: {events(tmp_path)[-10:]}")
+    return cluster.popen(cluster.fleet(fleet))
 
 
 def finish(driver, timeout: float = 120) -> tuple[int, dict, str]:
@@ -136,17 +104,21 @@ def test_a_node_killed_mid_run_loses_its_tasks_which_are_requeued_once_and_end_o
         "  - {agent: tree, repeat: 6}\n",
     )
     driver = start(cluster, fleet)
-    placed = wait_for(tmp_path, lambda e: e["event"] == "placed" and e["node"] == doomed, "doomed")
+    placed = wait_for_event(
+        tmp_path, lambda e: e["event"] == "placed" and e["node"] == doomed, "doomed"
+    )
     on_doomed = {e["task"] for e in placed}
     time.sleep(0.5)
     t_kill = time.monotonic()
     cluster.kill_node("doomed")
-    wait_for(tmp_path, lambda e: e["event"] == "retried" and e["reason"] == "lost", "lost task", 60)
+    wait_for_event(
+        tmp_path, lambda e: e["event"] == "retried" and e["reason"] == "lost", "lost task", 60
+    )
     TIMINGS["node_death_noticed_s"] = round(time.monotonic() - t_kill, 1)
     code, summary, err = finish(driver)
     assert code == 0, err[-3000:]
     assert summary["counts"] == {"ok": 6}, summary["counts"]
-    evs = events(tmp_path)
+    evs = run_events(tmp_path)
     placed_on_doomed = {e["task"] for e in evs if e["event"] == "placed" and e["node"] == doomed}
     lost = [e for e in evs if e["event"] == "retried" and e["reason"] == "lost"]
     assert {e["task"] for e in lost} == placed_on_doomed >= on_doomed, (lost, placed_on_doomed)
@@ -174,16 +146,8 @@ def test_a_task_that_fit_only_on_a_node_that_left_waits_for_one_and_ends_clearly
     waits out node_wait and ends setup_failed, saying why."""
     cluster.add_worker("big1", 600 * MB, 4, agent_node=10, big1=1)
     big1 = node_id_of(cluster, "big1")
-    fleet = fleet_file(
-        tmp_path,
-        "  large:\n    cmd: [sh, -c, 'echo $AGENT_ID; sleep 3']\n    memory_limit: 300M\n",
-        "  - {agent: large}\n",
-        ray=", node_wait: 40s",
-    )
-    driver = start(cluster, fleet)
-    wait_for(tmp_path, lambda e: e["event"] == "placed" and e["node"] == big1, "big1")
-    cluster.kill_node("big1")
-    wait_for(
+    driver = large_task_killed_under(cluster, tmp_path, "big1", big1, "sleep 3", "40s")
+    wait_for_event(
         tmp_path,
         lambda e: e["event"] == "waiting" and "a Ray node that can hold it" in e["reason"],
         "waiting for a node",
@@ -191,21 +155,13 @@ def test_a_task_that_fit_only_on_a_node_that_left_waits_for_one_and_ends_clearly
     cluster.add_worker("big2", 600 * MB, 4, agent_node=10, big2=1)
     code, summary, err = finish(driver)
     assert code == 0 and summary["counts"] == {"ok": 1}, err[-3000:]
-    (big2,) = [n for n, res in cluster.read_nodes().items() if res.get("big2")]
-    evs = events(tmp_path)
+    big2 = node_id_of(cluster, "big2")
+    evs = run_events(tmp_path)
     assert [e["node"] for e in evs if e["event"] == "placed"] == [big1, big2]
 
     # big2 dies too, and no node that holds 300M comes back within node_wait
     (tmp_path / "runs").rename(tmp_path / "runs-1")
-    fleet = fleet_file(
-        tmp_path,
-        "  large:\n    cmd: [sh, -c, 'sleep 20']\n    memory_limit: 300M\n",
-        "  - {agent: large}\n",
-        ray=", node_wait: 3s",
-    )
-    driver = start(cluster, fleet)
-    wait_for(tmp_path, lambda e: e["event"] == "placed" and e["node"] == big2, "big2")
-    cluster.kill_node("big2")
+    driver = large_task_killed_under(cluster, tmp_path, "big2", big2, "sleep 20", "3s")
     code, summary, err = finish(driver)
     assert code == 1, err[-3000:]
     (task,) = summary["tasks"]
@@ -214,6 +170,21 @@ def test_a_task_that_fit_only_on_a_node_that_left_waits_for_one_and_ends_clearly
     # it waited in the driver's queue, or in Ray's if it was handed over before
     # the node was found dead: either way no more than node_wait
     assert "came back within supervisor.ray.node_wait (3s)" in task["detail"], task
+
+
+def large_task_killed_under(cluster, tmp_path, name: str, node: str, sleep: str, node_wait: str):
+    """A fleet of one 300M task (only the big node holds it): once it runs on
+    ``node``, that node is SIGKILLed. Returns the running driver."""
+    fleet = fleet_file(
+        tmp_path,
+        f"  large:\n    cmd: [sh, -c, 'echo $AGENT_ID; {sleep}']\n    memory_limit: 300M\n",
+        "  - {agent: large}\n",
+        ray=f", node_wait: {node_wait}",
+    )
+    driver = start(cluster, fleet)
+    wait_for_event(tmp_path, lambda e: e["event"] == "placed" and e["node"] == node, name)
+    cluster.kill_node(name)
+    return driver
 
 
 def test_a_lost_head_stops_the_driver_cleanly_and_the_nodes_stop_their_agents(cluster, tmp_path):
@@ -225,9 +196,9 @@ def test_a_lost_head_stops_the_driver_cleanly_and_the_nodes_stop_their_agents(cl
         ray=", head_lost_after: 4s",
     )
     driver = start(cluster, fleet)
-    wait_for(tmp_path, lambda e: e["event"] == "placed", "placed", 60)
+    wait_for_event(tmp_path, lambda e: e["event"] == "placed", "placed", 60)
     time.sleep(1)
-    placed = [e for e in events(tmp_path) if e["event"] == "placed"]
+    placed = [e for e in run_events(tmp_path) if e["event"] == "placed"]
     t_kill = time.monotonic()
     cluster.kill_node("head")
     code, summary, err = finish(driver, timeout=60)

@@ -172,3 +172,48 @@ def test_what_ray_does_not_run_is_refused_up_front(tmp_path, extra, agent_extra,
     assert proc.returncode == 2, proc.stderr
     assert names in proc.stderr, proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_head_watch_counts_unreachable_time_and_evidence_makes_it_lost_at_once():
+    """A real listening port, then closed: lost only after lost_after of failed probes
+    (probed at most every CHECK_S), or at once with other evidence."""
+    import socket
+
+    from agent_supervise.ray.faults import CHECK_S, HeadWatch
+
+    now = [0.0]
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    watch = HeadWatch(f"127.0.0.1:{port}", lost_after=3.0, clock=lambda: now[0])
+    assert watch.lost() is None and watch.unreachable_since is None
+    server.close()
+    now[0] = CHECK_S
+    assert watch.lost() is None and watch.unreachable_since == CHECK_S
+    now[0] = CHECK_S + 2.0
+    assert watch.lost() is None  # 2 s unreachable < 3
+    assert watch.lost(at_once=True) == 2.0  # evidence: lost now
+    now[0] = CHECK_S + 3.5
+    assert watch.lost() == 3.5
+
+
+def test_a_node_is_probed_once_per_check_however_many_tasks_ask():
+    from agent_supervise.ray.faults import CHECK_S, NodeProbe
+
+    class FakeCluster:
+        reads, forgotten = 0, []
+
+        def table(self):
+            self.reads += 1
+            return {"dead": {"Alive": False}, "up": {"Alive": True}}
+
+        def forget(self, node):
+            self.forgotten.append(node)
+
+    now = [0.0]
+    cluster = FakeCluster()
+    probe = NodeProbe(cluster, clock=lambda: now[0])
+    assert all(probe.gone("dead") for _ in range(50)) and probe.gone("up") is None
+    assert cluster.reads == 1 and cluster.forgotten == ["dead"]
+    now[0] = CHECK_S
+    probe.gone("dead")
+    assert cluster.reads == 2

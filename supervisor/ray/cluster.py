@@ -23,7 +23,7 @@ import time
 
 from agent_supervise.errors import BadInput
 from agent_supervise.memsource import MemorySource
-from agent_supervise.ray.faults import HeadWatch
+from agent_supervise.ray.faults import HeadWatch, split_address
 from agent_supervise.units import format_size
 
 ADDRESS_RE = re.compile(r"^(auto|local|[A-Za-z0-9_.-]+:\d{1,5}|\[[0-9A-Fa-f:.]+\]:\d{1,5})$")
@@ -56,18 +56,17 @@ def check_address(address: str, where: str) -> tuple[str, int] | None:
         )
     if address in ("auto", "local"):
         return None
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not 0 < int(port) < 65536:
+    host, port = split_address(address)
+    if not 0 < port < 65536:
         raise BadInput(f"{where} {address}: port {port} is out of range")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
         raise BadInput(
             f"{where} {address}: cannot reach a Ray head there: {err.strerror or err}",
             hint="start it with 'ray start --head', or check the address",
         ) from None
-    return host, int(port)
+    return host, port
 
 
 class Cluster:
@@ -108,6 +107,7 @@ class Cluster:
         #: Nodes the driver found dead before Ray says so (ray/faults.py): a node id
         #: is never reused, so they stay out of the table.
         self.dead: set[str] = set()
+        self._unfit_since: dict[str, float] = {}  # a waiting task's key -> since when
 
     def nodes(self, fresh: bool = False) -> list[dict]:
         """Alive nodes that offer what each agent asks for (CPUs, custom resources)."""
@@ -149,6 +149,19 @@ class Cluster:
     def fit_before(self, cap: int) -> bool:
         """The cap fit on a node seen earlier in the run (one that may come back)."""
         return cap + self.settings.memory_overhead <= self.largest_seen
+
+    def unfit_for(self, key: str, cap: int) -> tuple[str | None, float]:
+        """(why the cap fits on no alive node, or None; for how long it has not):
+        the clock of supervisor.ray.node_wait, per waiting task ``key``."""
+        why = self.unfit(cap)
+        if why is None:
+            self._unfit_since.pop(key, None)
+            return None, 0.0
+        now = time.monotonic()
+        return why, now - self._unfit_since.setdefault(key, now)
+
+    def done_waiting(self, key: str) -> None:
+        self._unfit_since.pop(key, None)
 
     def unfit(self, cap: int) -> str | None:
         """Why an agent with this cap could run on no node, or None."""

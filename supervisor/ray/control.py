@@ -13,8 +13,9 @@ from __future__ import annotations
 import signal
 
 POLL_S = 0.25  # how often a node fetches its orders
-#: What a node says when it stopped its agent because the orders actor died (with the
-#: driver, or with the node it lives on: the head, usually). The driver reads it.
+#: The detail of an agent its node stopped because the orders actor died (with the
+#: driver, or with the driver's node: the head, usually); its ``ended`` record also
+#: says ``orders_lost`` so that the driver can look at the head at once.
 ORDERS_GONE = "its node lost the driver's orders channel (the driver or its node died)"
 
 
@@ -40,6 +41,7 @@ class Orders:
         self.control, self.key = control, key
         self.ref = None
         self.next_at = 0.0
+        self.lost = False  # the actor could not be reached: the agent was stopped
 
     def fetch(self, now: float, wait: float = 0.0) -> list:
         if self.control is None or (now < self.next_at and not wait):
@@ -55,4 +57,5 @@ class Orders:
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as err:  # the actor died with the driver
+            self.lost = True
             return [("stopped", signal.SIGKILL, None, f"{ORDERS_GONE}: {type(err).__name__}")]

@@ -25,8 +25,8 @@ from agent_supervise.fleet.engine import agent_env
 from agent_supervise.fleet.seams import RunView
 from agent_supervise.limits.base import StaleCage
 from agent_supervise.outcome import Reason
-from agent_supervise.ray.control import ORDERS_GONE, Control
-from agent_supervise.ray.faults import CHECK_S, Faults, node_gone
+from agent_supervise.ray.control import Control
+from agent_supervise.ray.faults import CHECK_S, Faults, NodeProbe, no_node_came_back
 from agent_supervise.ray.files import checkpoint_tail
 from agent_supervise.ray.node import Job, janitor, run_on_node
 from agent_supervise.ray.remoterun import RemoteRun, ray_outcome
@@ -76,6 +76,7 @@ class RayEngine(Faults):
         self._janitors: list = []
         self.on_lost = on_lost or (lambda message: None)
         self.head = cluster.head
+        self.probe = NodeProbe(cluster, clock)
         self.head_lost = False
         self.orders_gone = False
         self._next_look = 0.0
@@ -102,10 +103,7 @@ class RayEngine(Faults):
         why = self.cluster.unfit(task.memory_limit)
         if why:  # a grown cap, or the nodes it fit on left: never hand it to Ray
             if self.cluster.fit_before(task.memory_limit):
-                why += (
-                    f"; the nodes that could hold it left and none came back within "
-                    f"supervisor.ray.node_wait ({r.node_wait:g}s)"
-                )
+                why = no_node_came_back(why, r.node_wait)
             return ray_outcome(task, Reason.SETUP_FAILED, why)
         env = {**task.env, **agent_env(task, rundir)}
         job = Job(
@@ -221,7 +219,7 @@ class RayEngine(Faults):
                 run.rundir.append(run.rundir.checkpoint_path(run.task.id), record["checkpoint"])
         else:
             run.finished(record)
-            if ORDERS_GONE in (run.outcome.detail if run.outcome else ""):
+            if record.get("orders_lost"):
                 self.orders_gone = True  # the head too? _look() asks at once
             return True
         return False
@@ -234,7 +232,7 @@ class RayEngine(Faults):
         text = (str(err).strip().splitlines() or [name])[-1][:300]
         alive = True
         if run.node and run.cause is None:  # did its node die, or only its worker?
-            alive = node_gone(self.cluster.table(), run.node) is None
+            alive = self.probe.gone(run.node) is None
         node = run.failed(name, text, node_alive=alive)
         if run.lost and run.node:  # its node died: place nothing by its budget any more
             self.cluster.forget(run.node)
@@ -258,6 +256,8 @@ class RayEngine(Faults):
             self.ray.cancel(run.gen)
 
     def processes(self) -> list[RemoteRun]:
+        """What is still ours to stop; with the head lost, nothing can be (the
+        emergency stop would wait on Ray for nothing)."""
         return [] if self.head_lost else list(self.runs.values())
 
     def freeze(self, run) -> bool:

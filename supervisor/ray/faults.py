@@ -71,26 +71,21 @@ class HeadWatch:
         self.unreachable_since: float | None = None
         self._next = 0.0
 
-    def lost(self, now_please: bool = False) -> float | None:
-        """``now_please``: there is other evidence (the nodes lost the orders actor):
-        probe at once, and an unreachable head is lost without waiting longer."""
+    def lost(self, at_once: bool = False) -> float | None:
+        """How long the head has been unreachable, once that is ``lost_after`` or
+        more, else None. ``at_once``: there is other evidence (the nodes lost the
+        orders actor): probe now, and an unreachable head counts as lost already."""
         now = self.clock()
-        if now < self._next and not now_please:
-            return self._since(now)
-        self._next = now + CHECK_S
-        if reachable(self.host, self.port):
-            self.unreachable_since = None
-        elif self.unreachable_since is None:
-            self.unreachable_since = now
-        if now_please and self.unreachable_since is not None:
-            return now - self.unreachable_since
-        return self._since(now)
-
-    def _since(self, now: float) -> float | None:
+        if now >= self._next or at_once:
+            self._next = now + CHECK_S
+            if reachable(self.host, self.port):
+                self.unreachable_since = None
+            elif self.unreachable_since is None:
+                self.unreachable_since = now
         if self.unreachable_since is None:
             return None
         gone = now - self.unreachable_since
-        return gone if gone >= self.lost_after else None
+        return gone if at_once or gone >= self.lost_after else None
 
 
 def node_gone(table: dict[str, dict], node_id: str | None) -> str | None:
@@ -107,6 +102,39 @@ def node_gone(table: dict[str, dict], node_id: str | None) -> str | None:
     return None
 
 
+def no_node_came_back(why: str, node_wait: float) -> str:
+    """The ``setup_failed`` detail of a cap that fit only on nodes that left."""
+    return (
+        f"{why}; the nodes that could hold it left and none came back within "
+        f"supervisor.ray.node_wait ({node_wait:g}s)"
+    )
+
+
+class NodeProbe:
+    """Is a node gone? At most one read of Ray's node table and one probe of each
+    node's raylet per CHECK_S, however many of its tasks ask (a partitioned node's
+    probe takes PROBE_TIMEOUT_S). A node found gone is dropped from admission."""
+
+    def __init__(self, cluster: Cluster, clock=time.monotonic) -> None:
+        self.cluster, self.clock = cluster, clock
+        self._table: dict[str, dict] = {}
+        self._table_at = float("-inf")
+        self._seen: dict[str, tuple[float, str | None]] = {}  # node -> (when, why)
+
+    def gone(self, node_id: str) -> str | None:
+        now = self.clock()
+        at, why = self._seen.get(node_id, (float("-inf"), None))
+        if now - at < CHECK_S:
+            return why
+        if now - self._table_at >= CHECK_S:
+            self._table, self._table_at = self.cluster.table(), now
+        why = node_gone(self._table, node_id)
+        self._seen[node_id] = (now, why)
+        if why:
+            self.cluster.forget(node_id)
+        return why
+
+
 class Faults:
     """The driver's rules for a failing cluster (the module docstring), mixed into
     :class:`~agent_supervise.ray.engine.RayEngine`, which sets what is declared here."""
@@ -118,6 +146,7 @@ class Faults:
     runs: dict[str, RemoteRun]
     on_lost: Callable[[str], None]
     head: HeadWatch
+    probe: NodeProbe
     head_lost: bool
     orders_gone: bool  # a node stopped its agent: it lost the orders actor
     _next_look: float
@@ -129,7 +158,7 @@ class Faults:
         if self.head_lost or (now < self._next_look and not self.orders_gone):
             return []
         self._next_look = now + CHECK_S
-        gone = self.head.lost(now_please=self.orders_gone)
+        gone = self.head.lost(at_once=self.orders_gone)
         self.orders_gone = False
         if gone is not None:
             return self._lose_head(gone)
@@ -141,35 +170,27 @@ class Faults:
             if r.state is not RunState.PENDING and now - r.heard >= SILENT_S
         ]
         ended: list[RunView] = []
-        if silent:
-            table = self.cluster.table()
-            for run in silent:
-                why = node_gone(table, run.node)
-                if why and run.node:
-                    self.cluster.forget(run.node)
-                    run.lose(f"{run.where} {why}; its last report came {now - run.heard:.1f}s ago")
-                    self._drop(run)
-                    ended.append(run)
-        self._unplaceable(now)
+        for run in silent:
+            why = self.probe.gone(run.node) if run.node else None
+            if why:
+                run.lose(f"{run.where} {why}; its last report came {now - run.heard:.1f}s ago")
+                self._drop(run)
+                ended.append(run)
+        self._unplaceable()
         return ended
 
-    def _unplaceable(self, now: float) -> None:
+    def _unplaceable(self) -> None:
         """A task in Ray's queue whose cap no alive node can hold any more would wait
         there forever: after node_wait, take it back (it ends setup_failed)."""
+        wait = self.settings.ray.node_wait
         for run in self.runs.values():
             if run.state is not RunState.PENDING or run.cause is not None:
                 continue
-            why = self.cluster.unfit(run.task.memory_limit)
-            if why is None:
-                run.unfit_since = None
-                continue
-            run.unfit_since = run.unfit_since or now
-            if now - run.unfit_since >= self.settings.ray.node_wait:
+            why, waited = self.cluster.unfit_for(run.key, run.task.memory_limit)
+            if why is not None and waited >= wait:
+                self.cluster.done_waiting(run.key)
                 run.cause = Reason.SETUP_FAILED
-                run.cause_detail = (
-                    f"{why}; it waited in Ray's queue and no node that can hold it came "
-                    f"back within supervisor.ray.node_wait ({self.settings.ray.node_wait:g}s)"
-                )
+                run.cause_detail = no_node_came_back(why, wait) + " (it waited in Ray's queue)"
                 self.ray.cancel(run.gen)
 
     def _lose_head(self, gone: float) -> list[RunView]:
@@ -203,8 +224,7 @@ class Faults:
             if run.state is RunState.PENDING:
                 run.outcome = ray_outcome(run.task, Reason.CANCELLED, "the cluster was lost")
             else:
-                run.lose("the driver lost the cluster's head")
-                run.lost = False  # the fleet is stopping: nothing is requeued
+                run.lose("the driver lost the cluster's head", requeue=False)  # stopping
         return cast("list[RunView]", running)
 
     def _drop(self, run: RemoteRun) -> None:

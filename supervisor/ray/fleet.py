@@ -74,7 +74,6 @@ class RaySupervisor(Supervisor):
         fleet = dataclasses.replace(fleet, supervisor=for_ray(fleet.supervisor))
         self.cluster = Cluster(fleet.supervisor.ray, address)
         self.cluster_memory = ClusterMemory(self.cluster)
-        self._unfit_since: dict[str, float] = {}  # task id -> when its nodes left
         try:
             self.cluster.check_fits(fleet.tasks, fleet.agents)  # before anything starts
             super().__init__(fleet, memory=self.cluster_memory, clock=clock, psi=None, **kwargs)
@@ -99,16 +98,13 @@ class RaySupervisor(Supervisor):
         """A cap that fit only on nodes that have left waits for one to come back
         (supervisor.ray.node_wait); then it is started, and the engine ends it
         ``setup_failed`` with the reason. One that never fit is started at once."""
-        cap = task.memory_limit
-        why = self.cluster.unfit(cap)
+        key = f"queued/{task.id}"
+        why, waited = self.cluster.unfit_for(key, task.memory_limit)
         if why is None:
-            self._unfit_since.pop(task.id, None)
             return super()._waits_for_memory(task, available, promises)
-        if not self.cluster.fit_before(cap):
-            return None
-        since = self._unfit_since.setdefault(task.id, self.clock())
-        if self.clock() - since >= self.settings.ray.node_wait:
-            return None
+        if not self.cluster.fit_before(task.memory_limit) or waited >= self.settings.ray.node_wait:
+            self.cluster.done_waiting(key)
+            return None  # started now: the engine ends it setup_failed, saying why
         return f"waiting for a Ray node that can hold it: {why}"
 
     def _cluster_lost(self, message: str) -> None:

@@ -251,6 +251,7 @@ def _supervise(job, backend, creds, scratch, orders, where):
             "stdout": Scratch.tail(scratch.out, job.log_tail),
             "stderr": Scratch.tail(scratch.err, job.log_tail),
             "checkpoint": scratch.new_checkpoints(final=True),
+            "orders_lost": orders.lost,
         }
     finally:
         if run is not None and run.outcome is None:  # closed or failed mid-run: no orphan

@@ -54,7 +54,6 @@ class RemoteRun:
         self.lost = False
         #: When its node last reported (placed, a sample): silence means trouble.
         self.heard = now
-        self.unfit_since: float | None = None  # queued in Ray, fitting on no alive node
 
     def placed(self, record: dict) -> None:
         """The node started the agent in its cage."""
@@ -111,11 +110,12 @@ class RemoteRun:
         self.outcome = ray_outcome(self.task, reason, detail, pid=self.pid, signum=signal.SIGKILL)
         return self.node if died else None
 
-    def lose(self, why: str) -> None:
+    def lose(self, why: str, requeue: bool = True) -> None:
         """Its node is gone (or the driver lost the cluster): how the agent ended is
         not known. A node that is down took the agent with it; one whose raylet alone
-        died lost its workers, and each agent's guard kills what is left of it."""
-        self.lost = True
+        died lost its workers, and each agent's guard kills what is left of it.
+        ``requeue``: the fleet requeues it once for free (not when it is stopping)."""
+        self.lost = requeue
         self.outcome = ray_outcome(
             self.task,
             Reason.LOST,
