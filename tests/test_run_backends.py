@@ -47,8 +47,10 @@ def test_python_allocator(backend):
 
 
 def test_one_big_allocation(backend):
-    """One 200 MiB allocation: the kernel kills it; an rlimit makes it fail inside."""
-    touch_all = "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    """One allocation past RLIMIT_DATA's backstop (2 x cap + 256 MiB): the kernel
+    kills it; an rlimit makes it fail inside."""
+    size = CAP * DATA_FACTOR + DATA_EXTRA + 64 * 2**20
+    touch_all = f"b = bytearray({size}); b[::4096] = b'x' * len(b[::4096])"
     out, proc = supervise(backend, PY, "-c", touch_all)
     if backend in KERNEL:
         assert out["reason"] == "oom_killed" and out["exit_code"] == 137

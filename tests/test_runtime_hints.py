@@ -12,7 +12,8 @@ import pytest
 from test_fleet_real import write_fleet
 from test_slurm import branches, export
 
-from agent_supervise.run.hints import runtime_hints
+from agent_supervise.run.hints import node_semi_space_mib, runtime_hints
+from agent_supervise.units import parse_size
 
 from conftest import CHILDREN, PY, MiB, require_tool, run_cli, supervise
 
@@ -31,13 +32,13 @@ def no_hints_of_our_own(monkeypatch):
 def test_hints_are_appended_to_the_users_options_and_give_way_to_their_own():
     hints, note = runtime_hints({"NODE_OPTIONS": "--trace-warnings"}, 100 * MiB)
     assert hints == {
-        "NODE_OPTIONS": "--trace-warnings --max-old-space-size=75",
+        "NODE_OPTIONS": "--trace-warnings --max-old-space-size=75 --max-semi-space-size=1",
         "GOMEMLIMIT": "90MiB",
         "JAVA_TOOL_OPTIONS": f"-XX:MaxRAM={100 * MiB}",
     }
     assert "NODE_OPTIONS += --max-old-space-size=75" in note and "left as" not in note
     own = {
-        "NODE_OPTIONS": "--max-old-space-size=300",
+        "NODE_OPTIONS": "--max-old-space-size=300 --max-semi-space-size=4",
         "GOMEMLIMIT": "1GiB",
         "JAVA_TOOL_OPTIONS": "-Xmx64m",
     }
@@ -45,8 +46,39 @@ def test_hints_are_appended_to_the_users_options_and_give_way_to_their_own():
     assert hints == {}
     assert note.endswith(
         "none set; left as set by the user: NODE_OPTIONS' own --max-old-space-size, "
-        "GOMEMLIMIT, JAVA_TOOL_OPTIONS' own heap size"
+        "NODE_OPTIONS' own --max-semi-space-size, GOMEMLIMIT, JAVA_TOOL_OPTIONS' own heap size"
     )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "cap_mib, semi", [(28, 1), (100, 1), (512, 1), (1024, 4), (2048, 8), (4096, 16), (65536, 16)]
+)
+def test_the_semi_space_is_v8s_own_for_a_machine_of_the_cap(cap_mib, semi):
+    assert node_semi_space_mib(cap_mib * MiB) == semi
+
+
+#: Churns young objects and prints the largest new space V8 used (MiB).
+NEW_SPACE = (
+    "const v8 = require('v8'); let mx = 0; const keep = [];"
+    "for (let r = 0; r < 150; r++) { const a = [];"
+    "  for (let i = 0; i < 20000; i++) a.push({i, s: 'x' + i}); keep.push(a.slice(0, 20));"
+    "  for (const s of v8.getHeapSpaceStatistics())"
+    "    if (s.space_name === 'new_space') mx = Math.max(mx, s.space_size); }"
+    "console.log(mx / 1048576)"
+)
+
+
+@pytest.mark.parametrize("cap", ["100M", "1G"])
+def test_node_sizes_its_young_generation_from_the_cap_on_every_backend(backend, cap):
+    """Under a cgroup Node reads the limit and sizes V8 by it; under an rlimit it
+    cannot, and the semi-space hint makes it the same (without it: 32 MiB at any cap).
+    """
+    require_tool(shutil.which("node") is not None, "node")
+    want = 2 * node_semi_space_mib(parse_size(cap))
+    out, proc = supervise(backend, "node", "-e", NEW_SPACE, memory=cap, timeout=60)
+    assert out["reason"] == "ok", out
+    assert float(proc.stdout.decode()) == want, (proc.stdout, out["notes"])
 
 
 def _run(backend: str, *cmd, extra=(), timeout: float = 60):
@@ -58,7 +90,8 @@ def test_the_agent_sees_the_hints_and_the_note_says_so(backend, monkeypatch):
     out, proc = _run(backend, "sh", "-c", SHOW)
     assert out["reason"] == "ok", out
     assert proc.stdout.decode() == (
-        f"--no-warnings --max-old-space-size=75|90MiB|-XX:MaxRAM={100 * MiB}\n"
+        f"--no-warnings --max-old-space-size=75 --max-semi-space-size=1|90MiB|"
+        f"-XX:MaxRAM={100 * MiB}\n"
     )
     (note,) = [n for n in out["notes"] if n.startswith("runtime hints")]
     assert "NODE_OPTIONS += --max-old-space-size=75 (75% of the cap)" in note
@@ -67,7 +100,7 @@ def test_the_agent_sees_the_hints_and_the_note_says_so(backend, monkeypatch):
 def test_a_users_own_old_space_size_is_kept_and_noted(backend, monkeypatch):
     monkeypatch.setenv("NODE_OPTIONS", "--max-old-space-size=40")
     out, proc = _run(backend, "sh", "-c", SHOW)
-    assert proc.stdout.decode().startswith("--max-old-space-size=40|90MiB|")
+    assert proc.stdout.decode().startswith("--max-old-space-size=40 --max-semi-space-size=1|90MiB|")
     assert any("left as set by the user: NODE_OPTIONS' own" in n for n in out["notes"])
 
 
@@ -115,7 +148,7 @@ def test_fleet_agents_get_hints_unless_they_opt_out(tmp_path, backend):
     assert proc.returncode == 0, proc.stderr[-2000:]
     by_task = {t["task"]: t for t in json.loads(proc.stdout)["tasks"]}
     told = Path(by_task["told-1"]["stdout"]).read_text()
-    assert told.startswith("--max-old-space-size=30|36MiB|-XX:MaxRAM=")
+    assert told.startswith("--max-old-space-size=30 --max-semi-space-size=1|36MiB|-XX:MaxRAM=")
     assert Path(by_task["quiet-1"]["stdout"]).read_text() == "||\n"
 
 

@@ -42,9 +42,11 @@ from agent_supervise.units import format_size
 NEAR_RLIMIT = 0.75
 #: An abnormal exit with the peak at this fraction of the cap or more is called
 #: probably out of memory: sampled peaks lag the real one by up to a sample, and a
-#: runtime told its cap (NODE_OPTIONS, GOMEMLIMIT) stops at the cap minus headroom
-#: (node --max-old-space-size=24 under a 38M cgroup aborted at a 33.5 MiB peak).
-NEAR_CAP = 0.8
+#: runtime told its cap (NODE_OPTIONS, GOMEMLIMIT) stops at the cap minus headroom:
+#: its old space is 75% of the cap (run/hints.py), and with its young generation
+#: sized for the cap too, node --max-old-space-size=24 under 38M aborted at a peak
+#: of 29-31 MiB (76-81%) on rlimit, 33.5 MiB under cgroup1.
+NEAR_CAP = 0.7
 #: No CPU progress this long, near the rlimit, main thread in a futex: stuck.
 STUCK_S = 2.0
 #: The allocations are read at most this often: a hog racing to its cap makes the
