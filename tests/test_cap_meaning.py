@@ -133,22 +133,22 @@ def test_an_estimate_over_the_cap_is_confirmed_on_fresh_readings():
     # Two children fork, each read alone as the budget allows: the parent's 50 MiB is
     # stale (now 50/3), so the sum (50 + 2 x 16.7) passes the cap until read again.
     for n in (2, 3):
-        table.pages = {pid: (50 * MiB, 0) for pid in range(1, n + 1)}
-        table.pss = {pid: 50 * MiB // n for pid in range(1, n + 1)}
+        table.pages = dict.fromkeys(range(1, n + 1), (50 * MiB, 0))
+        table.pss = dict.fromkeys(range(1, n + 1), 50 * MiB // n)
         now[0] += 0.01
         got = meter.bytes(list(table.pages), confirm_over=cap)
         assert got <= cap, got / MiB
     assert got == 3 * (50 * MiB // 3) + 3 * kernel
     # Without a cap to confirm against, the stale estimate stands (it errs upwards).
     table.pages[4] = (50 * MiB, 0)
-    table.pss = {pid: 50 * MiB // 4 for pid in range(1, 5)}
+    table.pss = dict.fromkeys(range(1, 5), 50 * MiB // 4)
     now[0] += 0.01
     assert meter.bytes([1, 2, 3, 4]) > cap
     # Real growth right after a whole reading is trusted: no second reading.
     now[0] += 0.3
     assert meter.bytes([1, 2, 3, 4], confirm_over=cap) <= cap  # a whole reading (due)
     reads = table.reads
-    table.pages = {pid: (70 * MiB, 0) for pid in range(1, 5)}  # 20 MiB more each
+    table.pages = dict.fromkeys(range(1, 5), (70 * MiB, 0))  # 20 MiB more each
     now[0] += 0.01
     assert meter.bytes([1, 2, 3, 4], confirm_over=cap) == (50 + 80) * MiB + 4 * kernel
     assert table.reads == reads
