@@ -34,8 +34,10 @@ the cheap read. Where the estimate strays it errs upwards (a sharer's stale PSS;
 unreadable process counts its whole RSS), except for one case: a child writing to
 pages it shares copy-on-write with its parent, unseen until the next reading
 (``REFRESH_S`` at most). A process that exits between its statm and its
-smaps_rollup counts nothing (its memory is gone: proctree.private_charge); counted
-at its last RSS, ten exiting sharers of 50 MiB read as 180 MiB. The upward errors
+smaps_rollup keeps its last reading (plus its growth since): counted at its whole
+RSS, as an unreadable one is, ten exiting sharers of 50 MiB read as 180 MiB; counted
+as nothing, an allocator that passes its cap and exits before the reading would
+pass unseen. The upward errors
 that remain never kill: an estimate over the cap
 that rests on stale readings (some processes read alone since the last whole
 reading, as in a fork storm the budget holds back, where each earlier sharer keeps
@@ -138,7 +140,10 @@ class TreeCharge:
     def _reread(self, pages: dict[int, tuple[int, int]], pids) -> None:
         for pid in pids:
             rss, shared = pages[pid]
-            pss = self.table.private_charge(pid) if rss else None
+            try:
+                pss = self.table.private_charge(pid) if rss else None
+            except ProcessLookupError:
+                continue  # exiting: its last reading stands
             if pss is None:
                 self._read.pop(pid, None)
                 if rss:

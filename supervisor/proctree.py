@@ -152,17 +152,19 @@ class ProcessTable:
         /proc/PID/smaps_rollup): summed over a tree, every page counts once, as a
         cgroup charges it. File-backed pages are left out: the cgroup charges page
         cache to whoever read it first (the interpreter's own files are cached long
-        before an agent starts) and reclaims it at the cap. 0 for a process whose
-        memory is gone (the kernel says ESRCH once an exiting process has released
-        its mm, while its statm may still have shown its pages a moment before: an
-        exiting tree must not read as if each process still held them all). None if
-        it is not ours to read (EACCES: another user's, without ptrace rights). The
+        before an agent starts) and reclaims it at the cap. ProcessLookupError
+        once its memory is gone (ESRCH when an exiting process has released its mm,
+        while its statm may have shown its pages a moment before; FileNotFoundError
+        when it is reaped). None if it is not ours to read (EACCES: another user's,
+        without ptrace rights). The
         kernel walks the page tables for this: ~130-650 us for one process, against
         ~6 us for statm (see limits/charge.py)."""
         try:
             data = read_proc(f"{self.proc}/{pid}/smaps_rollup")
-        except (ProcessLookupError, FileNotFoundError):
-            return 0
+        except FileNotFoundError:
+            raise ProcessLookupError(pid) from None
+        except ProcessLookupError:
+            raise
         except OSError:
             return None
         total = 0

@@ -152,3 +152,30 @@ def test_an_estimate_over_the_cap_is_confirmed_on_fresh_readings():
     now[0] += 0.01
     assert meter.bytes([1, 2, 3, 4], confirm_over=cap) == (50 + 80) * MiB + 4 * kernel
     assert table.reads == reads
+
+
+def test_a_process_exiting_before_its_reading_keeps_its_last_one():
+    """Between statm and smaps_rollup an exiting process releases its memory (ESRCH):
+    it is counted at its last reading plus its growth, neither at its whole RSS
+    (ten exiting sharers read as 180 MiB) nor at nothing (a hog exiting past its
+    cap would pass unseen)."""
+
+    class Table(ProcessTable):
+        gone: set[int] = set()
+
+        def resident(self, pid):
+            return {1: (60 * MiB, 0), 2: (52 * MiB, 0)}[pid]
+
+        def private_charge(self, pid):
+            if pid in self.gone:
+                raise ProcessLookupError(pid)
+            return {1: 25 * MiB, 2: 25 * MiB}[pid]
+
+    now = [0.0]
+    table = Table()
+    meter = TreeCharge(table, lambda: now[0])
+    kernel = KERNEL_PER_PROCESS
+    assert meter.bytes([1, 2]) == 50 * MiB + 2 * kernel
+    table.gone = {1, 2}
+    now[0] += 1.0  # a whole reading is due; both are exiting
+    assert meter.bytes([1, 2]) == 50 * MiB + 2 * kernel
