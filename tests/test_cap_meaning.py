@@ -161,7 +161,7 @@ def test_a_process_exiting_before_its_reading_keeps_its_last_one():
     cap would pass unseen)."""
 
     class Table(ProcessTable):
-        gone: set[int] = set()
+        gone: frozenset[int] = frozenset()
 
         def resident(self, pid):
             return {1: (60 * MiB, 0), 2: (52 * MiB, 0)}[pid]
@@ -176,6 +176,6 @@ def test_a_process_exiting_before_its_reading_keeps_its_last_one():
     meter = TreeCharge(table, lambda: now[0])
     kernel = KERNEL_PER_PROCESS
     assert meter.bytes([1, 2]) == 50 * MiB + 2 * kernel
-    table.gone = {1, 2}
+    table.gone = frozenset({1, 2})
     now[0] += 1.0  # a whole reading is due; both are exiting
     assert meter.bytes([1, 2]) == 50 * MiB + 2 * kernel
