@@ -56,6 +56,20 @@ TWINS = {
     "does not depend on the backend (it runs on the host's)",
     "(test_every_cap_a_user_may_give_runs and not (512M or 1T))": "the bound that "
     "broke (512M) and the largest cap run there; the others are the host's",
+    "test_node_under_rlimit_as_does_not_hang": "RLIMIT_AS is rlimit's own",
+    "test_npm_at_a_tight_cap_does_not_hang": "npm starts in ~20 s in the guest; node "
+    "at a cgroup2 cap runs there in test_node_stuck_at_its_rlimit",
+    "test_idle_agents_are_not_killed": "the stuck rule reads a refusing rlimit, which "
+    "cgroup2 has not",
+    "test_the_memory_note_is_in_the_one_line_message": "the note's wording; the peak it "
+    "rests on is tested there by test_node_heap_abort_near_the_cap_gets_the_note",
+    "test_a_failure_far_below_the_cap_gets_no_note": "the same rule on a peak far from "
+    "the cap; the peak near it runs there",
+    "(test_runtime_hints and not (young_generation or own_heap_limit))": "the hints "
+    "are environment variables, the same on every backend; what the kernel's limit "
+    "changes (Node sizing V8 by memory.max, and its heap abort under it) runs there",
+    "test_a_fork_storm_of_sharers": "five trees of 11; the cgroup charges them by "
+    "itself, and test_forked_tree_over_the_cap_is_still_stopped runs there",
     "test_caps_admission_under_a_budget": "the same parent cage as "
     "test_agents_together_never_get_more_than_the_budget, which runs there (four "
     "agents one after another take ~12 s in the guest)",
@@ -74,6 +88,9 @@ SELECTION = (
     "tests/test_budget.py",
     "tests/test_memory_high.py",
     "tests/test_freeze.py",
+    "tests/test_memory_deaths.py",
+    "tests/test_runtime_hints.py",
+    "tests/test_cap_meaning.py",
     "-k",
     f"(cgroup2 and not ({' or '.join(TWINS)})) or doctor_",
 )
