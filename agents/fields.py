@@ -211,7 +211,8 @@ AGENT = (
         "runtime_hints",
         "bool",
         "Tell the agent's runtimes its cap: Node's --max-old-space-size (75% of it) "
-        "and --max-semi-space-size appended to NODE_OPTIONS, GOMEMLIMIT (90%), -XX:MaxRAM in JAVA_TOOL_OPTIONS.",
+        "and --max-semi-space-size appended to NODE_OPTIONS, GOMEMLIMIT (90%), "
+        "-XX:MaxRAM in JAVA_TOOL_OPTIONS.",
         True,
     ),
     Field("timeout", "duration", "Stop the agent after this long (reason timeout)."),

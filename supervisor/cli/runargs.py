@@ -78,7 +78,8 @@ OPTIONS = (
     Option(
         "--no-runtime-hints",
         "Do not tell the agent's runtimes its cap (NODE_OPTIONS' "
-        "--max-old-space-size and --max-semi-space-size, GOMEMLIMIT, JAVA_TOOL_OPTIONS' -XX:MaxRAM).",
+        "--max-old-space-size and --max-semi-space-size, GOMEMLIMIT, "
+        "JAVA_TOOL_OPTIONS' -XX:MaxRAM).",
         is_flag=True,
     ),
 )
