@@ -24,15 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHILDREN, PY, json_outcome, reap_orphans, run_cli, supervise
+from conftest import CHILDREN, IN_VM, PY, json_outcome, reap_orphans, run_cli, supervise
 
 KERNEL = ("cgroup1", "cgroup2")
 TAMPER = str(CHILDREN / "tamper.py")
 ESCAPE2 = str(CHILDREN / "escape2.py")
-#: UML runs every process start through ptrace (~0.5 s for python): the guest
-#: runs the same checks with fewer children a run (the 50 runs stay 50; the Python
-#: kind, 50 interpreters, is left to the host: TWINS in tests/vm/run_guest.py).
-IN_VM = bool(os.environ.get("AGENT_SUPERVISE_IN_VM"))
+#: In the guest (IN_VM) the same checks run with fewer children a run (the 50 runs
+#: stay 50; the Python kind, 50 interpreters, is left to the host: TWINS in
+#: tests/vm/run_guest.py).
 BUSY = {
     "sh-subshells": [
         "sh",

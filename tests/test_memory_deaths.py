@@ -10,7 +10,7 @@ import pytest
 
 from agent_supervise.run.stuck import NEAR_RLIMIT, STUCK_S, AllocationWatch
 
-from conftest import PY, MiB, require_tool, run_cli, supervise
+from conftest import IN_VM, PY, MiB, require_tool, run_cli, supervise
 from fakes import FakeCage
 
 #: Allocates forever: under RLIMIT_DATA 40M V8's next 8 MiB chunk is refused and
@@ -27,7 +27,8 @@ def test_node_stuck_at_its_rlimit_ends_with_a_memory_reason(backend):
     extra = ("--timeout", "30", "--no-runtime-hints")
     out, _ = supervise(backend, "node", "-e", NODE_HOG, memory="40M", extra=extra)
     assert out["reason"] in MEMORY_KILLS and out["exit_code"] == 137, out
-    assert out["duration_s"] < 8, out  # the watchdog, or stuck for STUCK_S: not the timeout
+    # The watchdog, or stuck for STUCK_S: not the timeout.
+    assert out["duration_s"] < (20 if IN_VM else 8), out
 
 
 def test_node_under_rlimit_as_does_not_hang(backend):

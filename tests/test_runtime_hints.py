@@ -15,7 +15,7 @@ from test_slurm import branches, export
 from agent_supervise.run.hints import node_semi_space_mib, runtime_hints
 from agent_supervise.units import parse_size
 
-from conftest import CHILDREN, PY, MiB, require_tool, run_cli, supervise
+from conftest import CHILDREN, IN_VM, PY, MiB, require_tool, run_cli, supervise
 
 NODE_STRINGS = str(CHILDREN / "node_strings.js")
 SHOW = 'echo "$NODE_OPTIONS|$GOMEMLIMIT|$JAVA_TOOL_OPTIONS"'
@@ -114,8 +114,8 @@ def test_node_told_its_cap_stops_at_its_own_heap_limit(backend):
     """A Node heap that keeps growing: told the cap, V8 aborts at its heap limit
     well before it (an old space of 75 MiB under 100M), quickly, on every backend."""
     require_tool(shutil.which("node") is not None, "node")
-    out, proc = _run(backend, "node", NODE_STRINGS, timeout=30)
-    assert out["duration_s"] < 10, out
+    out, proc = _run(backend, "node", NODE_STRINGS, timeout=90 if IN_VM else 30)
+    assert out["duration_s"] < (45 if IN_VM else 10), out
     # rlimit's watchdog counts V8's other spaces too (limits/charge.py): at the cap it
     # may stop node a moment before V8's own abort. Either way: quickly, for memory.
     if backend == "rlimit" and out["reason"] == "memory_exceeded":
@@ -123,8 +123,12 @@ def test_node_told_its_cap_stops_at_its_own_heap_limit(backend):
         return
     assert (out["signal"], out["exit_code"]) == ("SIGABRT", 134), out
     assert b"JavaScript heap out of memory" in proc.stderr or backend == "rlimit", proc.stderr
-    if backend != "rlimit":  # the kernel's charge never reached the cap
-        assert out["peak_bytes"] < 100 * MiB and out["oom_kills"] == 0, out
+    if backend != "rlimit":
+        # The kernel never had to kill: V8 stopped first. (The charge's peak may touch
+        # the cap all the same: it counts the page cache of node's own ~90 MiB binary,
+        # which the kernel reclaims at the cap instead of killing; measured in the
+        # cgroup2 guest, where the cache starts cold.)
+        assert out["oom_kills"] == 0, out
 
 
 def test_the_jvm_sizes_its_heap_from_the_cap(backend):
