@@ -74,6 +74,16 @@ def condition(expr, matrix: dict) -> bool:
     raise Unsupported(f"if: {expr}")
 
 
+def ignored() -> list[str]:
+    """The repository's .gitignore as basename patterns, and .git itself."""
+    patterns = [".git"]
+    for line in (REPO / ".gitignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")):
+            patterns.append(line.rstrip("/").rsplit("/", 1)[-1])
+    return patterns
+
+
 def jobs() -> list[tuple[str, dict, list[dict]]]:
     """(job name, matrix entry, steps) for each job the workflow's matrix makes."""
     doc = yaml.safe_load(WORKFLOW.read_text())
@@ -86,21 +96,10 @@ def jobs() -> list[tuple[str, dict, list[dict]]]:
 
 
 def checkout(workspace: Path) -> None:
-    shutil.copytree(
-        REPO,
-        workspace,
-        symlinks=True,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "build",
-            "*.egg-info",
-            "__pycache__",
-            "runs",
-            ".pytest_cache",
-            ".ruff_cache",
-        ),
-    )
+    """What actions/checkout would give the job: the tree without what git ignores
+    (a developer's .bench/ holds ~1 GiB of node_modules and venvs, which filled the
+    guest's disk)."""
+    shutil.copytree(REPO, workspace, symlinks=True, ignore=shutil.ignore_patterns(*ignored()))
     for top, dirs, files in os.walk(workspace):
         for name in dirs + files:
             os.lchown(os.path.join(top, name), RUNNER_UID, RUNNER_UID)
