@@ -4,10 +4,12 @@
 
 Every TICK it wakes and allocates and touches, in 64 KiB pieces, what RATE says it
 should have by then (TICK 0.001: a steady ramp; 0.01: a burst of 1 MiB every 10 ms),
-reading its own RSS (/proc/self/statm) after each piece. It appends ``start PID T``, then
-``cross PID T RSS`` the first time RSS > CAP MiB, and ``memerr PID T`` (then exits 3)
-if an allocation fails (an rlimit refused it). T is time.monotonic(), CLOCK_MONOTONIC,
-the same clock in every process of the machine. At MAX MiB it stops growing and holds.
+reading its own RSS (/proc/self/statm) after each piece. It appends ``start PID T``,
+then ``cross PID T RSS ANON`` the first time RSS > CAP MiB (ANON: its anonymous pages,
+what a cgroup charges it and agent-supervise's cap counts on every backend), and
+``memerr PID T`` (then exits 3) if an allocation fails (an rlimit refused it). T is
+time.monotonic(), CLOCK_MONOTONIC, the same clock in every process of the machine.
+At MAX MiB it stops growing and holds.
 --die-at-cap: SIGTERM itself right after noting the crossing (the floor: exit alone).
 """
 
@@ -48,9 +50,11 @@ try:
             chunks.append(bytearray(PIECE))  # zero-filled by memset: every page touched
             size += PIECE
             if not crossed:
-                rss = int(os.pread(statm, 64, 0).split()[1]) * page
+                fields = os.pread(statm, 64, 0).split()
+                rss = int(fields[1]) * page
                 if rss > cap:
-                    note("cross", rss)
+                    # statm's third field: RssFile + RssShmem (the hog has no shmem)
+                    note("cross", rss, rss - int(fields[2]) * page)
                     crossed = True
                     if args.die_at_cap:
                         os.kill(pid, signal.SIGTERM)

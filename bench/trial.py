@@ -117,6 +117,9 @@ class Result:
     cpu: float = 0.0  # s of CPU of the supervising processes over the window
     wall: float = 0.0  # s, window: hog started -> hog gone
     detail: str = ""
+    #: At the crossing: the hog's RSS less its anonymous pages (its interpreter's and
+    #: libraries' file pages), which RSS counts and a cgroup's charge does not.
+    file_bytes: int = 0
 
 
 class Trial:
@@ -164,15 +167,35 @@ class Trial:
             _killpg(proc)
             return -1
 
-    def hog_pid(self, timeout: float) -> int | None:
+    def hog_pid(self, timeout: float) -> tuple[int, str] | None:
+        """The hog's pid here, and the pid it wrote in the marker (its own view)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self._lines():
-                if line[0] == "start":
-                    return int(line[1])
+                if line[0] == "start" and (pid := self._here(int(line[1]))) is not None:
+                    return pid, line[1]
             if any(p.poll() not in (None, 0) for p in self.procs[:1]):
                 return None  # the supervisor itself failed
             time.sleep(0.01)
+        return None
+
+    def _here(self, own_pid: int) -> int | None:
+        """The pid in this namespace of the hog that calls itself ``own_pid``. An
+        agent in a PID namespace of its own (the rlimit backend's isolation) sees a
+        small pid that is another process here: /proc/PID/status's NSpid line ends
+        with the pid in the innermost namespace. (A hog in this one is itself: pm2
+        starts it from a daemon that is no descendant of ours.)"""
+        for pid in [own_pid, *TABLE.descendants([p.pid for p in self.procs])]:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            nspid = next(
+                (ln.split()[-1] for ln in status.splitlines() if ln.startswith("NSpid:")), ""
+            )
+            if nspid == str(own_pid) and b"hog_marker" in cmdline:
+                return pid
         return None
 
     def _lines(self) -> list[list[str]]:
@@ -184,9 +207,10 @@ class Trial:
     def watch(self, roots, timeout: float) -> Result:
         """Wait for the hog; measure its reaction and the roots' (and their other
         descendants') CPU from the hog's start to its death."""
-        pid = self.hog_pid(timeout=30)
-        if pid is None:
+        found = self.hog_pid(timeout=30)
+        if found is None:
             return Result("lost", detail=f"the hog never started (see {self.tmp})")
+        pid, own_pid = found
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -212,7 +236,7 @@ class Trial:
                 wall=t1 - t0,
                 detail=f"the hog was not stopped within {timeout:.0f} s",
             )
-        mine = [ln for ln in self._lines() if len(ln) > 2 and ln[1] == str(pid)]
+        mine = [ln for ln in self._lines() if len(ln) > 2 and ln[1] == own_pid]
         cross = next((float(ln[2]) for ln in mine if ln[0] == "cross"), None)
         memerr = next((float(ln[2]) for ln in mine if ln[0] == "memerr"), None)
         if memerr is not None:
@@ -227,7 +251,8 @@ class Trial:
             return Result(
                 "lost", cpu=cpu, wall=t1 - t0, detail="the hog died before noting its crossing"
             )
-        return Result("watchdog", t1 - cross, cpu, t1 - t0)
+        (rss, anon) = next((ln[3:5] for ln in mine if ln[0] == "cross"), ("0", "0"))
+        return Result("watchdog", t1 - cross, cpu, t1 - t0, file_bytes=int(rss) - int(anon))
 
     def close(self) -> list[int]:
         """SIGTERM (again each second: circusd loses one that lands during a restart),

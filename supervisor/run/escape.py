@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 
 from agent_supervise.proctree import ProcessTable, read_proc
 
+#: How often the process tree is compared with the cage, on average.
+ESCAPE_CHECK_S = 1.0
 #: The second look of an escape check comes this long after the first.
 CONFIRM_AFTER_S = 0.05
 #: do_exit() sets it first thing (include/linux/sched.h).
@@ -68,11 +70,30 @@ class Suspect:
 
 @dataclass
 class EscapeState:
-    """One run's check in progress."""
+    """One run's check in progress, and when its next look is."""
 
     suspects: dict[int, Suspect] = field(default_factory=dict)
     confirm_at: float | None = None
     moved_back: set[tuple[int, int]] = field(default_factory=set)  # (pid, starttime)
+    at: float = 0.0  # the next look
+
+    def due(self, now: float, running: bool) -> bool:
+        """A look is due: the agent runs, or a suspect waits for its second look."""
+        return now >= self.at and (running or bool(self.suspects))
+
+    def next_due(self, running: bool) -> float | None:
+        """When the loop must wake for a look (None: the watchdog's ticks suffice)."""
+        return self.at if self.suspects or (self.moved_back and running) else None
+
+    def schedule(self, now: float) -> None:
+        """Jittered, so that an agent hopping out of its cage and back cannot keep
+        in step with the checks; a second look soon after a suspect, and looks that
+        soon while a process that moved out and back in before is alive."""
+        if self.suspects or self.moved_back:
+            self.at = now + CONFIRM_AFTER_S
+        else:  # from the kernel's random pool: an agent cannot predict it (nor seed it)
+            jitter = int.from_bytes(os.urandom(2), "little") / 0xFFFF
+            self.at = now + ESCAPE_CHECK_S * (0.5 + jitter)
 
 
 def _task_stat(pid: int, tid: int) -> tuple[str, int] | None:

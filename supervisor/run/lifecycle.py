@@ -18,7 +18,7 @@ Rules:
   stop the agent at once as ``escaped``; a fork refused at the process cap stops it
   at once as ``pids_exceeded``. Both are looked for on every watchdog tick (the
   escape check once a second) and once more when the run ends.
-* The first cause that stopped the agent is its reason.
+* The first cause that stopped the agent is its reason (verdict.py says the rest).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ import os
 import signal
 from dataclasses import dataclass
 
-from agent_supervise.outcome import Outcome, Reason, TextEnum, exit_code_for
-from agent_supervise.run.escape import CONFIRM_AFTER_S, EscapeState
+from agent_supervise.outcome import Outcome, Reason, TextEnum
+from agent_supervise.run.escape import ESCAPE_CHECK_S, EscapeState
 from agent_supervise.run.stuck import AllocationWatch
+from agent_supervise.run.verdict import outcome_of
 from agent_supervise.run.watchdog import ThrashDetector, Watchdog
-from agent_supervise.units import format_duration, format_size
+from agent_supervise.units import format_size
 
 # typing.TYPE_CHECKING, without importing typing on every start (type checkers
 # read any name TYPE_CHECKING as true).
@@ -64,8 +65,6 @@ KILL_PATIENCE_S = 10.0
 #: A root killed by SIGKILL nobody here sent, with no OOM counted yet: re-read the
 #: counters for this long, since the kernel bumps them after sending the kill.
 SETTLE_S = 0.1
-#: How often the process tree is compared with the cage (see escape.py).
-ESCAPE_CHECK_S = 1.0
 #: During the grace after a memory breach, growth beyond this fraction of the cap
 #: gets SIGKILL without waiting for the grace to end.
 ESCALATE_FRACTION = 0.05
@@ -93,8 +92,7 @@ class AgentRun:
         self.cage = cage
         self.pid = pid
         self.escape = escape  # an EscapeWatch: cage members vs the process tree
-        self.escape_at = now + ESCAPE_CHECK_S
-        self.escape_state = EscapeState()  # a check waiting for its second look
+        self.escape_state = EscapeState(at=now + ESCAPE_CHECK_S)  # and its next look
         #: Descendants adopted by the supervisor (shared with an rlimit cage's set).
         self.orphans: set[int] = cage.orphans
         self.started = now
@@ -216,11 +214,7 @@ class AgentRun:
             self.cage.kill()  # processes forked while the first kill ran
         if self.status is None and now >= self.watchdog.next_due:
             self.sample(now)
-        if (
-            self.escape is not None
-            and now >= self.escape_at
-            and (self.status is None or self.escape_state.suspects)
-        ):
+        if self.escape is not None and self.escape_state.due(now, self.status is None):
             self._check_escape(now)
         if self.state is RunState.KILLING or self.status is not None:
             self.check_at = now + DRAIN_CHECK_S  # poll the draining cage
@@ -233,7 +227,7 @@ class AgentRun:
             found = self.escape.second_look(self, state)
         else:
             found = self.escape.first_look(self, state)
-        self.escape_at = now + self._escape_interval()
+        state.schedule(now)
         if found:
             self.escape.kill(found)
             if self.cause is None:
@@ -242,19 +236,9 @@ class AgentRun:
                 self.stop(Reason.ESCAPED, signal.SIGKILL, now)
         return bool(found or state.suspects)
 
-    def _escape_interval(self) -> float:
-        """Jittered, so that an agent hopping out of its cage and back cannot keep
-        in step with the checks; a second look soon after a suspect, and looks that
-        soon while a process that moved out and back in before is alive."""
-        state = self.escape_state
-        if state.suspects or state.moved_back:
-            return CONFIRM_AFTER_S
-        # From the kernel's random pool: an agent cannot predict it (nor seed it).
-        return ESCAPE_CHECK_S * (0.5 + int.from_bytes(os.urandom(2), "little") / 0xFFFF)
-
     def _escape_pending(self, now: float) -> bool:
         """At the end, with the cage empty: is anything of the tree still outside?"""
-        if self.escape_state.suspects and now < self.escape_at:
+        if self.escape_state.suspects and now < self.escape_state.at:
             return True  # the second look is not due yet
         return self._check_escape(now)
 
@@ -341,9 +325,7 @@ class AgentRun:
             self.deadline if self.status is None else None,
             self.watchdog.next_due if self.status is None else None,
             self.settle_until,
-            self.escape_at
-            if self.escape_state.suspects or (self.escape_state.moved_back and self.status is None)
-            else None,
+            self.escape_state.next_due(self.status is None),
         ]
         if self.state is RunState.KILLING or (
             self.status is not None and self.state is not RunState.DONE
@@ -368,64 +350,12 @@ class AgentRun:
             return True
         return self.killed_at is not None and now - self.killed_at > KILL_PATIENCE_S
 
-    # -- outcome --------------------------------------------------------------
+    # -- outcome (verdict.py) ---------------------------------------------------
     def finish(self, now: float) -> Outcome:
         """Read the final counters, release the cage and say how the run ended."""
         if self.cause is None:  # changed or hit since the last tick
             self.cause, why = self._breach()
             self.detail = why or self.detail
-        oom = self.cage.oom_kills()
-        kernel_peak = self.cage.peak()
-        notes = list(self.cage.notes)
-        if self.frozen_s:
-            notes.append(
-                f"frozen {format_duration(self.frozen_s)} for memory pressure "
-                "(not counted toward its timeout)"
-            )
-        remaining = [] if self.emptied else self.cage.members()
-        if remaining:
-            notes.append(
-                f"{len(remaining)} processes survived SIGKILL (uninterruptible "
-                "sleep?); the cage was left for the next start to clean"
-            )
-        else:
-            self.cage.release()
-        reason, signum, status = self._reason(oom)
-        detail = self.detail
-        if self.leftovers and self.cause is None:
-            detail = f"{self.leftovers} leftover processes were stopped"
-        peak = kernel_peak if kernel_peak is not None else self.watchdog.peak
-        if reason in (Reason.FAILED, Reason.SIGNALED):  # its own end: was it memory?
-            note = self.allocs.death_note(peak, self.spec.limit)
-            detail = "; ".join(d for d in (detail, note) if d)
+        self.outcome = outcome_of(self, now)
         self.state = RunState.DONE
-        self.outcome = Outcome(
-            reason=reason,
-            exit_code=exit_code_for(reason, status, signum),
-            cmd=self.spec.cmd,
-            backend=self.cage.backend,
-            limit_bytes=self.spec.limit,
-            peak_bytes=peak,
-            duration_s=(self.ended or now) - self.started,
-            pid=self.pid,
-            status=status,
-            signal=signum,
-            oom_kills=oom or int(self.oom_seen),
-            peak_source="kernel" if kernel_peak is not None else "sampled",
-            detail=detail,
-            agent=self.spec.label or None,
-            notes=notes,
-        )
         return self.outcome
-
-    def _reason(self, oom: int):
-        assert self.status is not None  # called once the root was reaped
-        status = os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
-        killed_by = os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
-        if self.cause is not None:
-            return self.cause, self.cause_signal or killed_by, status
-        if oom or self.oom_seen:
-            return Reason.OOM_KILLED, killed_by, status
-        if killed_by is not None:
-            return Reason.SIGNALED, killed_by, None
-        return (Reason.OK if status == 0 else Reason.FAILED), None, status
