@@ -48,3 +48,7 @@ def test_quick_bench_writes_well_formed_tables(tmp_path):
         numbers = [cell for row in data for cell in row[1:] if re.match(r"^[+-]?\d", cell)]
         assert numbers, f"{title}: no figures"
     assert text.count("Target:") >= 6
+    # A trial of ours that gave no figure is a broken harness, not a measurement (the
+    # reaction rows read "0 + 5 failed" for a day: the hog's pid, seen from inside the
+    # rlimit backend's PID namespace, was another process here).
+    assert "gave no figure" not in text and "Target not measured" not in text, text
