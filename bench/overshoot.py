@@ -69,8 +69,7 @@ def run(quick: bool) -> Section:
         notes.append(
             f"The watchdog's bound (rlimit): at most {max(watchdog):+.1f} MiB over "
             "the cap here: what the hog allocates between two samples (5 ms at "
-            "the fastest) plus the interpreter's file-backed pages that RSS "
-            "counts; an allocation past RLIMIT_DATA fails inside the program "
+            "the fastest); an allocation past RLIMIT_DATA fails inside the program "
             "(ending `failed`) before the watchdog sees it."
         )
     return Section(
@@ -79,8 +78,9 @@ def run(quick: bool) -> Section:
         "0.8 GiB/s) under `agent-supervise run --memory CAP`: the peak minus the cap "
         f"in MiB, over {runs} runs. Kernel backends report the kernel's own peak "
         "(`memory.peak`, `memory.max_usage_in_bytes`); under rlimit the peak is the "
-        "watchdog's last sample of the tree's summed RSS (which counts the interpreter's "
-        "file-backed pages, not charged to a cgroup).",
+        "watchdog's last sample of its estimate of the tree's cgroup charge "
+        "(limits/charge.py: anonymous and shared memory, each page once; not the "
+        "interpreter's file pages, which summed RSS would count).",
         ["backend", "cap", "overshoot MiB, median", "max", "peak from", "endings"],
         rows,
         target="kernel backends 0; watchdog bounded and stated.",
