@@ -8,7 +8,8 @@ import signal
 import pytest
 
 from agent_supervise.outcome import Reason
-from agent_supervise.run.lifecycle import KILL_PATIENCE_S, AgentRun, RunSpec
+from agent_supervise.run.lifecycle import KILL_PATIENCE_S, AgentRun
+from agent_supervise.run.states import RunSpec
 from agent_supervise.run.watchdog import ThrashDetector, Watchdog
 
 from fakes import FakeCage

@@ -30,8 +30,8 @@ from agent_supervise.ray.faults import CHECK_S, Faults, NodeProbe, no_node_came_
 from agent_supervise.ray.files import checkpoint_tail
 from agent_supervise.ray.node import Job, janitor, run_on_node
 from agent_supervise.ray.remoterun import RemoteRun, ray_outcome
-from agent_supervise.run.lifecycle import RunState
 from agent_supervise.run.loop import INTERRUPTS, SignalInbox
+from agent_supervise.run.states import RunState
 
 if TYPE_CHECKING:
     from agent_supervise.ray.cluster import ClusterMemory

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from agent_supervise.outcome import Reason
 from agent_supervise.ray.remoterun import ray_outcome
-from agent_supervise.run.lifecycle import RunState
+from agent_supervise.run.states import RunState
 
 if TYPE_CHECKING:
     from collections.abc import Callable

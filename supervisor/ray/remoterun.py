@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 
 from agent_supervise.outcome import Outcome, Reason, exit_code_for
-from agent_supervise.run.lifecycle import RunState
+from agent_supervise.run.states import RunState
 from agent_supervise.units import format_size
 
 #: Ray errors meaning the node under the task died (its raylet, or the machine).

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from agent_supervise.errors import CageError
 from agent_supervise.outcome import Outcome, Reason
 from agent_supervise.run.hints import runtime_hints
-from agent_supervise.run.lifecycle import AgentRun, RunSpec
+from agent_supervise.run.lifecycle import AgentRun
 from agent_supervise.run.reaper import CAGE_ENV
 from agent_supervise.run.spawn import SpawnFailed
+from agent_supervise.run.states import RunSpec
 
 # typing.TYPE_CHECKING, without importing typing on every start (type checkers
 # read any name TYPE_CHECKING as true).

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
 
-from agent_supervise.outcome import Outcome, Reason, TextEnum
+from agent_supervise.outcome import Outcome, Reason
 from agent_supervise.run.escape import ESCAPE_CHECK_S, EscapeState
+from agent_supervise.run.states import RunSpec, RunState
 from agent_supervise.run.stuck import AllocationWatch
 from agent_supervise.run.verdict import outcome_of
 from agent_supervise.run.watchdog import ThrashDetector, Watchdog
@@ -44,19 +44,6 @@ if TYPE_CHECKING:
     from agent_supervise.fleet.pool import Worker
 
 
-class RunState(TextEnum):
-    """Where a run is: running -> (draining: its main process exited, its cage is
-    emptied) or (stopping: SIGTERM sent, grace running -> killing: SIGKILL sent) ->
-    done. A Ray run is pending while it waits for a node."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    DRAINING = "draining"
-    STOPPING = "stopping"
-    KILLING = "killing"
-    DONE = "done"
-
-
 #: How often an exited agent's cage is checked for leftovers while it drains.
 DRAIN_CHECK_S = 0.005
 #: After SIGKILL, how long to wait for the cage to empty before giving up on it
@@ -68,18 +55,6 @@ SETTLE_S = 0.1
 #: During the grace after a memory breach, growth beyond this fraction of the cap
 #: gets SIGKILL without waiting for the grace to end.
 ESCALATE_FRACTION = 0.05
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What to run and under which limits (the loop's view of an agent task)."""
-
-    cmd: tuple[str, ...]
-    limit: int
-    label: str = ""
-    timeout: float | None = None
-    grace: float = 2.0
-    poll: float = 0.1
 
 
 class AgentRun:
