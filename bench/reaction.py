@@ -38,10 +38,11 @@ from trial import (
     sweep,
 )
 
-#: The hog's growth: a steady ramp (wakes every 1 ms), or 1 MiB bursts every 10 ms.
-STEADY, BURSTS = ["--tick", "0.001"], ["--tick", "0.01"]
-#: The hog's growth (hog_marker.py's default --rate).
+#: The hog's growth, MiB/s: a steady ramp (wakes every 1 ms), or 1 MiB bursts every
+#: 10 ms.
 RATE_MIB_S = 100
+STEADY = ["--rate", str(RATE_MIB_S), "--tick", "0.001"]
+BURSTS = ["--rate", str(RATE_MIB_S), "--tick", "0.01"]
 
 
 # -- the section -------------------------------------------------------------------

@@ -184,7 +184,8 @@ class Trial:
         agent in a PID namespace of its own (the rlimit backend's isolation) sees a
         small pid that is another process here: /proc/PID/status's NSpid line ends
         with the pid in the innermost namespace. (A hog in this one is itself: pm2
-        starts it from a daemon that is no descendant of ours.)"""
+        starts it from a daemon that is no descendant of ours.) The marker's path,
+        this trial's own, is in the hog's command line."""
         for pid in [own_pid, *TABLE.descendants([p.pid for p in self.procs])]:
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
@@ -194,7 +195,7 @@ class Trial:
             nspid = next(
                 (ln.split()[-1] for ln in status.splitlines() if ln.startswith("NSpid:")), ""
             )
-            if nspid == str(own_pid) and b"hog_marker" in cmdline:
+            if nspid == str(own_pid) and bytes(self.marker) in cmdline.split(b"\0"):
                 return pid
         return None
 
@@ -237,7 +238,8 @@ class Trial:
                 detail=f"the hog was not stopped within {timeout:.0f} s",
             )
         mine = [ln for ln in self._lines() if len(ln) > 2 and ln[1] == own_pid]
-        cross = next((float(ln[2]) for ln in mine if ln[0] == "cross"), None)
+        crossed = next((ln for ln in mine if ln[0] == "cross"), None)
+        cross = float(crossed[2]) if crossed else None
         memerr = next((float(ln[2]) for ln in mine if ln[0] == "memerr"), None)
         if memerr is not None:
             return Result(
@@ -247,12 +249,12 @@ class Trial:
                 t1 - t0,
                 "an allocation failed (RLIMIT_DATA) before the watchdog struck",
             )
-        if cross is None:
+        if crossed is None or cross is None:
             return Result(
                 "lost", cpu=cpu, wall=t1 - t0, detail="the hog died before noting its crossing"
             )
-        (rss, anon) = next((ln[3:5] for ln in mine if ln[0] == "cross"), ("0", "0"))
-        return Result("watchdog", t1 - cross, cpu, t1 - t0, file_bytes=int(rss) - int(anon))
+        rss, anon = int(crossed[3]), int(crossed[4])
+        return Result("watchdog", t1 - cross, cpu, t1 - t0, file_bytes=rss - anon)
 
     def close(self) -> list[int]:
         """SIGTERM (again each second: circusd loses one that lands during a restart),

@@ -55,6 +55,8 @@ counted: a cgroup reclaims it at the cap rather than kill for it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from agent_supervise.proctree import ProcessTable
 
 #: The longest time between two readings of the tree's smaps_rollup.
@@ -73,15 +75,23 @@ LONE_REFRESH_S = 2.0
 KERNEL_PER_PROCESS = 256 << 10
 
 
+@dataclass(frozen=True)
+class _Reading:
+    """One process's smaps_rollup reading, with the statm it was read against."""
+
+    pss: int  # Pss_Anon + Pss_Shmem
+    anon: int  # statm's anonymous resident pages then
+    shared: int  # statm's shared resident pages then (file + shmem)
+    shares: bool  # some page shared: its PSS may move while its statm does not
+
+
 class TreeCharge:
     """The estimated cgroup charge of a changing set of processes, sampled often."""
 
     def __init__(self, table: ProcessTable, clock) -> None:
         self.table = table
         self.clock = clock
-        # pid -> (PSS charge, anonymous resident, shared resident) at its last reading
-        self._read: dict[int, tuple[int, int, int]] = {}
-        self._shares: set[int] = set()  # read as sharing pages (PrivateCharge.shares)
+        self._read: dict[int, _Reading] = {}  # pid -> its last reading
         self._unreadable: set[int] = set()  # not ours to read: their RSS counts
         self._due = 0.0  # the next full reading, at the latest
         self._credit = BURST_S  # seconds of reading the budget allows now
@@ -100,7 +110,6 @@ class TreeCharge:
         # A pid that left the tree is forgotten, so a reused one starts afresh.
         self._read = {pid: got for pid, got in self._read.items() if pid in pages}
         self._unreadable.intersection_update(pages)
-        self._shares.intersection_update(pages)
         changed = [
             pid for pid, (rss, shared) in pages.items() if rss and self._changed(pid, shared)
         ]
@@ -133,7 +142,9 @@ class TreeCharge:
         """No process shares a page: every charge is its anonymous pages, which
         statm reads, and only a fork or a new shared mapping (both seen on statm:
         a new pid, or shared pages grown by SHARED_STEP) can change that."""
-        return not self._shares and not self._unreadable and all(p in self._read for p in pages)
+        return not self._unreadable and all(
+            pid in self._read and not self._read[pid].shares for pid in pages
+        )
 
     def _total(self, pages: dict[int, tuple[int, int]]) -> int:
         total = 0
@@ -144,9 +155,8 @@ class TreeCharge:
             if got is None:
                 total += rss + KERNEL_PER_PROCESS
                 continue
-            pss, anon, _ = got
-            if pid in self._shares:
-                total += pss + max(0, rss - shared - anon) + KERNEL_PER_PROCESS
+            if got.shares:
+                total += got.pss + max(0, rss - shared - got.anon) + KERNEL_PER_PROCESS
             else:  # nothing shared: its anonymous pages now (less, if it freed some)
                 total += rss - shared + KERNEL_PER_PROCESS
         return total
@@ -155,7 +165,7 @@ class TreeCharge:
         got = self._read.get(pid)
         if got is None:
             return pid not in self._unreadable
-        return shared - got[2] >= SHARED_STEP
+        return shared - got.shared >= SHARED_STEP
 
     def _reread(self, pages: dict[int, tuple[int, int]], pids) -> None:
         for pid in pids:
@@ -166,12 +176,7 @@ class TreeCharge:
                 continue  # exiting: its last reading stands
             if got is None:
                 self._read.pop(pid, None)
-                self._shares.discard(pid)
                 if rss:
                     self._unreadable.add(pid)
             else:
-                self._read[pid] = (got.bytes, rss - shared, shared)
-                if got.shares:
-                    self._shares.add(pid)
-                else:
-                    self._shares.discard(pid)
+                self._read[pid] = _Reading(got.bytes, rss - shared, shared, got.shares)

@@ -317,6 +317,29 @@ def test_workflow_jobs_put_cages_where_the_readme_says(guest):
 
 
 @pytest.mark.unit
+def test_the_guest_checkout_keeps_what_git_tracks_and_drops_what_it_ignores(tmp_path):
+    """The stand-in for actions/checkout copies the tree less the .gitignore's
+    patterns, taken as names (a developer's .bench/ held 1 GiB and filled the
+    guest's disk): none of them may drop a file git tracks."""
+    import fnmatch
+    import subprocess
+
+    git = ["git", "-C", str(workflow.REPO)]
+    got = subprocess.run([*git, "ls-files", "-z"], capture_output=True, timeout=30)
+    if got.returncode != 0:
+        pytest.skip(f"not a git checkout: {got.stderr.decode()[:200]}")
+    patterns = workflow.ignored()
+    dropped = [
+        path
+        for path in got.stdout.decode().split("\0")
+        if path and any(fnmatch.fnmatch(part, p) for part in path.split("/") for p in patterns)
+    ]
+    assert dropped == [], dropped
+    for name in (".git", ".venv", ".bench", "__pycache__"):
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), name
+
+
+@pytest.mark.unit
 def test_workflow_stand_in_understands_only_what_it_emulates():
     matrix = {"backend": "cgroup2", "sudo": "", "linger": "yes"}
     assert workflow.expand("--backend ${{ matrix.backend }}", matrix) == "--backend cgroup2"

@@ -129,7 +129,7 @@ SLOW = {
 GUEST_MEM = "768M"
 #: Host-side limit on the whole boot; the guest's own pytest gets less, so that a
 #: hung test still lets the guest report (see init.sh).
-TIMEOUT_S = 170.0  # the stage's guests took 110-140 s each (measured 2026-12-04)
+TIMEOUT_S = 170.0  # the stage's guests took 118 s each, balanced (measured 2026-12-04)
 GUEST_MARGIN_S = 8.0
 MARKER = "AGENT-SUPERVISE-VM-STATUS="
 #: Set in the guest (init.sh): a guest never boots another guest.
